@@ -1,0 +1,89 @@
+"""The `observer` command: `up` (everything), `webhook` (the webhook alone), `run FLOW` (one run now)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from observer.settings import SettingsError, load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except SettingsError as exc:
+        print(f"observer: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="observer",
+        description="Observer: watches agent operations, learns from them, feeds lessons back.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser(
+        "up",
+        help="start everything: Prefect server + UI, worker, deployments, webhook",
+        description=(
+            "Start a local Prefect server (SQLite, UI on 127.0.0.1:4200), a process work pool and"
+            " worker, the deployments of prefect.yaml and the webhook on OBSERVER_PORT."
+            " Ctrl-C stops all of it; a second start reuses the same data."
+        ),
+    )
+    up.add_argument("--prefect-port", type=int, default=4200, help="Prefect server port")
+    up.set_defaults(handler=_up)
+
+    webhook = commands.add_parser(
+        "webhook",
+        help="serve the webhook alone (no Prefect needed)",
+        description="Serve POST /event, GET /health and GET /stats on OBSERVER_HOST:OBSERVER_PORT.",
+    )
+    webhook.set_defaults(handler=_webhook)
+
+    run = commands.add_parser(
+        "run",
+        help="run one flow now, in this process, against the configured Prefect API",
+        description="Run one flow now in this process; parameters as -p key=value (JSON values).",
+    )
+    run.add_argument("flow", help="flow to run (see `observer run --list`)", nargs="?")
+    run.add_argument(
+        "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a parameter"
+    )
+    run.add_argument("--list", action="store_true", help="list the flows that can be run")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def _webhook(_: argparse.Namespace) -> int:
+    from observer.serve import PortInUse, run_webhook
+
+    settings = load_settings()
+    try:
+        run_webhook(settings)
+    except PortInUse as exc:
+        print(f"observer: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from observer.supervisor import run_everything
+
+    return run_everything(load_settings(), prefect_port=args.prefect_port)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from observer.runner import run_flow_command
+
+    return run_flow_command(args.flow, args.param, list_only=args.list)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

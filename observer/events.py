@@ -1,0 +1,223 @@
+"""The body of `POST /event`: validation and the original's defaults, turning a request into an op.
+
+The original took anything (`null`, arrays, `"false"` as success, `"abc"` durations as null). Here a
+body must be a JSON object whose fields have the right types; obviously equal forms (`"42"`,
+`"false"`) are coerced, anything else is an `EventError` listing each field path and its reason.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from observer.ops import Op, now_timestamp
+
+MAX_EVENT_ID_LENGTH = 200
+
+
+class EventError(ValueError):
+    """A body that cannot become an op; `status` is the HTTP answer, `details` the field problems."""
+
+    def __init__(
+        self, message: str, *, status: int = 422, details: list[dict[str, str]] | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.details = details or []
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": str(self)}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class EventIn(BaseModel):
+    """What a client may send. Unknown fields are dropped; a null is kept where the original kept it."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    event_id: str | None = Field(None, min_length=1, max_length=MAX_EVENT_ID_LENGTH)
+    timestamp: str | None = None
+    endpoint: str | None = None
+    input_summary: str | None = None
+    success: bool | None = None
+    duration_ms: int | float | None = None
+    output_summary: str | None = None
+    error: str | None = None
+    source: str | None = None
+    staffer_id: str | None = None
+    sig_hash: str | None = None
+    event_kind: str | None = None
+    role: str | None = None
+    city: str | None = None
+    state: str | None = None
+    count: int | None = None
+    rescue_attempted: bool | None = None
+    rescue_succeeded: bool | None = None
+
+    @field_validator("success", "rescue_attempted", "rescue_succeeded", mode="before")
+    @classmethod
+    def _boolean(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        if value is not None and not isinstance(value, bool):
+            raise ValueError("must be a boolean (true or false)")
+        return value
+
+    @field_validator("duration_ms", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        number = _number(value)
+        if number is not None and number < 0:
+            raise ValueError("must not be negative")
+        return number
+
+    @field_validator("count", mode="before")
+    @classmethod
+    def _count(cls, value: object) -> object:
+        number = _number(value)
+        if number is None:
+            return None
+        if isinstance(number, float):
+            if not number.is_integer():
+                raise ValueError("must be a whole number")
+            number = int(number)
+        if number < 0:
+            raise ValueError("must not be negative")
+        return number
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _timestamp(cls, value: object) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError("must be an ISO-8601 date-time string")
+        try:
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"is not an ISO-8601 date-time: {value[:60]!r}") from None
+        return value
+
+    @field_validator("event_id", mode="before")
+    @classmethod
+    def _event_id(cls, value: object) -> object:
+        if isinstance(value, str) and any(ch in value for ch in "\t\n\r"):
+            raise ValueError("must not contain tabs or line breaks")
+        return value
+
+    def to_op(self) -> Op:
+        """Apply the original's defaults (contract.md) and return the op to store."""
+        given = self.model_fields_set
+        success = bool(self.success)
+        fields: dict[str, Any] = {
+            "timestamp": self.timestamp or now_timestamp(),
+            "endpoint": self.endpoint if self.endpoint is not None else "scenario:fill",
+            "input_summary": (
+                self.input_summary if self.input_summary is not None else self._default_summary()
+            ),
+            "success": success,
+            "duration_ms": self.duration_ms if self.duration_ms is not None else 0,
+            "output_summary": self._default_output(success),
+            "source": self.source if self.source is not None else "scenario",
+            "rescue_attempted": bool(self.rescue_attempted),
+            "rescue_succeeded": bool(self.rescue_succeeded),
+        }
+        for key in (
+            "error",
+            "staffer_id",
+            "sig_hash",
+            "event_kind",
+            "role",
+            "city",
+            "state",
+            "count",
+        ):
+            if key in given:
+                fields[key] = getattr(self, key)
+        return Op.build(**fields)
+
+    def _default_summary(self) -> str:
+        def part(value: object) -> str:
+            return "?" if value is None else str(value)
+
+        return (
+            f"{part(self.event_kind)} {part(self.role)}×{part(self.count)}"
+            f" in {part(self.city)}, {part(self.state)}"
+        )
+
+    def _default_output(self, success: bool) -> str:
+        if self.output_summary is not None:
+            return self.output_summary
+        if success:
+            return "filled"
+        return self.error if self.error is not None else "failed"
+
+
+def parse_event(body: bytes) -> EventIn:
+    """Parse and validate one request body, or raise `EventError` saying what is wrong and where."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise EventError(f"invalid JSON: {exc}", status=400) from None
+    if not isinstance(data, dict):
+        raise EventError(
+            f"the body must be a JSON object, got {_json_type(data)}", status=400
+        ) from None
+    try:
+        return EventIn.model_validate(data)
+    except ValidationError as exc:
+        details = [
+            {"field": ".".join(str(part) for part in error["loc"]), "reason": _reason(error)}
+            for error in exc.errors(include_url=False)
+        ]
+        summary = "; ".join(f"{d['field']}: {d['reason']}" for d in details)
+        raise EventError(f"invalid event: {summary}", details=details) from None
+
+
+def _number(value: object) -> int | float | None:
+    """A JSON number, or a string that is plainly one ("42", "1.5"); booleans are not numbers."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"must be a number, got {value[:40]!r}") from None
+    if not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _reason(error: Any) -> str:
+    message = str(error["msg"])
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if error["type"] == "string_type":
+        return "must be a string"
+    return message
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"

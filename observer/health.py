@@ -1,0 +1,55 @@
+"""What `/health` reports beyond the original's two keys: ingestion progress and the gateway.
+
+The gateway is probed in the background once per cycle, so `/health` stays O(1) and the webhook
+never depends on the gateway being up (the original refused to start without it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from observer.ingest import IngestCheckpoint, checkpoint_path
+from observer.ops import now_timestamp
+from observer.settings import Settings
+from observer.store import list_segments, load_state, segment_path
+from observer.upstream import probe_gateway
+
+
+class HealthProbe:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._gateway: dict[str, Any] = {"reachable": None, "detail": "not probed yet"}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def gateway_state(self) -> dict[str, Any]:
+        return self._gateway
+
+    def ingest_state(self) -> dict[str, Any]:
+        """How far ingestion is: ops moved so far and spool bytes still waiting."""
+        checkpoint = load_state(checkpoint_path(self.settings), IngestCheckpoint)
+        waiting = 0
+        for segment in list_segments(self.settings.spool_dir):
+            if segment < checkpoint.segment:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                size = segment_path(self.settings.spool_dir, segment).stat().st_size
+                waiting += size - (checkpoint.offset if segment == checkpoint.segment else 0)
+        return {"ingested_total": checkpoint.ingested_total, "spool_bytes_waiting": waiting}
+
+    async def _loop(self) -> None:
+        while True:
+            state = await probe_gateway(self.settings)
+            state["checked_at"] = now_timestamp()
+            self._gateway = state
+            await asyncio.sleep(self.settings.cycle_seconds)

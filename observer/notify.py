@@ -1,0 +1,76 @@
+"""Tell Prefect that the spool has new records, so the `ingest-events` deployment runs soon.
+
+Best effort by design: durability comes from the spool, not from this event. A lost or refused
+event only means the ingestion flow's safety schedule picks the records up instead. Bursts are
+coalesced: at most one event per `min_interval` seconds, and one more after the burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+
+log = logging.getLogger("observer.notify")
+
+EVENT_NAME = "observer.spool.appended"
+RESOURCE_ID = "observer.spool"
+
+
+class SpoolNotifier:
+    def __init__(self, prefect_api_url: str | None, min_interval: float = 0.5) -> None:
+        self.api_url = prefect_api_url.rstrip("/") if prefect_api_url else None
+        self.min_interval = min_interval
+        self.sent = 0
+        self.failed = 0
+        self._wanted: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.api_url is None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._wanted = asyncio.Event()
+        self._task = self._loop.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def poke_threadsafe(self) -> None:
+        """Called from the spool writer thread after each durable batch."""
+        if self._loop is not None and self._wanted is not None:
+            self._loop.call_soon_threadsafe(self._wanted.set)
+
+    async def _run(self) -> None:
+        assert self._wanted is not None
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while True:
+                await self._wanted.wait()
+                self._wanted.clear()
+                await self._send(client)
+                await asyncio.sleep(self.min_interval)
+
+    async def _send(self, client: httpx.AsyncClient) -> None:
+        event = {
+            "id": str(uuid.uuid4()),
+            "occurred": datetime.now(UTC).isoformat(),
+            "event": EVENT_NAME,
+            "resource": {"prefect.resource.id": RESOURCE_ID},
+            "payload": {},
+        }
+        try:
+            response = await client.post(f"{self.api_url}/events", json=[event])
+            response.raise_for_status()
+            self.sent += 1
+        except httpx.HTTPError as exc:
+            self.failed += 1
+            if self.failed == 1 or self.failed % 100 == 0:
+                log.warning("could not notify Prefect (%s); the safety schedule will ingest", exc)

@@ -1,0 +1,144 @@
+"""The op: one observed operation outcome, and its line in ops.jsonl.
+
+This module owns the line format. Existing readers of ops.jsonl rely on the original's bytes: keys in
+a fixed order, a key omitted when absent, an explicit null kept, compact separators, raw UTF-8 and
+numbers printed the way JavaScript prints them. `Op.to_line()` produces exactly that.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+#: Key order of a line; the first 17 are the webhook's, the last three the overseer corrections'.
+OP_KEYS: tuple[str, ...] = (
+    "timestamp",
+    "endpoint",
+    "input_summary",
+    "success",
+    "duration_ms",
+    "output_summary",
+    "error",
+    "source",
+    "staffer_id",
+    "sig_hash",
+    "event_kind",
+    "role",
+    "city",
+    "state",
+    "count",
+    "rescue_attempted",
+    "rescue_succeeded",
+    "task_class",
+    "correction",
+    "applied_at_turn",
+)
+
+Number = int | float
+
+
+class Op(BaseModel):
+    """An op as stored. Which optional keys are present is `model_fields_set`: absent is not null."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    timestamp: str
+    endpoint: str
+    input_summary: str
+    success: bool
+    duration_ms: Number
+    output_summary: str
+    error: str | None = None
+    source: str | None = None
+    staffer_id: str | None = None
+    sig_hash: str | None = None
+    event_kind: str | None = None
+    role: str | None = None
+    city: str | None = None
+    state: str | None = None
+    count: int | None = None
+    rescue_attempted: bool | None = None
+    rescue_succeeded: bool | None = None
+    task_class: str | None = None
+    correction: str | None = None
+    applied_at_turn: Number | None = None
+
+    @classmethod
+    def build(cls, **fields: Any) -> Self:
+        """Make an op from the keys that are present; pass None only for an explicit null."""
+        return cls(**fields)
+
+    def to_line(self) -> bytes:
+        """The op's ops.jsonl line without its newline, byte-compatible with the original."""
+        present = self.model_fields_set
+        parts = [
+            b'"' + key.encode() + b'":' + encode_value(getattr(self, key))
+            for key in OP_KEYS
+            if key in present
+        ]
+        return b"{" + b",".join(parts) + b"}"
+
+    @property
+    def source_or_default(self) -> str:
+        """The op's provenance as /stats counts it (the original counted a missing source as mcp)."""
+        return self.source if self.source is not None else "mcp"
+
+
+def encode_value(value: object) -> bytes:
+    """One JSON value as JavaScript's JSON.stringify writes it."""
+    if value is None:
+        return b"null"
+    if value is True:
+        return b"true"
+    if value is False:
+        return b"false"
+    if isinstance(value, int | float):
+        return js_number(value).encode()
+    return orjson.dumps(value)
+
+
+def js_number(value: Number) -> str:
+    """Format a number as ECMAScript's Number::toString does (JSON.stringify's number form)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**21:
+        return str(value)
+    number = float(value)
+    if not math.isfinite(number):
+        return "null"  # what JSON.stringify writes for NaN and Infinity
+    if number == 0:
+        return "0"
+    sign = "-" if number < 0 else ""
+    mantissa, _, exponent = repr(abs(number)).partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = (whole + fraction).lstrip("0")
+    # n: position of the decimal point relative to the first significant digit (ECMA-262 7.1.12.1).
+    point = len(whole) + (int(exponent) if exponent else 0)
+    if whole == "0":
+        point -= len(fraction) - len(fraction.lstrip("0")) + 1
+    digits = digits.rstrip("0") or "0"
+    k = len(digits)
+    if k <= point <= 21:
+        text = digits + "0" * (point - k)
+    elif 0 < point <= 21:
+        text = digits[:point] + "." + digits[point:]
+    elif -6 < point <= 0:
+        text = "0." + "0" * (-point) + digits
+    else:
+        exp = point - 1
+        exp_text = f"e{'+' if exp >= 0 else '-'}{abs(exp)}"
+        text = (digits[0] + ("." + digits[1:] if k > 1 else "")) + exp_text
+    return sign + text
+
+
+def now_timestamp() -> str:
+    """Now as ISO-8601 UTC with milliseconds and `Z`, like JavaScript's `toISOString()`."""
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def cut(text: str, limit: int) -> str:
+    """The first `limit` characters of `text`, never splitting a character (the original cut UTF-16)."""
+    return text[:limit]

@@ -1,0 +1,52 @@
+"""Run the webhook under uvicorn on the configured host and port.
+
+The socket is bound here, before uvicorn starts, so a port in use is a clear message and a non-zero
+exit (the original printed nothing useful and exited 0).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+
+from observer.settings import Settings
+from observer.webhook import WebhookApp
+
+
+class PortInUse(RuntimeError):
+    pass
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PortInUse(
+            f"cannot listen on {host}:{port} (OBSERVER_HOST/OBSERVER_PORT): {exc.strerror}"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_webhook(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM; what is queued is written before the process exits."""
+    sock = bind_socket(settings.host, settings.port)
+    config = uvicorn.Config(
+        WebhookApp(settings),
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+        backlog=2048,
+    )
+    print(
+        f"observer webhook listening on http://{settings.host}:{sock.getsockname()[1]}",
+        flush=True,
+    )
+    uvicorn.Server(config).run(sockets=[sock])

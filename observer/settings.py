@@ -1,0 +1,110 @@
+"""Observer's settings: the original's environment variables, their defaults, and the new ones.
+
+Every process of the product (webhook, flows, CLI, `observed()`) reads its configuration here, so a
+value means the same thing everywhere. A bad value stops start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """A configuration value is unusable; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    """Configuration from the environment (names kept from the original where it had them)."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    gateway_url: str = Field("http://localhost:3700", validation_alias="GATEWAY_URL")
+    lakehouse_url: str = Field("http://localhost:3100", validation_alias="LAKEHOUSE_URL")
+    cycle_seconds: float = Field(30.0, validation_alias="OBSERVER_CYCLE")
+    port: int = Field(3800, validation_alias="OBSERVER_PORT", ge=0, le=65535)
+    corrections_path: Path = Field(
+        Path("data/_kb/overseer_corrections.jsonl"), validation_alias="OVERSEER_CORRECTIONS_PATH"
+    )
+    host: str = Field("127.0.0.1", validation_alias="OBSERVER_HOST")
+    token: str | None = Field(None, validation_alias="OBSERVER_TOKEN")
+    max_body_bytes: int = Field(1024 * 1024, validation_alias="OBSERVER_MAX_BODY_BYTES", gt=0)
+    data_dir: Path = Field(Path("data"), validation_alias="OBSERVER_DATA_DIR")
+    max_pending_events: int = Field(20_000, validation_alias="OBSERVER_MAX_PENDING", gt=0)
+    dedup_window: int = Field(100_000, validation_alias="OBSERVER_DEDUP_WINDOW", gt=0)
+    spool_segment_bytes: int = Field(
+        64 * 1024 * 1024, validation_alias="OBSERVER_SPOOL_SEGMENT_BYTES", gt=0
+    )
+    http_timeout_seconds: float = Field(30.0, validation_alias="OBSERVER_HTTP_TIMEOUT", gt=0)
+    http_attempts: int = Field(3, validation_alias="OBSERVER_HTTP_ATTEMPTS", ge=1, le=10)
+    http_backoff_seconds: float = Field(1.0, validation_alias="OBSERVER_HTTP_BACKOFF", ge=0)
+    prefect_api_url: str | None = Field(
+        None, validation_alias=AliasChoices("PREFECT_API_URL", "OBSERVER_PREFECT_API_URL")
+    )
+
+    @field_validator("cycle_seconds", mode="before")
+    @classmethod
+    def _cycle_is_a_positive_number(cls, value: object) -> float:
+        # The original's parseInt("0.5") is 0, a busy loop; a real number > 0 is required here.
+        try:
+            seconds = float(str(value).strip())
+        except ValueError:
+            raise ValueError(f"must be a number of seconds, got {value!r}") from None
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError(f"must be a number of seconds greater than 0, got {value!r}")
+        return seconds
+
+    @field_validator("gateway_url", "lakehouse_url")
+    @classmethod
+    def _url_is_http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @cached_property
+    def observer_dir(self) -> Path:
+        """`data/_observer`: ops.jsonl, the spool and every flow's state live here."""
+        return self.data_dir / "_observer"
+
+    @cached_property
+    def ops_path(self) -> Path:
+        return self.observer_dir / "ops.jsonl"
+
+    @cached_property
+    def spool_dir(self) -> Path:
+        return self.observer_dir / "spool"
+
+    @cached_property
+    def state_dir(self) -> Path:
+        return self.observer_dir / "state"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment; raise `SettingsError` naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = _variable_name(error["loc"][0] if error["loc"] else "?")
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def _variable_name(field_or_alias: object) -> str:
+    field = Settings.model_fields.get(str(field_or_alias))
+    if field is None:
+        return str(field_or_alias)
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return str(alias or field_or_alias)

@@ -1,0 +1,329 @@
+"""Observer's files on disk: the durable spool, ops.jsonl and the small state files beside them.
+
+Data flows one way: producers (the webhook, the corrections tailer, `observed()`) append records to
+the **spool**, an fsync'd append-only log cut into numbered segments; the ingestion flow moves
+records, in order and exactly once, into **ops.jsonl**; everything else reads ops.jsonl.
+
+A spool record is one line: the client's `event_id` (possibly empty), a tab, the op's exact
+ops.jsonl line. A JSON line never holds a raw tab, so the split is unambiguous, and ingestion copies
+the op's bytes as they are. Several processes may append at once: an exclusive `flock` on
+`spool/.lock` covers each append, and a failed write is cut back so no half-record is ever left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, TypeVar
+
+from pydantic import BaseModel
+
+SEGMENT_PATTERN = re.compile(r"^(\d{12})\.jsonl$")
+READ_CHUNK_BYTES = 1024 * 1024
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class SpoolPosition(NamedTuple):
+    """A place in the spool: segment number and byte offset inside it."""
+
+    segment: int
+    offset: int
+
+
+class SpoolRecord(NamedTuple):
+    event_id: str | None
+    line: bytes  # the op's ops.jsonl line, no newline
+
+
+def encode_record(event_id: str | None, op_line: bytes) -> bytes:
+    return (event_id or "").encode() + b"\t" + op_line + b"\n"
+
+
+def decode_record(raw: bytes) -> SpoolRecord:
+    """One spool line (with or without its newline) back into id and op line."""
+    event_id, _, line = raw.rstrip(b"\n").partition(b"\t")
+    return SpoolRecord(event_id.decode() or None, line)
+
+
+# ── small durable-file helpers ──────────────────────────────────────────────────────────────────
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so a crash leaves the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def save_state(path: Path, state: BaseModel) -> None:
+    """Persist a checkpoint/state model atomically (tmp + fsync + rename)."""
+    write_atomic(path, state.model_dump_json(indent=1).encode() + b"\n")
+
+
+def load_state(path: Path, model: type[Model]) -> Model:
+    """Read a state model, or its defaults when the file does not exist yet."""
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return model()
+
+
+def append_durably(path: Path, data: bytes) -> int:
+    """Append `data` to `path` with one fsync; on failure cut the file back. Returns the new size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+        return start + len(data)
+    finally:
+        os.close(fd)
+
+
+def truncate_to(path: Path, size: int) -> bool:
+    """Cut `path` back to `size` bytes if it is longer (crash repair); True when it cut."""
+    try:
+        current = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if current <= size:
+        return False
+    with open(path, "r+b") as handle:
+        handle.truncate(size)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive `flock` on `path` across processes; yields False if not blocking and busy."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def read_last_lines(path: Path, count: int) -> list[bytes]:
+    """The last `count` complete lines of a file, read backwards in chunks (cost ∝ what is read)."""
+    if count <= 0:
+        return []
+    if not path.exists():
+        return []
+    with open(path, "rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        position, tail = end, b""
+        while position > 0 and tail.count(b"\n") <= count:
+            step = min(READ_CHUNK_BYTES, position)
+            position -= step
+            handle.seek(position)
+            tail = handle.read(step) + tail
+    lines = tail.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    elif lines:
+        lines.pop()  # an unterminated last line is not complete yet
+    if position > 0 and lines:
+        lines = lines[1:]  # the first piece may be the end of an earlier line
+    return lines[-count:]
+
+
+# ── the spool ───────────────────────────────────────────────────────────────────────────────────
+
+
+def segment_path(spool_dir: Path, segment: int) -> Path:
+    return spool_dir / f"{segment:012d}.jsonl"
+
+
+def list_segments(spool_dir: Path) -> list[int]:
+    try:
+        names = os.listdir(spool_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(int(m.group(1)) for name in names if (m := SEGMENT_PATTERN.match(name)))
+
+
+class SpoolWriter:
+    """Appends batches of records to the newest spool segment, durably, safe across processes."""
+
+    def __init__(self, spool_dir: Path, segment_bytes: int) -> None:
+        self.spool_dir = spool_dir
+        self.segment_bytes = segment_bytes
+        self._lock_path = spool_dir / ".lock"
+        self._segment = 0
+        self._fd: int | None = None
+        spool_dir.mkdir(parents=True, exist_ok=True)
+
+    def append(self, payload: bytes) -> tuple[SpoolPosition, SpoolPosition]:
+        """Write `payload` (whole records) and fsync it; return where it starts and ends.
+
+        On any OSError the segment is cut back to where it was, so readers never see a torn record,
+        and the error propagates (the webhook answers 503, a flow's task retries).
+        """
+        with file_lock(self._lock_path):
+            fd = self._current_fd()
+            start = os.fstat(fd).st_size
+            if start >= self.segment_bytes:
+                fd = self._open_segment(self._segment + 1, create=True)
+                start = 0
+            try:
+                _write_all(fd, payload)
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
+            return (
+                SpoolPosition(self._segment, start),
+                SpoolPosition(self._segment, start + len(payload)),
+            )
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _current_fd(self) -> int:
+        # Called under the spool lock. Another writer may have started newer segments: follow them.
+        if self._fd is None:
+            segments = list_segments(self.spool_dir)
+            return self._open_segment(segments[-1] if segments else 1, create=True)
+        while segment_path(self.spool_dir, self._segment + 1).exists():
+            self._open_segment(self._segment + 1, create=False)
+        return self._fd
+
+    def _open_segment(self, segment: int, *, create: bool) -> int:
+        path = segment_path(self.spool_dir, segment)
+        existed = path.exists()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | (os.O_CREAT if create else 0), 0o644)
+        if not existed:
+            fsync_dir(self.spool_dir)
+        self.close()
+        self._fd, self._segment = fd, segment
+        return fd
+
+
+@dataclass
+class SpoolChunk:
+    """Complete records read from the spool, and where the next read starts."""
+
+    data: bytes
+    end: SpoolPosition
+    torn_bytes: int = 0  # bytes of an unterminated record at the end of an abandoned segment
+
+    @property
+    def records(self) -> Iterator[SpoolRecord]:
+        for raw in self.data.splitlines():
+            if raw:
+                yield decode_record(raw)
+
+
+def read_spool(
+    spool_dir: Path,
+    start: SpoolPosition,
+    *,
+    max_bytes: int = 64 * 1024 * 1024,
+    until: SpoolPosition | None = None,
+) -> SpoolChunk:
+    """Read complete records from `start`, across segments, up to `max_bytes` (or `until`).
+
+    A newer segment existing means no writer appends to older ones any more, so the check for it
+    comes before reading a segment to its end. A segment that starts after `start.segment` was
+    never seen before and is read from byte 0.
+    """
+    parts: list[bytes] = []
+    size = 0
+    position = start
+    torn = 0
+    segments = [s for s in list_segments(spool_dir) if s >= start.segment]
+    if segments and segments[0] > position.segment:
+        position = SpoolPosition(segments[0], 0)
+    while size < max_bytes:
+        if until is not None and position >= until:
+            break
+        newer_exists = segment_path(spool_dir, position.segment + 1).exists()
+        limit = max_bytes - size
+        if until is not None and until.segment == position.segment:
+            limit = min(limit, until.offset - position.offset)
+        path = segment_path(spool_dir, position.segment)
+        data = _read_range(path, position.offset, limit)
+        while size == 0 and b"\n" not in data and len(data) == limit and until is None:
+            # One record longer than the budget: extend the read rather than never progress.
+            more = _read_range(path, position.offset + len(data), READ_CHUNK_BYTES)
+            if not more:
+                break
+            data += more
+            limit += len(more)
+        cut = data.rfind(b"\n") + 1
+        parts.append(data[:cut])
+        size += cut
+        position = SpoolPosition(position.segment, position.offset + cut)
+        reached_end = len(data) < limit
+        if not (newer_exists and reached_end):
+            break
+        torn += len(data) - cut  # a record that will never be finished: skipped, and counted
+        position = SpoolPosition(position.segment + 1, 0)
+    return SpoolChunk(b"".join(parts), position, torn)
+
+
+def _read_range(path: Path, offset: int, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
+def delete_segments_before(spool_dir: Path, segment: int) -> int:
+    """Remove spool segments older than `segment` (all of them already ingested)."""
+    removed = 0
+    for old in list_segments(spool_dir):
+        if old >= segment:
+            break
+        with contextlib.suppress(FileNotFoundError):
+            segment_path(spool_dir, old).unlink()
+            removed += 1
+    return removed

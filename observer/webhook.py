@@ -1,0 +1,190 @@
+"""The webhook's HTTP layer: `POST /event`, `GET /health`, `GET /stats`, as a bare ASGI app.
+
+It stays thin on purpose (a framework costs ~3× on the hot path): routing, the body limit, the
+optional bearer token and JSON answers. Validation lives in `observer.events`, durability in
+`observer.intake`; nothing here decides what an op is or how it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from observer.events import EventError, parse_event
+from observer.health import HealthProbe
+from observer.intake import Intake, Overloaded, WriteFailed
+from observer.notify import SpoolNotifier
+from observer.settings import Settings
+
+log = logging.getLogger("observer.webhook")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+RETRY_AFTER_SECONDS = b"1"
+ROUTES: dict[str, tuple[str, ...]] = {
+    "/event": ("POST",),
+    "/health": ("GET", "HEAD"),
+    "/stats": ("GET", "HEAD"),
+}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class WebhookApp:
+    """ASGI application; owns the Intake's life cycle through ASGI lifespan events."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.notifier = SpoolNotifier(settings.prefect_api_url)
+        self.intake = Intake(settings, on_durable=self.notifier.poke_threadsafe)
+        self.probe = HealthProbe(settings)
+        self._token = settings.token.encode() if settings.token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await asyncio.to_thread(self.intake.open)
+                    self.notifier.start()
+                    self.probe.start()
+                except Exception as exc:  # start-up failure must be reported, not swallowed
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.probe.stop()
+                await self.notifier.stop()
+                await asyncio.to_thread(self.intake.close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        allowed = ROUTES.get(path)
+        if allowed is None:
+            await respond(send, 404, {"error": f"no such path: {path}"})
+            return
+        if method not in allowed:
+            await respond(
+                send,
+                405,
+                {"error": f"method {method} not allowed on {path}"},
+                extra=[(b"allow", ", ".join(allowed).encode())],
+            )
+            return
+        if path != "/health" and not self._authorized(scope):
+            await respond(
+                send,
+                401,
+                {"error": "missing or wrong bearer token"},
+                extra=[(b"www-authenticate", b"Bearer")],
+            )
+            return
+        head = method == "HEAD"
+        if path == "/event":
+            await self._event(scope, receive, send)
+        elif path == "/health":
+            await respond(send, 200, await self._health(), head=head)
+        else:
+            await asyncio.to_thread(self.intake.catch_up)
+            await respond(send, 200, self.intake.window.stats(), head=head)
+
+    async def _event(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.settings.max_body_bytes
+        try:
+            body = await read_body(scope, receive, limit)
+        except BodyTooLarge:
+            await respond(
+                send, 413, {"error": f"request body larger than the limit of {limit} bytes"}
+            )
+            return
+        try:
+            event = parse_event(body)
+            accepted = await self.intake.submit(event.event_id, event.to_op())
+        except EventError as exc:
+            await respond(send, exc.status, exc.to_json())
+            return
+        except (Overloaded, WriteFailed) as exc:
+            await respond(
+                send, 503, {"error": str(exc)}, extra=[(b"retry-after", RETRY_AFTER_SECONDS)]
+            )
+            return
+        answer: dict[str, Any] = {"accepted": True, "ring_size": accepted.ring_size}
+        if accepted.duplicate:
+            answer["duplicate"] = True
+        await respond(send, 200, answer)
+
+    async def _health(self) -> dict[str, Any]:
+        await asyncio.to_thread(self.intake.catch_up)
+        return {
+            "status": "ok",
+            "ops_in_ring": len(self.intake.window),
+            "queued": self.intake.queued,
+            "write_errors": self.intake.write_errors,
+            "ingest": self.probe.ingest_state(),
+            "gateway": self.probe.gateway_state(),
+        }
+
+    def _authorized(self, scope: Scope) -> bool:
+        if self._token is None:
+            return True
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    credentials.strip(), self._token
+                )
+        return False
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing more than `limit` bytes before reading them all."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def respond(
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    *,
+    extra: list[tuple[bytes, bytes]] | None = None,
+    head: bool = False,
+) -> None:
+    payload = orjson.dumps(body)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else payload})

@@ -1,0 +1,44 @@
+"""Ingestion steps: drain the spool into ops.jsonl, then report what was done in the run."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from observer.ingest import IngestReport, drain_spool
+from observer.settings import load_settings
+
+
+@task(name="drain-spool", retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
+def drain_spool_into_ops(max_seconds: float) -> IngestReport:
+    """Move every complete spooled record into ops.jsonl (safe to retry: checkpointed per batch)."""
+    return drain_spool(load_settings(), max_seconds=max_seconds)
+
+
+@task(name="report-ingestion", cache_policy=NO_CACHE)
+def report_ingestion(report: IngestReport, reason: str) -> None:
+    """Log the counts and leave them as a table artifact: the run page is the audit trail."""
+    logger = get_run_logger()
+    logger.info(
+        "ingested %d op(s) in %d batch(es), %d duplicate(s) dropped, %d byte(s) read (%s)",
+        report.ingested,
+        report.batches,
+        report.duplicates,
+        report.bytes_read,
+        reason,
+    )
+    if report.repaired_crash:
+        logger.warning("an earlier run stopped mid-batch; ops.jsonl was cut back to its checkpoint")
+    if report.torn_bytes:
+        logger.warning("skipped %d byte(s) of a torn record in the spool", report.torn_bytes)
+    rows = [
+        {"measure": name, "value": value}
+        for name, value in report.model_dump(exclude={"by_source"}).items()
+    ]
+    rows += [{"measure": f"source:{s}", "value": n} for s, n in sorted(report.by_source.items())]
+    create_table_artifact(
+        key="ingest-events",
+        table=rows,
+        description=f"Ingestion run ({reason}): {report.ingested} op(s) into ops.jsonl",
+    )

@@ -1,0 +1,103 @@
+"""Shared fixtures: isolated settings and data dir, the Prefect test server, fake upstreams and
+the webhook as a real process."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Before anything imports prefect: no telemetry, a private PREFECT_HOME, never a surprise server.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="observer-prefect-home-")
+os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
+os.environ.pop("PREFECT_API_URL", None)
+
+from observer.settings import Settings, load_settings
+from tests.fakes import FakeUpstream, WebhookProcess
+
+OBSERVER_VARIABLES = (
+    "GATEWAY_URL",
+    "LAKEHOUSE_URL",
+    "OBSERVER_CYCLE",
+    "OBSERVER_PORT",
+    "OVERSEER_CORRECTIONS_PATH",
+    "OBSERVER_HOST",
+    "OBSERVER_TOKEN",
+    "OBSERVER_MAX_BODY_BYTES",
+    "OBSERVER_DATA_DIR",
+)
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """A real Prefect API server (temporary SQLite) for the whole session; sync flows without the
+    heartbeat thread's one-second wait at exit."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with (
+        prefect_test_harness(server_startup_timeout=90),
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
+        yield
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def observer_env(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment of an isolated Observer: its own data dir, upstreams nowhere until told."""
+    for name in OBSERVER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    env = {
+        "OBSERVER_DATA_DIR": str(data_dir),
+        "OVERSEER_CORRECTIONS_PATH": str(tmp_path / "kb" / "overseer_corrections.jsonl"),
+        "GATEWAY_URL": "http://127.0.0.1:9",
+        "LAKEHOUSE_URL": "http://127.0.0.1:9",
+        "OBSERVER_HTTP_TIMEOUT": "2",
+        "OBSERVER_HTTP_BACKOFF": "0.01",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def settings(observer_env: dict[str, str]) -> Settings:
+    return load_settings()
+
+
+@pytest.fixture
+def gateway(
+    observer_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    monkeypatch.setenv("GATEWAY_URL", fake.url)
+    observer_env["GATEWAY_URL"] = fake.url
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def llm(observer_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    monkeypatch.setenv("LAKEHOUSE_URL", fake.url)
+    observer_env["LAKEHOUSE_URL"] = fake.url
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def webhook(observer_env: dict[str, str], tmp_path: Path) -> Iterator[WebhookProcess]:
+    process = WebhookProcess(observer_env, cwd=tmp_path)
+    yield process
+    process.stop()
