@@ -40,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--prefect-port", type=int, default=4200, help="Prefect server port")
     up.set_defaults(handler=_up)
 
+    deploy = commands.add_parser(
+        "deploy",
+        help="create the work pool and apply prefect.yaml to the Prefect server at PREFECT_API_URL",
+        description=(
+            "Create the process work pool and apply prefect.yaml (schedules from OBSERVER_CYCLE)"
+            " to the Prefect server named by PREFECT_API_URL. `observer up` does this itself."
+        ),
+    )
+    deploy.set_defaults(handler=_deploy)
+
     webhook = commands.add_parser(
         "webhook",
         help="serve the webhook alone (no Prefect needed)",
@@ -70,6 +80,17 @@ def _webhook(_: argparse.Namespace) -> int:
     except PortInUse as exc:
         print(f"observer: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _deploy(_: argparse.Namespace) -> int:
+    from observer.supervisor import deploy, prefect_environment
+
+    settings = load_settings()
+    if not settings.prefect_api_url:
+        print("observer: set PREFECT_API_URL to the Prefect server's API", file=sys.stderr)
+        return 2
+    deploy(prefect_environment(settings, settings.prefect_api_url))
     return 0
 
 
