@@ -8,14 +8,20 @@ saying which upstream, what happened and after how many attempts.
 
 from __future__ import annotations
 
+import json
 import random
+import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
 from typing import Any, Literal
 
 import httpx
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
+from observer.jsfmt import js_json, js_truthy
 from observer.settings import Settings
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -168,6 +174,126 @@ async def probe_gateway(settings: Settings, timeout: float = 2.0) -> dict[str, A
         "detail": detail[:200],
         "seconds": round(time.monotonic() - started, 3),
     }
+
+
+@dataclass(frozen=True)
+class GatewayReply:
+    """One gateway call made once (no retry: an agent's call may not be idempotent).
+
+    `error` is None on success; else it says what failed: the network, the status, a reply that is
+    not JSON, or the reply's own JSON `error` field (the original's only failure signal).
+    """
+
+    data: Any
+    error: str | None
+    status: int | None = None
+
+
+_JSON_HEADERS = {"content-type": "application/json"}
+
+
+def call_gateway(
+    settings: Settings,
+    endpoint: str,
+    body: Any,
+    *,
+    timeout: float | None = None,
+    client: httpx.Client | None = None,
+) -> GatewayReply:
+    """POST `body` as JSON to `{GATEWAY_URL}{endpoint}` once, with a timeout; never raises for
+    network, status or reply problems. Pass `client` to reuse connections."""
+    url, content, seconds = (
+        f"{settings.gateway_url}{endpoint}",
+        _encode(body),
+        _timeout(settings, timeout),
+    )
+    if isinstance(content, GatewayReply):
+        return content
+    try:
+        if client is None:
+            with httpx.Client(verify=_ssl_context()) as own:
+                response = own.post(url, content=content, headers=_JSON_HEADERS, timeout=seconds)
+        else:
+            response = client.post(url, content=content, headers=_JSON_HEADERS, timeout=seconds)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return _transport_failure(url, seconds, exc)
+    return _gateway_reply(response)
+
+
+async def acall_gateway(
+    settings: Settings,
+    endpoint: str,
+    body: Any,
+    *,
+    timeout: float | None = None,
+    client: httpx.AsyncClient | None = None,
+) -> GatewayReply:
+    """The async twin of `call_gateway`."""
+    url, content, seconds = (
+        f"{settings.gateway_url}{endpoint}",
+        _encode(body),
+        _timeout(settings, timeout),
+    )
+    if isinstance(content, GatewayReply):
+        return content
+    try:
+        if client is None:
+            async with httpx.AsyncClient(verify=_ssl_context()) as own:
+                response = await own.post(
+                    url, content=content, headers=_JSON_HEADERS, timeout=seconds
+                )
+        else:
+            response = await client.post(
+                url, content=content, headers=_JSON_HEADERS, timeout=seconds
+            )
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return _transport_failure(url, seconds, exc)
+    return _gateway_reply(response)
+
+
+@cache
+def _ssl_context() -> ssl.SSLContext:
+    # Building a default SSL context costs milliseconds; a per-call client reuses this one.
+    return ssl.create_default_context()
+
+
+def _timeout(settings: Settings, timeout: float | None) -> float:
+    return settings.http_timeout_seconds if timeout is None else timeout
+
+
+def _encode(body: Any) -> bytes | GatewayReply:
+    try:
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        message = f"body is not JSON: {exc}"
+        return GatewayReply({"error": message}, message)
+    return text.encode()
+
+
+def _transport_failure(url: str, seconds: float, exc: Exception) -> GatewayReply:
+    if isinstance(exc, httpx.TimeoutException):
+        message = f"timeout: no answer from {url} within {seconds:g}s"
+    else:
+        message = f"cannot reach {url}: {exc or type(exc).__name__}"
+    return GatewayReply({"error": message}, message)
+
+
+def _gateway_reply(response: httpx.Response) -> GatewayReply:
+    status = response.status_code
+    data: Any = None
+    if response.content.strip():
+        try:
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            message = f"reply is not JSON (HTTP {status})"
+            return GatewayReply({"error": message}, message, status)
+    field = data.get("error") if isinstance(data, dict) else None
+    reason = None
+    if js_truthy(field):
+        reason = field if isinstance(field, str) else js_json(field)
+    if not response.is_success:
+        return GatewayReply(data, f"HTTP {status}" + (f": {reason}" if reason else ""), status)
+    return GatewayReply(data, reason, status)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
