@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     http_timeout_seconds: float = Field(30.0, validation_alias="OBSERVER_HTTP_TIMEOUT", gt=0)
     http_attempts: int = Field(3, validation_alias="OBSERVER_HTTP_ATTEMPTS", ge=1, le=10)
     http_backoff_seconds: float = Field(1.0, validation_alias="OBSERVER_HTTP_BACKOFF", ge=0)
+    corrections_grace_seconds: float = Field(
+        60.0, validation_alias="OBSERVER_CORRECTIONS_GRACE_SECONDS", ge=0
+    )
+    corrections_max_line_bytes: int = Field(
+        1024 * 1024, validation_alias="OBSERVER_CORRECTIONS_MAX_LINE_BYTES", gt=0
+    )
+    corrections_max_bytes_per_run: int = Field(
+        256 * 1024 * 1024, validation_alias="OBSERVER_CORRECTIONS_MAX_BYTES_PER_RUN", gt=0
+    )
     prefect_api_url: str | None = Field(
         None, validation_alias=AliasChoices("PREFECT_API_URL", "OBSERVER_PREFECT_API_URL")
     )
