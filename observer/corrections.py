@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal
@@ -143,9 +144,10 @@ def _json_type(value: object) -> str:
     return "a number"
 
 
-def row_event_id(fingerprint: str | None, offset: int) -> str:
-    """Stable across runs, crashes and re-reads: the file's first-line fingerprint and the offset."""
-    return f"corr:{fingerprint or 'empty'}:{offset}"
+def row_event_id(fingerprint: str | None, offset: int, data: bytes) -> str:
+    """Stable across runs, crashes and re-reads: the file's first-line fingerprint, the offset and
+    a checksum of the line (so a truncated file rewritten from the same first line gets new ids)."""
+    return f"corr:{fingerprint or 'empty'}:{offset}:{zlib.crc32(data):08x}"
 
 
 # ── checkpoint and report ───────────────────────────────────────────────────────────────────────
@@ -231,7 +233,7 @@ class _Run:
         if line.offset == 0 and self.checkpoint.fingerprint is None:
             self._identify(line.data)
         batch.size += line.end - line.offset
-        event_id = row_event_id(self.checkpoint.fingerprint, line.offset)
+        event_id = row_event_id(self.checkpoint.fingerprint, line.offset, line.data)
         if line.too_long:
             limit = self.settings.corrections_max_line_bytes
             self._quarantine(line, event_id, "too_long", f"line of {line.length} bytes > {limit}")

@@ -232,10 +232,10 @@ def test_truncation_starts_the_file_again(settings: Settings) -> None:
     path = settings.corrections_path
     _append(path, _rows(range(5)))
     tail_corrections(settings)
-    path.write_bytes(_row(5))  # smaller than the offset, same inode
+    path.write_bytes(_row(0) + _row(5))  # smaller than the offset, same inode and first line
     report = tail_corrections(settings)
-    assert report.recorded == 1 and any("truncated" in e for e in report.events)
-    assert _ingested(settings) == _names(range(6))
+    assert report.recorded == 2 and any("truncated" in e for e in report.events)
+    assert _ingested(settings) == _names(range(6))  # row 0 again at byte 0: the same row
 
 
 def test_copy_truncate_finishes_the_copy_then_reads_the_new_start(settings: Settings) -> None:
