@@ -1,0 +1,408 @@
+"""Playbook consolidation: repeated successes per endpoint become an entry on the gateway's `/log`.
+
+The window is the tail of ops.jsonl (the original's 2000-op memory by default), read backwards, so a
+run costs what the window holds, not what the file holds. Evidence per endpoint is computed with
+polars. The original re-posted identical entries every 5 cycles forever; here an endpoint's entry is
+posted only when it has a success newer than the one its last delivered entry covered. Ops are
+identified by their byte offset in the append-only ops.jsonl, so "newer" needs no trusted clock;
+a replaced file (new inode, or shorter than a remembered offset) forgets what was posted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import orjson
+import polars as pl
+from pydantic import BaseModel, Field
+
+from observer.jsfmt import UNDEFINED, join_item, js_string, to_fixed_0
+from observer.ops import cut, now_timestamp
+from observer.settings import Settings
+from observer.store import load_state, save_state
+from observer.upstream import LogEntry, Upstreams
+
+READ_CHUNK_BYTES = 1024 * 1024
+PATTERN_INPUTS = 3
+PATTERN_CHARS = 200
+EVIDENCE_SEPARATOR = " | "
+
+Action = Literal["post", "unchanged", "below-threshold"]
+
+
+class ConsolidateParameters(BaseModel):
+    """What a consolidation run looks at and when it posts (the flow's UI form)."""
+
+    window_ops: int = Field(
+        2000, ge=1, le=1_000_000, description="the last N ops of ops.jsonl (the original: 2000)"
+    )
+    max_age_hours: float | None = Field(
+        None, gt=0, description="also leave out ops whose timestamp is older than this"
+    )
+    min_successes_per_endpoint: int = Field(
+        3, ge=1, description="an endpoint needs this many successes in the window"
+    )
+    min_successes_overall: int = Field(
+        5, ge=0, description="nothing is consolidated below this many successes in the window"
+    )
+    dry_run: bool = Field(False, description="compute and report, post nothing, remember nothing")
+    force: bool = Field(False, description="post every qualifying endpoint, changed or not")
+
+
+class EndpointEvidence(BaseModel):
+    """What the window says about one endpoint."""
+
+    endpoint: str
+    successes: int
+    total: int
+    mean_ms: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    first_seen: str | None
+    last_seen: str | None
+    recent_inputs: list[str]
+    last_success_offset: int
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.total if self.total else 0.0
+
+
+class PlannedEntry(BaseModel):
+    """One endpoint's entry and what this run does with it, and why."""
+
+    evidence: EndpointEvidence
+    entry: LogEntry
+    action: Action
+    reason: str
+    ops_inode: int | None = None
+    ops_end: int = 0
+
+
+class Playbook(BaseModel):
+    """A run's view of the window: every endpoint with successes, and the overall decision."""
+
+    entries: list[PlannedEntry] = Field(default_factory=list)
+    ops_in_window: int = 0
+    successes_in_window: int = 0
+    malformed_lines: int = 0
+    bytes_read: int = 0
+    note: str = ""
+
+    @property
+    def to_post(self) -> list[PlannedEntry]:
+        return [p for p in self.entries if p.action == "post"]
+
+
+class PostedMark(BaseModel):
+    """What the last delivered entry of an endpoint covered."""
+
+    last_success_offset: int
+    successes: int
+    result: str
+    posted_at: str
+
+
+class PlaybookState(BaseModel):
+    """Persisted between runs: per endpoint, the last delivered entry."""
+
+    ops_inode: int | None = None
+    endpoints: dict[str, PostedMark] = Field(default_factory=dict)
+
+
+# ── reading the window ──────────────────────────────────────────────────────────────────────────
+
+
+@dataclass
+class Tail:
+    """The last complete lines of a file, each with the byte offset where it starts."""
+
+    lines: list[bytes] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    start: int = 0
+    end: int = 0
+    inode: int | None = None
+
+
+def read_tail(path: Path, count: int) -> Tail:
+    """The last `count` complete lines of `path`, read backwards in chunks (an unterminated last
+    line is not complete yet and is left for the next run)."""
+    try:
+        with open(path, "rb") as handle:
+            inode = os.fstat(handle.fileno()).st_ino
+            position, data = _read_back(handle, count)
+    except FileNotFoundError:
+        return Tail()
+    complete = data.rfind(b"\n")
+    if complete < 0:
+        return Tail(start=position + len(data), end=position + len(data), inode=inode)
+    lines = data[:complete].split(b"\n")
+    offset = position
+    if position > 0:  # the first piece may be the end of an earlier line
+        offset += len(lines[0]) + 1
+        lines = lines[1:]
+    for skipped in lines[: max(0, len(lines) - count)]:
+        offset += len(skipped) + 1
+    lines = lines[-count:]
+    offsets = []
+    for line in lines:
+        offsets.append(offset)
+        offset += len(line) + 1
+    start = offsets[0] if offsets else offset
+    return Tail(lines, offsets, start, position + complete + 1, inode)
+
+
+def _read_back(handle: BinaryIO, count: int) -> tuple[int, bytes]:
+    """Chunks from the end until more than `count` newlines are in hand: (start offset, bytes)."""
+    position = handle.seek(0, os.SEEK_END)
+    chunks: list[bytes] = []
+    newlines = 0
+    while position > 0 and newlines <= count:
+        step = min(READ_CHUNK_BYTES, position)
+        position -= step
+        handle.seek(position)
+        chunk = handle.read(step)
+        chunks.append(chunk)
+        newlines += chunk.count(b"\n")
+    return position, b"".join(reversed(chunks))
+
+
+WINDOW_SCHEMA = {
+    "offset": pl.Int64,
+    "timestamp": pl.String,
+    "endpoint": pl.String,
+    "input_summary": pl.String,
+    "success": pl.Boolean,
+    "duration_ms": pl.Float64,
+}
+
+
+def window_frame(tail: Tail, max_age_hours: float | None = None) -> tuple[pl.DataFrame, int]:
+    """The window's ops as a frame, and how many lines were not ops (skipped, never fatal).
+
+    A file may hold anything (the original's ops, a hand edit): each line is checked on its own.
+    `success` counts only when it is `true` (the original also took "false" as a success); an
+    endpoint is written as JavaScript would name its group; a non-numeric duration is left out
+    of the duration figures.
+    """
+    columns: dict[str, list[Any]] = {name: [] for name in WINDOW_SCHEMA}
+    cutoff = datetime.now(UTC) - timedelta(hours=max_age_hours) if max_age_hours else None
+    malformed = 0
+    for offset, line in zip(tail.offsets, tail.lines, strict=True):
+        try:
+            op = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            malformed += bool(line.strip())
+            continue
+        if not isinstance(op, dict):
+            malformed += 1
+            continue
+        timestamp = op.get("timestamp")
+        if cutoff is not None and not _at_or_after(timestamp, cutoff):
+            continue
+        duration = op.get("duration_ms")
+        columns["offset"].append(offset)
+        columns["timestamp"].append(timestamp if isinstance(timestamp, str) else None)
+        columns["endpoint"].append(js_string(op.get("endpoint", UNDEFINED)))
+        columns["input_summary"].append(join_item(op.get("input_summary")))
+        columns["success"].append(op.get("success") is True)
+        columns["duration_ms"].append(
+            float(duration)
+            if isinstance(duration, int | float) and not isinstance(duration, bool)
+            else None
+        )
+    return pl.DataFrame(columns, schema=WINDOW_SCHEMA), malformed
+
+
+def _at_or_after(timestamp: object, cutoff: datetime) -> bool:
+    if not isinstance(timestamp, str):
+        return False
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return False
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment >= cutoff
+
+
+def endpoint_evidence(frame: pl.DataFrame) -> list[EndpointEvidence]:
+    """Per endpoint with at least one success, in order of its first success in the window."""
+    duration = pl.col("duration_ms")
+    totals = frame.group_by("endpoint").agg(pl.len().alias("total"))
+    evidence = (
+        frame.filter(pl.col("success"))
+        .group_by("endpoint", maintain_order=True)
+        .agg(
+            pl.len().alias("successes"),
+            duration.mean().alias("mean_ms"),
+            duration.quantile(0.5, "linear").alias("p50_ms"),
+            duration.quantile(0.95, "linear").alias("p95_ms"),
+            pl.col("timestamp").drop_nulls().first().alias("first_seen"),
+            pl.col("timestamp").drop_nulls().last().alias("last_seen"),
+            pl.col("input_summary").tail(PATTERN_INPUTS).alias("recent_inputs"),
+            pl.col("offset").max().alias("last_success_offset"),
+        )
+        .join(totals, on="endpoint", how="left", maintain_order="left")
+    )
+    return [EndpointEvidence.model_validate(row) for row in evidence.iter_rows(named=True)]
+
+
+# ── the entry ───────────────────────────────────────────────────────────────────────────────────
+
+
+def log_entry(evidence: EndpointEvidence) -> LogEntry:
+    """The original's body, byte for byte in its four keys; extra evidence follows `result`'s
+    original text after " | ", so `result.split(" | ")[0]` is what the original wrote."""
+    n, endpoint = evidence.successes, evidence.endpoint
+    pattern = "; ".join(evidence.recent_inputs)
+    result = f"avg_duration={_ms(evidence.mean_ms)}ms, {n} successes"
+    extra = (
+        f"success_rate={_percent(evidence)}"
+        f", p50={_ms(evidence.p50_ms)}ms, p95={_ms(evidence.p95_ms)}ms"
+        f", first_seen={evidence.first_seen or '?'}, last_seen={evidence.last_seen or '?'}"
+    )
+    return LogEntry(
+        operation=f"consolidated: {n} successful {endpoint} calls",
+        approach=f"common pattern: {cut(pattern, PATTERN_CHARS)}",
+        result=result + EVIDENCE_SEPARATOR + extra,
+        context=f"endpoint={endpoint}",
+    )
+
+
+def _ms(value: float | None) -> str:
+    # The original summed durations; none usable gave NaN there too.
+    return to_fixed_0(value) if value is not None else "NaN"
+
+
+def _percent(evidence: EndpointEvidence) -> str:
+    """`83.3% (5/6)`: successes over all ops of the endpoint in the window."""
+    tenths = to_fixed_0(evidence.success_rate * 1000)
+    whole, tenth = divmod(int(tenths), 10)
+    return f"{whole}.{tenth}% ({evidence.successes}/{evidence.total})"
+
+
+# ── deciding, posting, remembering ──────────────────────────────────────────────────────────────
+
+
+def state_path(settings: Settings) -> Path:
+    return settings.state_dir / "consolidate-playbooks.json"
+
+
+def lock_path(settings: Settings) -> Path:
+    return settings.state_dir / "consolidate-playbooks.lock"
+
+
+def build_playbook(settings: Settings, params: ConsolidateParameters) -> Playbook:
+    """Read the window, compute the evidence and decide, per endpoint, whether to post."""
+    tail = read_tail(settings.ops_path, params.window_ops)
+    frame, malformed = window_frame(tail, params.max_age_hours)
+    state = load_state(state_path(settings), PlaybookState)
+    marks = state.endpoints if _made_from(state, tail.inode, tail.end) else {}
+    successes = int(frame["success"].sum())
+    playbook = Playbook(
+        ops_in_window=frame.height,
+        successes_in_window=successes,
+        malformed_lines=malformed,
+        bytes_read=tail.end - tail.start,
+    )
+    overall_ok = successes >= params.min_successes_overall
+    if not overall_ok:
+        playbook.note = (
+            f"{successes} success(es) in the window, fewer than {params.min_successes_overall}:"
+            " nothing is consolidated"
+        )
+    new_counts = _new_successes(frame, marks)
+    for evidence in endpoint_evidence(frame):
+        action, reason = _decide(evidence, marks.get(evidence.endpoint), new_counts, params)
+        if not overall_ok and action == "post":
+            action, reason = "below-threshold", "too few successes in the window overall"
+        playbook.entries.append(
+            PlannedEntry(
+                evidence=evidence,
+                entry=log_entry(evidence),
+                action=action,
+                reason=reason,
+                ops_inode=tail.inode,
+                ops_end=tail.end,
+            )
+        )
+    return playbook
+
+
+def _decide(
+    evidence: EndpointEvidence,
+    mark: PostedMark | None,
+    new_counts: dict[str, int],
+    params: ConsolidateParameters,
+) -> tuple[Action, str]:
+    if evidence.successes < params.min_successes_per_endpoint:
+        return "below-threshold", (
+            f"{evidence.successes} success(es), fewer than {params.min_successes_per_endpoint}"
+        )
+    if mark is None:
+        return "post", "first entry for this endpoint"
+    fresh = new_counts.get(evidence.endpoint, 0)
+    if fresh:
+        return "post", f"{fresh} new success(es) since the last entry"
+    if params.force:
+        return "post", "forced (no new success since the last entry)"
+    return "unchanged", f"no new success since the entry of {mark.posted_at}"
+
+
+def _made_from(state: PlaybookState, inode: int | None, end: int) -> bool:
+    """Whether the remembered entries were made from this ops.jsonl: same inode, and no offset past
+    its end (a truncated or replaced file re-uses offsets, so every mark is then suspect)."""
+    if state.ops_inode is not None and state.ops_inode != inode:
+        return False
+    return all(mark.last_success_offset < end for mark in state.endpoints.values())
+
+
+def _new_successes(frame: pl.DataFrame, marks: dict[str, PostedMark]) -> dict[str, int]:
+    """Per endpoint, successes in the window after the one its last entry covered."""
+    if not marks:
+        return {}
+    covered = pl.DataFrame(
+        {
+            "endpoint": list(marks),
+            "covered": [mark.last_success_offset for mark in marks.values()],
+        },
+        schema={"endpoint": pl.String, "covered": pl.Int64},
+    )
+    fresh = (
+        frame.filter(pl.col("success"))
+        .join(covered, on="endpoint", how="inner")
+        .filter(pl.col("offset") > pl.col("covered"))
+        .group_by("endpoint")
+        .agg(pl.len().alias("fresh"))
+    )
+    return dict(zip(fresh["endpoint"].to_list(), fresh["fresh"].to_list(), strict=True))
+
+
+def deliver(settings: Settings, planned: PlannedEntry, upstreams: Upstreams) -> None:
+    """Post one entry (timeout, retries, status checked by `Upstreams`), then remember it.
+
+    Raises `UpstreamError` when the gateway did not take it; nothing is remembered then, so the
+    next run tries again.
+    """
+    upstreams.post_log(planned.entry)
+    mark_posted(settings, planned)
+
+
+def mark_posted(settings: Settings, planned: PlannedEntry) -> None:
+    path = state_path(settings)
+    state = load_state(path, PlaybookState)
+    if not _made_from(state, planned.ops_inode, planned.ops_end):
+        state = PlaybookState()
+    state.ops_inode = planned.ops_inode
+    state.endpoints[planned.evidence.endpoint] = PostedMark(
+        last_success_offset=planned.evidence.last_success_offset,
+        successes=planned.evidence.successes,
+        result=planned.entry.result,
+        posted_at=now_timestamp(),
+    )
+    save_state(path, state)

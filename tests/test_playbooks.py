@@ -1,0 +1,238 @@
+"""Playbook consolidation: the evidence and body (library), and the flow against a real Prefect
+server and a fake gateway on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from flows.consolidate_playbooks import consolidate_playbooks
+from observer.ops import Op
+from observer.playbooks import (
+    ConsolidateParameters,
+    PlaybookState,
+    build_playbook,
+    read_tail,
+    state_path,
+)
+from observer.settings import Settings
+from observer.store import load_state
+from tests.fakes import FakeUpstream, Hang, Reply
+
+Spec = tuple[str, float, bool]  # endpoint, duration_ms, success
+
+
+def _write(settings: Settings, specs: Iterable[Spec], *, append: bool = True) -> None:
+    """Ops as ingestion writes them into ops.jsonl (one per line, in order)."""
+    path = settings.ops_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = len(path.read_bytes().splitlines()) if append and path.exists() else 0
+    lines = [
+        Op.build(
+            timestamp=f"2026-04-23T10:{(start + i) // 60:02d}:{(start + i) % 60:02d}.000Z",
+            endpoint=endpoint,
+            input_summary=f"{endpoint} input {start + i}",
+            success=success,
+            duration_ms=duration,
+            output_summary="ok" if success else "failed",
+            source="mcp",
+        ).to_line()
+        + b"\n"
+        for i, (endpoint, duration, success) in enumerate(specs)
+    ]
+    with open(path, "ab" if append else "wb") as handle:
+        handle.write(b"".join(lines))
+
+
+def _ok(endpoint: str, *durations: float) -> list[Spec]:
+    return [(endpoint, d, True) for d in durations]
+
+
+def _posted(gateway: FakeUpstream) -> dict[str, dict[str, Any]]:
+    return {seen.body["context"]: seen.body for seen in gateway.seen("/log")}
+
+
+def _actions(settings: Settings, **params: Any) -> dict[str, str]:
+    playbook = build_playbook(settings, ConsolidateParameters(**params))
+    return {p.evidence.endpoint: p.action for p in playbook.entries}
+
+
+# ── library: thresholds, rounding, the body, the window ─────────────────────────────────────────
+
+
+def test_endpoint_threshold_two_vs_three(settings: Settings) -> None:
+    _write(settings, _ok("a", 1, 1) + _ok("b", 1, 1, 1))
+
+    assert _actions(settings) == {"a": "below-threshold", "b": "post"}
+
+
+def test_overall_threshold_four_vs_five(settings: Settings) -> None:
+    _write(settings, [*_ok("a", 1, 1, 1, 1), ("a", 1, False)])
+    assert _actions(settings) == {"a": "below-threshold"}
+
+    _write(settings, _ok("b", 1))
+    assert _actions(settings) == {"a": "post", "b": "below-threshold"}
+    assert _actions(settings, min_successes_overall=6) == {
+        "a": "below-threshold",
+        "b": "below-threshold",
+    }
+
+
+@pytest.mark.parametrize(
+    ("durations", "shown"),
+    [((2, 3, 2.5), "3"), ((10, 11, 10.5), "11"), ((1, 2, 3, 4), "3"), ((0.1, 0.2, 0.3), "0")],
+)
+def test_mean_rounds_half_up_like_to_fixed(
+    settings: Settings, durations: tuple[float, ...], shown: str
+) -> None:
+    _write(settings, _ok("e", *durations) + _ok("f", 1, 1))
+
+    entry = build_playbook(settings, ConsolidateParameters()).entries[0].entry
+
+    assert entry.result.startswith(f"avg_duration={shown}ms, {len(durations)} successes | ")
+
+
+def test_body_is_the_original_plus_evidence_after_result(settings: Settings) -> None:
+    _write(settings, [*_ok("/search", 10, 20), ("/search", 5, False), *_ok("/search", 30, 40)])
+
+    planned = build_playbook(settings, ConsolidateParameters()).entries[0]
+
+    assert planned.entry.model_dump() == {
+        "operation": "consolidated: 4 successful /search calls",
+        "approach": "common pattern: /search input 1; /search input 3; /search input 4",
+        "result": "avg_duration=25ms, 4 successes | success_rate=80.0% (4/5), p50=25ms,"
+        " p95=39ms, first_seen=2026-04-23T10:00:00.000Z, last_seen=2026-04-23T10:00:04.000Z",
+        "context": "endpoint=/search",
+    }
+
+
+def test_pattern_is_cut_to_200_characters(settings: Settings) -> None:
+    long = "é" * 150
+    lines = [
+        Op.build(
+            timestamp="t",
+            endpoint="x",
+            input_summary=long,
+            success=True,
+            duration_ms=1,
+            output_summary="",
+        ).to_line()
+        for _ in range(5)
+    ]
+    settings.ops_path.parent.mkdir(parents=True)
+    settings.ops_path.write_bytes(b"\n".join(lines) + b"\n")
+
+    approach = build_playbook(settings, ConsolidateParameters()).entries[0].entry.approach
+
+    assert approach == "common pattern: " + (f"{long}; {long}; {long}")[:200]
+
+
+def test_window_is_the_tail_and_bad_lines_are_skipped(settings: Settings) -> None:
+    _write(settings, _ok("old", 1, 1, 1, 1, 1))
+    with open(settings.ops_path, "ab") as handle:
+        handle.write(b'not json\nnull\n{"endpoint":"new","success":"false","duration_ms":"x"}\n')
+    _write(settings, _ok("new", 1, 1, 1, 1, 1))
+    with open(settings.ops_path, "ab") as handle:
+        handle.write(b'{"endpoint":"torn"')  # not complete yet: left for the next run
+
+    playbook = build_playbook(settings, ConsolidateParameters(window_ops=8))
+
+    assert {p.evidence.endpoint: p.evidence.total for p in playbook.entries} == {"new": 6}
+    assert (playbook.ops_in_window, playbook.malformed_lines) == (6, 2)
+    tail = read_tail(settings.ops_path, 8)
+    assert tail.end == settings.ops_path.stat().st_size - len(b'{"endpoint":"torn"')
+
+
+def test_strange_endpoint_names(settings: Settings) -> None:
+    names = ["__proto__", "constructor", "toString", "🚀 launch", "a|b_*c*"]
+    _write(settings, [spec for name in names for spec in _ok(name, 1, 2, 3)])
+
+    assert _actions(settings) == dict.fromkeys(names, "post")
+
+
+# ── the flow: posting, remembering, re-posting, failing honestly ───────────────────────────────
+
+
+def _artifact(key: str) -> str:
+    """The latest artifact of `key` as the Prefect API stores it."""
+
+    async def read() -> str:
+        async with get_client() as client:
+            artifacts = await client.read_latest_artifacts()
+        return next(a.data for a in artifacts if a.key == key)
+
+    return asyncio.run(read())
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_posts_once_then_only_what_changed(gateway: FakeUpstream, settings: Settings) -> None:
+    names = ["__proto__", "constructor", "🚀"]
+    _write(settings, [spec for name in names for spec in _ok(name, 1, 2, 3)])
+
+    first = consolidate_playbooks()
+
+    assert set(_posted(gateway)) == {f"endpoint={n}" for n in names}
+    assert first.status == dict.fromkeys(names, "posted")
+    assert set(load_state(state_path(settings), PlaybookState).endpoints) == set(names)
+    table = json.loads(_artifact("consolidate-playbooks"))
+    assert {row["endpoint"]: row["status"] for row in table} == dict.fromkeys(names, "posted")
+    assert r"\_\_proto\_\_" in _artifact("consolidate-playbooks-changes")
+
+    gateway.requests.clear()
+    consolidate_playbooks()
+    assert gateway.seen("/log") == []  # a quiet system posts nothing
+
+    _write(settings, [*_ok("constructor", 9), ("🚀", 1, False)])
+    again = consolidate_playbooks()
+    assert list(_posted(gateway)) == ["endpoint=constructor"]
+    assert _posted(gateway)["endpoint=constructor"]["operation"] == (
+        "consolidated: 4 successful constructor calls"
+    )
+    assert again.status["🚀"] == "unchanged"
+    assert "1 new success(es)" in _artifact("consolidate-playbooks-changes")
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_dry_run_and_force(gateway: FakeUpstream, settings: Settings) -> None:
+    _write(settings, _ok("a", 1, 1, 1) + _ok("b", 1, 1, 1))
+    dry = consolidate_playbooks(ConsolidateParameters(dry_run=True))
+    assert gateway.seen("/log") == [] and dry.status == {"a": "would post", "b": "would post"}
+    assert not state_path(settings).exists()
+
+    consolidate_playbooks()
+    forced = consolidate_playbooks(ConsolidateParameters(force=True))
+    assert len(gateway.seen("/log")) == 4 and forced.status == {"a": "posted", "b": "posted"}
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize(
+    "failure", [Reply(500, {"error": "down"}), Hang(5)], ids=["http-500", "hang"]
+)
+def test_gateway_failure_fails_the_run_and_marks_nothing_undelivered(
+    gateway: FakeUpstream,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Reply | Hang,
+) -> None:
+    monkeypatch.setenv("OBSERVER_HTTP_TIMEOUT", "0.3")
+    _write(settings, _ok("first", 1, 1, 1) + _ok("second", 1, 1, 1) + _ok("third", 1, 1, 1))
+    gateway.script("/log", Reply(200, {}), failure, failure, failure)
+
+    state = consolidate_playbooks(return_state=True)
+
+    assert state.is_failed()
+    assert len(gateway.seen("/log")) == 1 + 3  # one delivered, then 3 attempts at the second
+    remembered = load_state(state_path(settings), PlaybookState).endpoints
+    assert list(remembered) == ["first"]
+    changes = _artifact("consolidate-playbooks-changes")
+    assert "failed" in changes and "not attempted" in changes
+
+    gateway.requests.clear()
+    retried = consolidate_playbooks()  # the gateway is back: the rest is posted, not the first
+    assert list(_posted(gateway)) == ["endpoint=second", "endpoint=third"]
+    assert retried.count("posted") == 2
