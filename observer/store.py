@@ -214,6 +214,7 @@ class SpoolWriter:
             except OSError:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, start)
+                self.close()  # look for the newest segment afresh next time
                 raise
             return (
                 SpoolPosition(self._segment, start),

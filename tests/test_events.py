@@ -1,0 +1,113 @@
+"""The op line and the /event body: byte-compatible with the original, strict where it was lax."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from observer.events import EventError, parse_event
+from observer.ops import Op, js_number, now_timestamp
+from observer.window import StatsWindow
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def golden_pairs() -> list[tuple[bytes, bytes]]:
+    bodies = (GOLDEN / "event_bodies.jsonl").read_bytes().splitlines()
+    lines = (GOLDEN / "original_ops.jsonl").read_bytes().splitlines()
+    assert len(bodies) == len(lines) > 10
+    return list(zip(bodies, lines, strict=True))
+
+
+@pytest.mark.parametrize(("body", "original_line"), golden_pairs())
+def test_op_line_is_byte_identical_to_the_original(body: bytes, original_line: bytes) -> None:
+    assert parse_event(body).to_op().to_line() == original_line
+
+
+def test_stats_window_matches_the_original_on_the_same_events() -> None:
+    window = StatsWindow()
+    for body, _ in golden_pairs():
+        window.add_op(parse_event(body).to_op())
+    assert window.stats() == json.loads((GOLDEN / "original_stats.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0, "0"),
+        (42, "42"),
+        (42.0, "42"),
+        (-3.5, "-3.5"),
+        (0.1, "0.1"),
+        (1e-7, "1e-7"),
+        (0.000001, "0.000001"),
+        (1e21, "1e+21"),
+        (1.5e22, "1.5e+22"),
+        (123456789012345680000.0, "123456789012345680000"),
+        (1 / 3, "0.3333333333333333"),
+        (5e-324, "5e-324"),
+    ],
+)
+def test_numbers_are_printed_as_javascript_prints_them(value: float, text: str) -> None:
+    assert js_number(value) == text
+
+
+def test_default_timestamp_is_iso_utc_with_milliseconds() -> None:
+    stamp = now_timestamp()
+    assert len(stamp) == 24 and stamp.endswith("Z") and stamp[19] == "."
+
+
+def test_obviously_equal_forms_are_coerced() -> None:
+    op = parse_event(b'{"success":"false","duration_ms":"42","count":"3"}').to_op()
+    assert (op.success, op.duration_ms, op.count) == (False, 42, 3)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"{", 400, "invalid JSON"),
+        (b"", 400, "invalid JSON"),
+        (b"null", 400, "got null"),
+        (b"[1,2]", 400, "got an array"),
+        (b'"event"', 400, "got a string"),
+        (b"42", 400, "got a number"),
+        (b'{"success":"maybe"}', 422, "success: must be a boolean"),
+        (b'{"duration_ms":"abc"}', 422, "duration_ms: must be a number"),
+        (b'{"duration_ms":true}', 422, "duration_ms: must be a number"),
+        (b'{"duration_ms":-1}', 422, "duration_ms: must not be negative"),
+        (b'{"count":1.5}', 422, "count: must be a whole number"),
+        (b'{"endpoint":"__proto__","source":5}', 422, "source: must be a string"),
+        (b'{"role":{"toString":1}}', 422, "role: must be a string"),
+        (b'{"timestamp":"yesterday"}', 422, "timestamp: is not an ISO-8601"),
+        (b'{"event_id":"a\\tb"}', 422, "event_id: must not contain tabs"),
+        (b'{"event_id":""}', 422, "event_id"),
+    ],
+)
+def test_bad_bodies_say_what_and_where(body: bytes, status: int, words: str) -> None:
+    with pytest.raises(EventError) as caught:
+        parse_event(body)
+    assert caught.value.status == status
+    assert words in str(caught.value)
+
+
+def test_field_errors_list_every_field_path() -> None:
+    with pytest.raises(EventError) as caught:
+        parse_event(b'{"success":1,"count":"x"}')
+    fields = {detail["field"] for detail in caught.value.details}
+    assert fields == {"success", "count"}
+
+
+def test_absent_null_and_present_keys_are_kept_apart() -> None:
+    absent = Op.build(
+        timestamp="t",
+        endpoint="e",
+        input_summary="i",
+        success=True,
+        duration_ms=1,
+        output_summary="o",
+    )
+    explicit = Op.build(**absent.model_dump(exclude_unset=True), error=None)
+    assert b'"error"' not in absent.to_line()
+    assert b'"error":null' in explicit.to_line()

@@ -1,0 +1,153 @@
+"""The spool and ingestion on real files: order, exactly once, crash repair, many writers."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+from observer.ingest import checkpoint_path, drain_spool, ids_path
+from observer.intake import record_ops
+from observer.ops import Op
+from observer.settings import Settings
+from observer.store import (
+    SpoolPosition,
+    SpoolWriter,
+    encode_record,
+    list_segments,
+    read_last_lines,
+    read_spool,
+    segment_path,
+)
+
+
+def make_op(marker: str, success: bool = True, source: str = "scenario") -> Op:
+    return Op.build(
+        timestamp="2026-04-23T10:00:00.000Z",
+        endpoint="scenario:fill",
+        input_summary=marker,
+        success=success,
+        duration_ms=1,
+        output_summary="filled",
+        source=source,
+    )
+
+
+def ops_markers(settings: Settings) -> list[str]:
+    if not settings.ops_path.exists():
+        return []
+    return [
+        Op.model_validate_json(line).input_summary
+        for line in settings.ops_path.read_bytes().splitlines()
+    ]
+
+
+def test_segments_rotate_and_ingestion_follows_them_in_order(
+    settings: Settings, monkeypatch
+) -> None:
+    small = settings.model_copy(update={"spool_segment_bytes": 600})
+    for n in range(20):
+        record_ops(small, [(None, make_op(f"op-{n:02d}"))])
+    assert len(list_segments(small.spool_dir)) > 3
+    report = drain_spool(small)
+    assert report.ingested == 20
+    assert ops_markers(small) == [f"op-{n:02d}" for n in range(20)]
+    # drained segments are removed, the newest (still open for appends) stays
+    assert len(list_segments(small.spool_dir)) == 1
+
+
+def test_a_crash_after_appending_before_the_checkpoint_neither_loses_nor_doubles(
+    settings: Settings,
+) -> None:
+    record_ops(settings, [(None, make_op("first"))])
+    drain_spool(settings)
+    checkpoint = checkpoint_path(settings).read_bytes()
+    record_ops(settings, [(None, make_op("second")), ("id-3", make_op("third"))])
+    drain_spool(settings)
+    # Simulate dying after ops.jsonl and the id log were appended, before the checkpoint moved.
+    checkpoint_path(settings).write_bytes(checkpoint)
+    report = drain_spool(settings)
+    assert report.repaired_crash
+    assert ops_markers(settings) == ["first", "second", "third"]
+    assert ids_path(settings).read_text() == "id-3\n"
+
+
+def test_event_ids_are_ingested_once_even_across_runs(settings: Settings) -> None:
+    record_ops(settings, [("a", make_op("a1")), ("b", make_op("b1")), ("a", make_op("a2"))])
+    drain_spool(settings)
+    record_ops(settings, [("b", make_op("b2")), (None, make_op("plain"))])
+    report = drain_spool(settings)
+    assert (report.ingested, report.duplicates) == (1, 1)
+    assert ops_markers(settings) == ["a1", "b1", "plain"]
+
+
+def test_an_existing_ops_file_is_adopted_not_truncated(settings: Settings) -> None:
+    settings.ops_path.parent.mkdir(parents=True)
+    settings.ops_path.write_bytes(b'{"old":1}\n{"torn":')
+    record_ops(settings, [(None, make_op("new"))])
+    drain_spool(settings)
+    lines = settings.ops_path.read_bytes().splitlines()
+    assert lines[:2] == [b'{"old":1}', b'{"torn":']
+    assert Op.model_validate_json(lines[2]).input_summary == "new"
+
+
+def test_a_failed_write_leaves_nothing_behind(settings: Settings, tmp_path: Path) -> None:
+    writer = SpoolWriter(settings.spool_dir, settings.spool_segment_bytes)
+    writer.append(encode_record(None, make_op("kept").to_line()))
+    segment_path(settings.spool_dir, 2).symlink_to("/dev/full")  # a disk that is full
+    try:
+        writer.append(encode_record(None, make_op("lost").to_line()))
+    except OSError as exc:
+        assert exc.errno == 28  # ENOSPC
+    else:
+        raise AssertionError("a write to a full disk must fail")
+    segment_path(settings.spool_dir, 2).unlink()
+    writer.append(encode_record(None, make_op("after").to_line()))
+    writer.close()
+    chunk = read_spool(settings.spool_dir, SpoolPosition(0, 0))
+    assert [Op.model_validate_json(r.line).input_summary for r in chunk.records] == [
+        "kept",
+        "after",
+    ]
+
+
+def test_unterminated_records_wait_and_torn_ones_in_old_segments_are_skipped(
+    settings: Settings,
+) -> None:
+    settings.spool_dir.mkdir(parents=True)
+    line = encode_record(None, make_op("whole").to_line())
+    segment_path(settings.spool_dir, 1).write_bytes(line + b"\t{partial")
+    chunk = read_spool(settings.spool_dir, SpoolPosition(1, 0))
+    assert chunk.end == SpoolPosition(1, len(line)) and chunk.torn_bytes == 0
+    segment_path(settings.spool_dir, 2).write_bytes(line)
+    chunk = read_spool(settings.spool_dir, SpoolPosition(1, 0))
+    assert chunk.end == SpoolPosition(2, len(line))
+    assert chunk.torn_bytes == len(b"\t{partial")
+    assert len(list(chunk.records)) == 2
+
+
+def _append_many(settings: Settings, worker: int) -> None:
+    for n in range(200):
+        record_ops(settings, [(f"w{worker}-{n}", make_op(f"w{worker}-{n}"))])
+
+
+def test_several_processes_append_without_tearing_records(settings: Settings) -> None:
+    small = settings.model_copy(update={"spool_segment_bytes": 20_000})
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_append_many, args=(small, w)) for w in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(60)
+    drain_spool(small)
+    markers = ops_markers(small)
+    assert sorted(markers) == sorted(f"w{w}-{n}" for w in range(4) for n in range(200))
+    for w in range(4):  # each writer's own order is kept
+        mine = [m for m in markers if m.startswith(f"w{w}-")]
+        assert mine == [f"w{w}-{n}" for n in range(200)]
+
+
+def test_read_last_lines_reads_only_complete_lines(tmp_path: Path) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b"".join(b"%d\n" % n for n in range(100_000)) + b"partial")
+    assert read_last_lines(path, 3) == [b"99997", b"99998", b"99999"]
+    assert read_last_lines(tmp_path / "missing", 3) == []
