@@ -1,0 +1,119 @@
+"""The `observer` command, settings errors at start-up, and prefect.yaml."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from observer.runner import FLOWS, load_flow
+from observer.settings import SettingsError, load_settings
+from observer.supervisor import SCHEDULE_VARIABLES, render_prefect_yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def observer(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
+    return subprocess.run(
+        [sys.executable, "-m", "observer.cli", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["up"], ["webhook"], ["run"], ["deploy"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = observer(*command, "--help")
+    assert result.returncode == 0 and "usage: observer" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("OBSERVER_CYCLE", "0", "greater than 0"),
+        ("OBSERVER_CYCLE", "-1", "greater than 0"),
+        ("OBSERVER_CYCLE", "abc", "must be a number"),
+        ("OBSERVER_PORT", "http", "OBSERVER_PORT"),
+        ("GATEWAY_URL", "localhost:3700", "http://"),
+        ("OBSERVER_MAX_BODY_BYTES", "0", "OBSERVER_MAX_BODY_BYTES"),
+    ],
+)
+def test_a_bad_setting_stops_start_up_naming_the_variable(
+    observer_env: dict[str, str], name: str, value: str, words: str
+) -> None:
+    result = observer("webhook", env={**observer_env, name: value})
+    assert result.returncode == 2
+    assert name in result.stderr and words in result.stderr
+
+
+def test_fractional_cycle_is_a_number_not_zero(observer_env: dict[str, str]) -> None:
+    os.environ["OBSERVER_CYCLE"] = "0.5"
+    try:
+        assert load_settings().cycle_seconds == 0.5
+    finally:
+        del os.environ["OBSERVER_CYCLE"]
+    with pytest.raises(SettingsError, match="OBSERVER_CYCLE"):
+        load_settings(OBSERVER_CYCLE="0")
+
+
+def test_port_in_use_is_a_clear_non_zero_exit(observer_env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = observer("webhook", env={**observer_env, "OBSERVER_PORT": str(port)})
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr and "OBSERVER_PORT" in result.stderr
+
+
+def test_prefect_yaml_deploys_every_flow_with_valid_schedules() -> None:
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    text = (ROOT / "prefect.yaml").read_text()
+    env = dict.fromkeys(SCHEDULE_VARIABLES, "30")
+    config = yaml.safe_load(render_prefect_yaml(text, env))
+    PrefectYamlModel.model_validate(config)
+    names = {deployment["name"] for deployment in config["deployments"]}
+    assert names == set(FLOWS)
+    for deployment in config["deployments"]:
+        module, _, function = deployment["entrypoint"].partition(":")
+        flow = load_flow(deployment["name"])
+        assert flow.name == deployment["name"] and flow.fn.__name__ == function
+        assert (ROOT / module).exists()
+        assert deployment["concurrency_limit"]["limit"] == 1
+        assert [s["interval"] for s in deployment["schedules"]] == [30]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_observer_run_runs_a_flow_against_the_prefect_api(
+    observer_env: dict[str, str], settings
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from observer.intake import record_ops
+    from observer.ops import Op
+
+    op = Op.build(
+        timestamp="2026-04-23T10:00:00.000Z",
+        endpoint="e",
+        input_summary="via cli",
+        success=True,
+        duration_ms=1,
+        output_summary="o",
+    )
+    record_ops(settings, [(None, op)])
+    env = {**observer_env, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    result = observer("run", "ingest-events", "-p", "reason=cli", "-p", "max_seconds=5", env=env)
+    assert result.returncode == 0, result.stderr
+    assert '"ingested": 1' in result.stdout and "Completed" in result.stderr
+    assert settings.ops_path.read_bytes() == op.to_line() + b"\n"
+    bad = observer("run", "ingest-events", "-p", "max_seconds=-1", env=env)
+    assert bad.returncode == 2 and "max_seconds" in bad.stderr
