@@ -127,3 +127,13 @@ def test_recording_failure_never_raises(
 )
 def test_summarize_matches_the_original(data: Any, summary: str) -> None:
     assert summarize(data) == summary
+
+
+def test_settings_default_to_the_environment(gateway: FakeUpstream, settings: Settings) -> None:
+    gateway.script("/env", Reply(200, {"sources": ["a"]}))
+
+    data, op = observed_sync("/env", [1], "from the environment")
+
+    assert (data, op.output_summary) == ({"sources": ["a"]}, "1 sources")
+    assert gateway.seen("/env")[0].body == [1]
+    assert _recorded(settings)[0]["input_summary"] == "from the environment"
