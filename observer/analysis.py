@@ -1,0 +1,408 @@
+"""Error analysis: which failures to report, the LLM prompt, the `/log` entry, and what is remembered.
+
+The original re-sent the last 10 failures to the LLM and re-posted its answer every cycle. Here:
+- a scheduled run reads only failures after the watermark (`observer.failures`), grouped
+  (`observer.grouping`); a group the LLM already analysed recently is *known*: counted, not re-sent,
+  not re-posted (unless `force`);
+- LLM answers are cached per model + prompt version + group signature, so a run that failed to
+  post does not pay the LLM again on its retry;
+- when the LLM stays unusable, a deterministic degraded report (counts per group, marked as not
+  LLM-made) is posted instead of nothing;
+- the state (watermark, delivered groups) moves only after the gateway took the entry.
+
+State files, in `data/_observer/state/`: `analyze-errors.json` (watermark, delivered groups) and
+`analyze-errors-cache.json` (LLM answers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from observer.failures import (
+    Failures,
+    Watermark,
+    filter_failures,
+    mark,
+    read_since,
+    read_window,
+    start_offset,
+)
+from observer.grouping import Group, clean_cut, group_failures
+from observer.ops import now_timestamp
+from observer.settings import Settings
+from observer.store import file_lock, load_state, save_state
+from observer.upstream import GenerateRequest, LogEntry, UpstreamError, Upstreams
+
+#: Bump when the prompt's wording or layout changes: cached answers to the old prompt stop counting.
+PROMPT_VERSION = "groups-v1"
+PROMPT_HEAD = (
+    "You are a system reliability observer. Analyze these recent failures and suggest fixes:\n"
+)
+PROMPT_TAIL = (
+    "\nFor each error:\n"
+    "1. What likely caused it?\n"
+    "2. How should the agent adjust its approach?\n"
+    '3. Should this be added to the playbook as a "don\'t do this"?\n'
+    "Be specific and actionable. Under 200 words."
+)
+#: The failure lines of a prompt never exceed this many characters, whatever the failures hold.
+SUMMARY_BUDGET = 4000
+MAX_PROMPT_CHARS = len(PROMPT_HEAD) + SUMMARY_BUDGET + len(PROMPT_TAIL)
+GROUP_LINE_CHARS = 400
+INPUT_CHARS = 120
+ERROR_CHARS = 240
+LOG_FIELD_CHARS = 500
+LLM_APPROACH = "LLM-analyzed error patterns"
+DEGRADED_APPROACH = "degraded: LLM unavailable, counts only"
+MAX_REMEMBERED_GROUPS = 5000
+MAX_CACHE_ENTRIES = 2000
+#: Groups carried individually through a run (biggest first); the rest only as totals.
+MAX_SELECTED_GROUPS = 500
+
+Kind = Literal["nothing", "llm", "cached", "degraded"]
+
+
+class AnalysisQuery(BaseModel):
+    """What to analyse; the flow's parameters extend it (shown as a form in the Prefect UI)."""
+
+    since_hours: float | None = Field(
+        None, gt=0, description="analyse failures of the last N hours; empty = since last analysis"
+    )
+    endpoint: str | None = Field(None, description="only this endpoint, e.g. scenario:fill")
+    source: str | None = Field(None, description="only this source, e.g. scenario or mcp")
+    max_groups: int = Field(20, ge=1, le=200, description="most groups named in one analysis")
+    model: str = Field("qwen2.5", min_length=1, description="LLM model for /ai/generate")
+    force: bool = Field(False, description="re-analyse and re-post groups analysed before")
+    reanalyse_after_hours: float = Field(
+        24.0, gt=0, description="a known group recurring after this long is analysed again"
+    )
+
+    @property
+    def moves_watermark(self) -> bool:
+        """Only an unfiltered since-last run may say "everything up to here is analysed"."""
+        return self.since_hours is None and self.endpoint is None and self.source is None
+
+
+class GroupRecord(BaseModel):
+    """What was delivered about a group; `llm_at` set when an LLM diagnosis was posted."""
+
+    endpoint: str
+    pattern: str
+    delivered: int = 0
+    last_seen: str = ""
+    delivered_at: str = ""
+    llm_at: str | None = None
+
+
+class AnalysisState(BaseModel):
+    watermark: Watermark | None = None
+    last_batch_start: int | None = None
+    groups: dict[str, GroupRecord] = Field(default_factory=dict)
+
+
+class CacheEntry(BaseModel):
+    text: str
+    created_at: str
+
+
+class AnalysisCache(BaseModel):
+    entries: dict[str, CacheEntry] = Field(default_factory=dict)
+
+
+class Selection(BaseModel):
+    """The failures of one run, grouped; `fresh` groups are to be reported, `known` ones not."""
+
+    note: str
+    start: int
+    end: int
+    lines: int
+    unreadable: int
+    failures: int
+    fresh: list[Group]
+    known: list[Group]
+    fresh_groups: int = 0
+    fresh_failures: int = 0
+    known_failures: int = 0
+    watermark: Watermark | None = None
+
+    @property
+    def unlisted_fresh(self) -> tuple[int, int]:
+        """Fresh groups (and their failures) beyond MAX_SELECTED_GROUPS, counted but not carried."""
+        listed = sum(g.count for g in self.fresh)
+        return self.fresh_groups - len(self.fresh), self.fresh_failures - listed
+
+
+class Report(BaseModel):
+    """The outcome of diagnosis: the entry to post (None when there is nothing to report)."""
+
+    kind: Kind
+    message: str
+    entry: LogEntry | None = None
+    prompt: str = ""
+    text: str = ""
+    shown: list[str] = Field(default_factory=list)
+    llm_error: str | None = None
+
+
+# ── state files ──────────────────────────────────────────────────────────────────────────────────
+
+
+def state_path(settings: Settings) -> Path:
+    return settings.state_dir / "analyze-errors.json"
+
+
+def cache_path(settings: Settings) -> Path:
+    return settings.state_dir / "analyze-errors-cache.json"
+
+
+def _lock_path(settings: Settings) -> Path:
+    return settings.state_dir / "analyze-errors.lock"
+
+
+def cache_key(model: str, group_signature: str) -> str:
+    return hashlib.sha256(f"{model}\0{PROMPT_VERSION}\0{group_signature}".encode()).hexdigest()
+
+
+def _age_limit(query: AnalysisQuery, now: datetime) -> str:
+    then = now - timedelta(hours=query.reanalyse_after_hours)
+    return then.strftime("%Y-%m-%dT%H:%M:%S.") + f"{then.microsecond // 1000:03d}Z"
+
+
+# ── selection ────────────────────────────────────────────────────────────────────────────────────
+
+
+def select(settings: Settings, query: AnalysisQuery, now: datetime | None = None) -> Selection:
+    """Read, filter and group the failures this run is about; split known from fresh groups."""
+    now = now or datetime.now(UTC)
+    state = load_state(state_path(settings), AnalysisState)
+    path = settings.ops_path
+    if query.since_hours is not None:
+        read = read_window(path, query.since_hours, now)
+    elif query.force and state.last_batch_start is not None and state.watermark is not None:
+        read = read_since(path, state.last_batch_start, "the last analysed batch, again (force)")
+    else:
+        start, note = start_offset(path, state.watermark)
+        read = read_since(path, start, note)
+    frame = filter_failures(read.frame, query.endpoint, query.source)
+    groups = group_failures(frame)
+    recent = _age_limit(query, now)
+
+    def is_known(group: Group) -> bool:
+        record = state.groups.get(group.signature)
+        return bool(record and record.llm_at and record.llm_at >= recent)
+
+    known = [] if query.force else [g for g in groups if is_known(g)]
+    fresh = [g for g in groups if g not in known]
+    cap = MAX_SELECTED_GROUPS
+    return Selection(
+        note=read.note,
+        start=read.start,
+        end=read.end,
+        lines=read.lines,
+        unreadable=read.unreadable,
+        failures=frame.height,
+        fresh=fresh[:cap],
+        known=known[:cap],
+        fresh_groups=len(fresh),
+        fresh_failures=sum(g.count for g in fresh),
+        known_failures=sum(g.count for g in known),
+        watermark=_next_watermark(path, read) if query.moves_watermark else None,
+    )
+
+
+def _next_watermark(path: Path, read: Failures) -> Watermark | None:
+    return mark(path, read.end) if path.exists() else None
+
+
+# ── prompt and entries ───────────────────────────────────────────────────────────────────────────
+
+
+def group_line(group: Group) -> str:
+    """A group as one prompt line, in the original's `[endpoint] input: error` shape plus counts."""
+    line = (
+        f"[{group.endpoint}] {clean_cut(group.sample_input, INPUT_CHARS)}: "
+        f"{clean_cut(group.sample_error, ERROR_CHARS)} "
+        f"(×{group.count}, {group.first_seen} … {group.last_seen})"
+    )
+    return clean_cut(line.replace("\n", " "), GROUP_LINE_CHARS)
+
+
+def summarise(selection: Selection, max_groups: int) -> tuple[str, list[Group]]:
+    """The failure lines of the prompt within SUMMARY_BUDGET, and the groups they name."""
+    groups = selection.fresh
+    lines: list[str] = []
+    shown: list[Group] = []
+    reserve = 80  # room for the "… and N more" line
+    used = 0
+    for group in groups[:max_groups]:
+        line = group_line(group)
+        if used + len(line) + 1 > SUMMARY_BUDGET - reserve:
+            break
+        lines.append(line)
+        shown.append(group)
+        used += len(line) + 1
+    hidden_groups = selection.fresh_groups - len(shown)
+    if hidden_groups:
+        hidden_failures = selection.fresh_failures - sum(g.count for g in shown)
+        lines.append(
+            f"… and {hidden_groups} more group(s), {hidden_failures} failure(s), not shown"
+        )
+    return "\n".join(lines), shown
+
+
+def build_prompt(summary: str) -> str:
+    """The original's instruction text around the grouped failure lines."""
+    return PROMPT_HEAD + summary + PROMPT_TAIL
+
+
+def log_entry(selection: Selection, approach: str, result: str, summary: str) -> LogEntry:
+    """The `/log` body with the original's four keys and formats (fields cut to 500 characters)."""
+    return LogEntry(
+        operation=f"error_analysis: {selection.fresh_failures} failures",
+        approach=approach,
+        result=clean_cut(result, LOG_FIELD_CHARS),
+        context=clean_cut(summary, LOG_FIELD_CHARS),
+    )
+
+
+def degraded_text(selection: Selection, reason: str) -> str:
+    """The report posted when the LLM is unusable: counts only, deterministic, never LLM-made."""
+    head = (
+        f"NOT LLM-MADE: the LLM was unavailable ({reason}). {selection.fresh_failures} "
+        f"failure(s) in {selection.fresh_groups} group(s), most frequent first: "
+    )
+    parts: list[str] = []
+    used = len(head)
+    for g in selection.fresh:
+        parts.append(f"[{g.endpoint}] {clean_cut(g.pattern, 160)} ×{g.count}")
+        used += len(parts[-1]) + 2
+        if used > LOG_FIELD_CHARS:
+            break  # the result is cut to 500 characters anyway
+    return head + "; ".join(parts)
+
+
+def failure_reason(error: UpstreamError) -> str:
+    """A short, stable reason (no URLs or timings, so the degraded text stays deterministic)."""
+    if error.kind == "status":
+        what = f"HTTP {error.status}"
+    elif error.kind == "invalid":
+        what = "invalid reply"
+    else:
+        what = error.kind
+    return f"{what} after {error.attempts} attempt(s)"
+
+
+# ── diagnosis ────────────────────────────────────────────────────────────────────────────────────
+
+
+def diagnose(settings: Settings, selection: Selection, query: AnalysisQuery) -> Report:
+    """Turn the fresh groups into an entry: cached answers, else the LLM, else a degraded report."""
+    if not selection.fresh:
+        known = selection.known_failures
+        message = (
+            f"no new failure groups ({selection.failures} failure(s), {known} in known groups)"
+            if selection.failures
+            else "no new failures"
+        )
+        return Report(kind="nothing", message=message)
+    summary, shown = summarise(selection, query.max_groups)
+    prompt = build_prompt(summary)
+    names = [g.signature for g in shown]
+    cache = load_state(cache_path(settings), AnalysisCache)
+    cached = None if query.force else _cached_text(cache, query.model, shown)
+    if cached is not None:
+        entry = log_entry(selection, LLM_APPROACH, cached, summary)
+        message = f"posted the cached LLM analysis of {len(shown)} group(s) (the LLM was not asked)"
+        return Report(
+            kind="cached", message=message, entry=entry, prompt=prompt, text=cached, shown=names
+        )
+    try:
+        with Upstreams(settings) as upstreams:
+            text = upstreams.generate(GenerateRequest(prompt=prompt, model=query.model))
+    except UpstreamError as exc:
+        reason = failure_reason(exc)
+        text = degraded_text(selection, reason)
+        entry = log_entry(selection, DEGRADED_APPROACH, text, summary)
+        message = (
+            f"degraded: LLM unavailable ({reason}); "
+            f"counts of {selection.fresh_groups} group(s) posted instead"
+        )
+        return Report(
+            kind="degraded",
+            message=message,
+            entry=entry,
+            prompt=prompt,
+            text=text,
+            shown=names,
+            llm_error=str(exc),
+        )
+    remember_answer(settings, query.model, shown, text)
+    entry = log_entry(selection, LLM_APPROACH, text, summary)
+    message = f"LLM analysis of {len(shown)} group(s), {selection.fresh_failures} failure(s)"
+    return Report(kind="llm", message=message, entry=entry, prompt=prompt, text=text, shown=names)
+
+
+def _cached_text(cache: AnalysisCache, model: str, groups: list[Group]) -> str | None:
+    """The cached answer(s) if every group has one; several distinct answers are joined."""
+    texts: list[str] = []
+    for group in groups:
+        hit = cache.entries.get(cache_key(model, group.signature))
+        if hit is None:
+            return None
+        if hit.text not in texts:
+            texts.append(hit.text)
+    return "\n\n".join(texts)
+
+
+def remember_answer(settings: Settings, model: str, groups: list[Group], text: str) -> None:
+    """Cache an LLM answer for each group it covered (before posting: a failed post is not re-paid)."""
+    with file_lock(_lock_path(settings)):
+        cache = load_state(cache_path(settings), AnalysisCache)
+        stamp = now_timestamp()
+        for group in groups:
+            cache.entries[cache_key(model, group.signature)] = CacheEntry(
+                text=text, created_at=stamp
+            )
+        newest = sorted(cache.entries.items(), key=lambda kv: kv[1].created_at, reverse=True)
+        cache.entries = dict(newest[:MAX_CACHE_ENTRIES])
+        save_state(cache_path(settings), cache)
+
+
+# ── after delivery ───────────────────────────────────────────────────────────────────────────────
+
+
+def commit(settings: Settings, selection: Selection, report: Report) -> None:
+    """Remember what was delivered, and move the watermark over what was read (post succeeded)."""
+    with file_lock(_lock_path(settings)):
+        state = load_state(state_path(settings), AnalysisState)
+        stamp = now_timestamp()
+        llm_made = report.kind in ("llm", "cached")
+        for group in selection.fresh if report.entry else []:
+            record = state.groups.get(group.signature) or GroupRecord(
+                endpoint=group.endpoint, pattern=group.pattern
+            )
+            record.delivered += group.count
+            record.last_seen = _later(record.last_seen, group.last_seen)
+            record.delivered_at = stamp
+            if llm_made and group.signature in report.shown:
+                record.llm_at = stamp
+            state.groups[group.signature] = record
+        for group in selection.known:
+            if known := state.groups.get(group.signature):
+                known.last_seen = _later(known.last_seen, group.last_seen)
+        newest = sorted(state.groups.items(), key=lambda kv: kv[1].last_seen, reverse=True)
+        state.groups = dict(newest[:MAX_REMEMBERED_GROUPS])
+        if selection.watermark is not None:
+            if selection.end > selection.start:
+                state.last_batch_start = selection.start
+            state.watermark = selection.watermark
+        save_state(state_path(settings), state)
+
+
+def _later(current: str, seen: str) -> str:
+    return current if seen == "?" else max(current, seen)
