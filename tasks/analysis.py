@@ -1,0 +1,69 @@
+"""Analysis steps: select failures, diagnose them, post the entry, remember it, show the run."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from observer import analysis
+from observer.analysis import AnalysisQuery, Report, Selection
+from observer.analysis_view import group_rows, render_markdown
+from observer.settings import load_settings
+from observer.upstream import LogEntry, Upstreams
+
+
+@task(name="select-failures", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def select_failures(query: AnalysisQuery) -> Selection:
+    """Read and group the failures of this run (reads only; safe to retry)."""
+    selection = analysis.select(load_settings(), query)
+    get_run_logger().info(
+        "%d failure(s) read (%s): %d in %d new group(s), %d in known groups",
+        selection.failures,
+        selection.note,
+        selection.fresh_failures,
+        selection.fresh_groups,
+        selection.known_failures,
+    )
+    return selection
+
+
+@task(name="diagnose", cache_policy=NO_CACHE)
+def diagnose(selection: Selection, query: AnalysisQuery) -> Report:
+    """Cached answer, else the LLM (the client retries), else a degraded report: never raises for the LLM."""
+    report = analysis.diagnose(load_settings(), selection, query)
+    logger = get_run_logger()
+    if report.kind == "degraded":
+        logger.warning("%s; %s", report.message, report.llm_error)
+    else:
+        logger.info(report.message)
+    return report
+
+
+@task(name="post-analysis", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def post_analysis(entry: LogEntry) -> None:
+    """POST the entry to the gateway's /log; raising makes Prefect retry, then fail the run."""
+    with Upstreams(load_settings()) as upstreams:
+        upstreams.post_log(entry)
+
+
+@task(name="commit-analysis", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def commit_analysis(selection: Selection, report: Report) -> None:
+    """Only now is the watermark moved and are the groups remembered as delivered."""
+    analysis.commit(load_settings(), selection, report)
+
+
+@task(name="publish-analysis", cache_policy=NO_CACHE)
+def publish_analysis(selection: Selection, report: Report, delivery: str) -> None:
+    """Leave the report (markdown) and the groups (table) on the run page, whatever happened."""
+    create_markdown_artifact(
+        key="analyze-errors-report",
+        markdown=render_markdown(selection, report, delivery),
+        description=f"{report.message} — {delivery}",
+    )
+    create_table_artifact(
+        key="analyze-errors-groups",
+        table=group_rows(selection, report)
+        or [{"endpoint": "", "pattern": "(no failures)", "count": 0}],
+        description=f"{selection.failures} failure(s) grouped ({selection.note})",
+    )
