@@ -227,6 +227,7 @@ class _Run:
     report: TailReport
     path: Path
     batch: _Batch = field(default_factory=_Batch)
+    reading: Path | None = None  # the file being drained: `path`, or a rotated-away one
 
     def take(self, line: Line) -> None:
         batch = self.batch
@@ -256,7 +257,7 @@ class _Run:
         entry = {
             "quarantined_at": now_timestamp(),
             "id": event_id,
-            "file": str(self.path),
+            "file": str(self.reading or self.path),
             "offset": line.offset,
             "length": line.length,
             "kind": kind,
@@ -319,13 +320,21 @@ class _Run:
         )
 
     def drain(
-        self, handle: BinaryIO, *, final: bool, grace_seconds: float, budget: int, now: float
+        self,
+        handle: BinaryIO,
+        source: Path,
+        *,
+        final: bool,
+        grace_seconds: float,
+        budget: int,
+        now: float,
     ) -> bool:
         """Read from the checkpoint offset to the end (or the byte budget) and commit as it goes.
 
         `final`: the file will not grow any more (rotated away), so an unterminated tail is a row.
         Returns True when the end of the file was reached.
         """
+        self.reading = source
         start = end = self.checkpoint.offset
         max_line = self.settings.corrections_max_line_bytes
         for line in read_lines(handle, start, max_line_bytes=max_line):
@@ -385,7 +394,7 @@ def tail_corrections(
                 if from_offset is not None:
                     _rewind(run, handle, from_offset)
                 report.start_offset = run.checkpoint.offset
-                run.drain(handle, final=False, grace_seconds=grace, budget=budget, now=wall)
+                run.drain(handle, path, final=False, grace_seconds=grace, budget=budget, now=wall)
             report.size = os.fstat(handle.fileno()).st_size
             report.offset = run.checkpoint.offset
             report.lag_bytes = max(0, report.size - report.offset)
@@ -415,7 +424,9 @@ def _follow_identity(run: _Run, handle: BinaryIO, grace: float, budget: int, now
             final = stat.st_size > 0
             run.report.events.append(f"{'finishing' if final else 'following'} {rotated.name}")
             with open(rotated, "rb") as old:
-                finished = run.drain(old, final=final, grace_seconds=grace, budget=budget, now=now)
+                finished = run.drain(
+                    old, rotated, final=final, grace_seconds=grace, budget=budget, now=now
+                )
             if not (final and finished):
                 return False
         elif change != "truncated":

@@ -260,8 +260,10 @@ def test_rename_and_new_file_loses_nothing(settings: Settings) -> None:
     rotated = path.with_name(path.name + ".1")
     path.rename(rotated)
     path.touch()  # logrotate "create": the writer still appends to the renamed file
-    _append(rotated, _rows(range(5, 6)))
-    assert tail_corrections(settings).recorded == 3
+    _append(rotated, _rows(range(5, 6)) + b"null\n")
+    following = tail_corrections(settings)
+    assert (following.recorded, following.quarantined) == (3, 1)
+    assert _quarantined(settings)[0]["file"] == str(rotated)
     _append(path, _rows(range(6, 8)))  # the writer reopened
     report = tail_corrections(settings)
     assert report.recorded == 2 and any("new inode" in e for e in report.events)
