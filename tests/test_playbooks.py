@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from observer.settings import Settings
 from observer.store import load_state
 from tests.fakes import FakeUpstream, Hang, Reply
 
+GOLDEN = Path(__file__).parent / "golden"
 Spec = tuple[str, float, bool]  # endpoint, duration_ms, success
 
 
@@ -109,6 +111,23 @@ def test_body_is_the_original_plus_evidence_after_result(settings: Settings) -> 
         " p95=39ms, first_seen=2026-04-23T10:00:00.000Z, last_seen=2026-04-23T10:00:04.000Z",
         "context": "endpoint=/search",
     }
+
+
+def test_bodies_match_the_original(settings: Settings) -> None:
+    """The original (Bun, OBSERVER_CYCLE=1) was sent 25 events with chosen endpoints and durations
+    (2, 3, 2.5 → 3; 10, 11, 10.5 → 11; 0.1, 0.2, 0.3 → 0; a failure; an emoji name; 150-character
+    inputs); `original_playbook_ops.jsonl` is the ops.jsonl it wrote, `original_playbook_posts.jsonl`
+    the /log bodies it posted five cycles later."""
+    settings.ops_path.parent.mkdir(parents=True)
+    settings.ops_path.write_bytes((GOLDEN / "original_playbook_ops.jsonl").read_bytes())
+    expected = [json.loads(line) for line in (GOLDEN / "original_playbook_posts.jsonl").open()]
+
+    planned = build_playbook(settings, ConsolidateParameters()).to_post
+    bodies = [p.entry.model_dump() for p in planned]
+    for body in bodies:
+        body["result"] = body["result"].split(" | ")[0]
+
+    assert bodies == expected
 
 
 def test_pattern_is_cut_to_200_characters(settings: Settings) -> None:
