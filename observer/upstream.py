@@ -192,6 +192,11 @@ class GatewayReply:
 _JSON_HEADERS = {"content-type": "application/json"}
 
 
+def _request_options(seconds: float) -> dict[str, Any]:
+    # fetch() follows redirects; so do these calls, so a moved endpoint behaves as it did.
+    return {"headers": _JSON_HEADERS, "timeout": seconds, "follow_redirects": True}
+
+
 def call_gateway(
     settings: Settings,
     endpoint: str,
@@ -212,9 +217,9 @@ def call_gateway(
     try:
         if client is None:
             with httpx.Client(verify=_ssl_context()) as own:
-                response = own.post(url, content=content, headers=_JSON_HEADERS, timeout=seconds)
+                response = own.post(url, content=content, **_request_options(seconds))
         else:
-            response = client.post(url, content=content, headers=_JSON_HEADERS, timeout=seconds)
+            response = client.post(url, content=content, **_request_options(seconds))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         return _transport_failure(url, seconds, exc)
     return _gateway_reply(response)
@@ -239,13 +244,9 @@ async def acall_gateway(
     try:
         if client is None:
             async with httpx.AsyncClient(verify=_ssl_context()) as own:
-                response = await own.post(
-                    url, content=content, headers=_JSON_HEADERS, timeout=seconds
-                )
+                response = await own.post(url, content=content, **_request_options(seconds))
         else:
-            response = await client.post(
-                url, content=content, headers=_JSON_HEADERS, timeout=seconds
-            )
+            response = await client.post(url, content=content, **_request_options(seconds))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         return _transport_failure(url, seconds, exc)
     return _gateway_reply(response)

@@ -137,3 +137,13 @@ def test_settings_default_to_the_environment(gateway: FakeUpstream, settings: Se
     assert (data, op.output_summary) == ({"sources": ["a"]}, "1 sources")
     assert gateway.seen("/env")[0].body == [1]
     assert _recorded(settings)[0]["input_summary"] == "from the environment"
+
+
+def test_redirects_are_followed_like_fetch(gateway: FakeUpstream, settings: Settings) -> None:
+    gateway.script("/old", Reply(307, {}, headers={"location": "/new"}))
+    gateway.script("/new", Reply(200, {"answer": "moved"}))
+
+    data, op = _call(settings, "/old", {"k": 1}, "moved endpoint", sync=False)
+
+    assert (data, op.output_summary) == ({"answer": "moved"}, "answer: moved...")
+    assert gateway.seen("/new")[0].body == {"k": 1}
