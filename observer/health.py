@@ -10,10 +10,10 @@ import asyncio
 import contextlib
 from typing import Any
 
-from observer.ingest import IngestCheckpoint, checkpoint_path
+from observer.ingest import IngestCheckpoint, checkpoint_path, spool_bytes_waiting
 from observer.ops import now_timestamp
 from observer.settings import Settings
-from observer.store import list_segments, load_state, segment_path
+from observer.store import load_state
 from observer.upstream import probe_gateway
 
 
@@ -38,14 +38,10 @@ class HealthProbe:
     def ingest_state(self) -> dict[str, Any]:
         """How far ingestion is: ops moved so far and spool bytes still waiting."""
         checkpoint = load_state(checkpoint_path(self.settings), IngestCheckpoint)
-        waiting = 0
-        for segment in list_segments(self.settings.spool_dir):
-            if segment < checkpoint.segment:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                size = segment_path(self.settings.spool_dir, segment).stat().st_size
-                waiting += size - (checkpoint.offset if segment == checkpoint.segment else 0)
-        return {"ingested_total": checkpoint.ingested_total, "spool_bytes_waiting": waiting}
+        return {
+            "ingested_total": checkpoint.ingested_total,
+            "spool_bytes_waiting": spool_bytes_waiting(self.settings, checkpoint),
+        }
 
     async def _loop(self) -> None:
         while True:

@@ -9,6 +9,7 @@ retries, and a corrections tailer that re-records after a crash).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from collections import OrderedDict
@@ -23,10 +24,12 @@ from observer.store import (
     append_durably,
     delete_segments_before,
     file_lock,
+    list_segments,
     load_state,
     read_last_lines,
     read_spool,
     save_state,
+    segment_path,
     truncate_to,
 )
 
@@ -102,6 +105,20 @@ def checkpoint_path(settings: Settings):
 
 def lock_path(settings: Settings):
     return settings.state_dir / "ingest.lock"
+
+
+def spool_bytes_waiting(settings: Settings, checkpoint: IngestCheckpoint | None = None) -> int:
+    """Spool bytes written but not ingested yet (by any producer): a few stat calls."""
+    if checkpoint is None:
+        checkpoint = load_state(checkpoint_path(settings), IngestCheckpoint)
+    waiting = 0
+    for segment in list_segments(settings.spool_dir):
+        if segment < checkpoint.segment:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            size = segment_path(settings.spool_dir, segment).stat().st_size
+            waiting += size - (checkpoint.offset if segment == checkpoint.segment else 0)
+    return waiting
 
 
 def load_recent_ids(settings: Settings) -> RecentIds:

@@ -2,7 +2,7 @@
 
 Best effort by design: durability comes from the spool, not from this event. A lost or refused
 event only means the ingestion flow's safety schedule picks the records up instead. Bursts are
-coalesced: at most one event per `min_interval` seconds, and one more after the burst.
+coalesced: at most one event per `min_interval` seconds.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
@@ -22,11 +23,27 @@ RESOURCE_ID = "observer.spool"
 
 
 class SpoolNotifier:
-    def __init__(self, prefect_api_url: str | None, min_interval: float = 0.5) -> None:
+    """Sends `observer.spool.appended` when records arrive, and again while any stay uningested.
+
+    The deployment runs one ingestion at a time and cancels a run started meanwhile, so an event
+    that lands just as a run finishes could otherwise wait for the safety schedule. Re-sending every
+    `renotify_interval` seconds while `pending()` says records wait bounds that delay.
+    """
+
+    def __init__(
+        self,
+        prefect_api_url: str | None,
+        pending: Callable[[], bool],
+        *,
+        min_interval: float = 1.0,
+        renotify_interval: float = 3.0,
+    ) -> None:
         self.api_url = prefect_api_url.rstrip("/") if prefect_api_url else None
         self.min_interval = min_interval
+        self.renotify_interval = renotify_interval
         self.sent = 0
         self.failed = 0
+        self._pending = pending
         self._wanted: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -53,7 +70,11 @@ class SpoolNotifier:
         assert self._wanted is not None
         async with httpx.AsyncClient(timeout=2.0) as client:
             while True:
-                await self._wanted.wait()
+                try:
+                    await asyncio.wait_for(self._wanted.wait(), timeout=self.renotify_interval)
+                except TimeoutError:
+                    if not await asyncio.to_thread(self._pending):
+                        continue
                 self._wanted.clear()
                 await self._send(client)
                 await asyncio.sleep(self.min_interval)

@@ -82,7 +82,9 @@ def prefect_environment(settings: Settings, api_url: str) -> dict[str, str]:
         "OBSERVER_PROJECT_DIR": str(project_dir()),
         "OBSERVER_CYCLE_SECONDS": cycle,
         "OBSERVER_CONSOLIDATE_SECONDS": _seconds(settings.cycle_seconds * 5),
-        "OBSERVER_INGEST_SAFETY_SECONDS": cycle,
+        # The webhook wakes ingestion itself (and again while records wait); this schedule only
+        # covers records spooled while the webhook was down.
+        "OBSERVER_INGEST_SAFETY_SECONDS": _seconds(max(300.0, settings.cycle_seconds)),
     }
 
 

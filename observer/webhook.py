@@ -17,6 +17,7 @@ import orjson
 
 from observer.events import EventError, parse_event
 from observer.health import HealthProbe
+from observer.ingest import spool_bytes_waiting
 from observer.intake import Intake, Overloaded, WriteFailed
 from observer.notify import SpoolNotifier
 from observer.settings import Settings
@@ -45,9 +46,11 @@ class WebhookApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.notifier = SpoolNotifier(settings.prefect_api_url)
-        self.intake = Intake(settings, on_durable=self.notifier.poke_threadsafe)
         self.probe = HealthProbe(settings)
+        self.notifier = SpoolNotifier(
+            settings.prefect_api_url, pending=lambda: spool_bytes_waiting(settings) > 0
+        )
+        self.intake = Intake(settings, on_durable=self.notifier.poke_threadsafe)
         self._token = settings.token.encode() if settings.token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
