@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from observer.ingest import IngestCheckpoint, checkpoint_path, spool_bytes_waiting
+from observer.ingest_state import IngestCheckpoint, checkpoint_path, spool_bytes_waiting
 from observer.ops import now_timestamp
 from observer.settings import Settings
 from observer.store import load_state

@@ -9,46 +9,33 @@ retries, and a corrections tailer that re-records after a crash).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import time
-from collections import OrderedDict
-from collections.abc import Iterable
 
 import polars as pl
 from pydantic import BaseModel, Field
 
+from observer.ingest_state import (
+    IngestCheckpoint,
+    RecentIds,
+    checkpoint_path,
+    ids_path,
+    load_recent_ids,
+    lock_path,
+)
 from observer.settings import Settings
 from observer.store import (
     SpoolPosition,
     append_durably,
     delete_segments_before,
     file_lock,
-    list_segments,
     load_state,
-    read_last_lines,
     read_spool,
     save_state,
-    segment_path,
     truncate_to,
 )
 
 DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
-
-
-class IngestCheckpoint(BaseModel):
-    """Where ingestion stands; written atomically after each batch is durable in ops.jsonl."""
-
-    segment: int = 0
-    offset: int = 0
-    ops_bytes: int = 0
-    ids_bytes: int = 0
-    ingested_total: int = 0
-    duplicates_total: int = 0
-
-    @property
-    def position(self) -> SpoolPosition:
-        return SpoolPosition(self.segment, self.offset)
 
 
 class IngestReport(BaseModel):
@@ -66,64 +53,6 @@ class IngestReport(BaseModel):
     ingested_total: int = 0
     ops_bytes: int = 0
     seconds: float = 0.0
-
-
-class RecentIds:
-    """The last N event ids, oldest dropped first: the bounded memory behind idempotency."""
-
-    def __init__(self, capacity: int, ids: Iterable[str] = ()) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        for event_id in ids:
-            self.add(event_id)
-
-    def __contains__(self, event_id: object) -> bool:
-        return event_id in self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def add(self, event_id: str) -> None:
-        self._ids[event_id] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
-
-    def discard(self, event_id: str) -> None:
-        self._ids.pop(event_id, None)
-
-    def as_list(self) -> list[str]:
-        return list(self._ids)
-
-
-def ids_path(settings: Settings):
-    return settings.state_dir / "ingested-ids.txt"
-
-
-def checkpoint_path(settings: Settings):
-    return settings.state_dir / "ingest.json"
-
-
-def lock_path(settings: Settings):
-    return settings.state_dir / "ingest.lock"
-
-
-def spool_bytes_waiting(settings: Settings, checkpoint: IngestCheckpoint | None = None) -> int:
-    """Spool bytes written but not ingested yet (by any producer): a few stat calls."""
-    if checkpoint is None:
-        checkpoint = load_state(checkpoint_path(settings), IngestCheckpoint)
-    waiting = 0
-    for segment in list_segments(settings.spool_dir):
-        if segment < checkpoint.segment:
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            size = segment_path(settings.spool_dir, segment).stat().st_size
-            waiting += size - (checkpoint.offset if segment == checkpoint.segment else 0)
-    return waiting
-
-
-def load_recent_ids(settings: Settings) -> RecentIds:
-    lines = read_last_lines(ids_path(settings), settings.dedup_window)
-    return RecentIds(settings.dedup_window, (line.decode() for line in lines))
 
 
 def drain_spool(

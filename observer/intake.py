@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from observer.ingest import (
+from observer.ingest_state import (
     IngestCheckpoint,
     RecentIds,
     checkpoint_path,

@@ -17,7 +17,7 @@ import orjson
 
 from observer.events import EventError, parse_event
 from observer.health import HealthProbe
-from observer.ingest import spool_bytes_waiting
+from observer.ingest_state import spool_bytes_waiting
 from observer.intake import Intake, Overloaded, WriteFailed
 from observer.notify import SpoolNotifier
 from observer.settings import Settings

@@ -5,7 +5,8 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from observer.ingest import checkpoint_path, drain_spool, ids_path
+from observer.ingest import drain_spool
+from observer.ingest_state import checkpoint_path, ids_path
 from observer.intake import record_ops
 from observer.ops import Op
 from observer.settings import Settings
