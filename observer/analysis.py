@@ -31,6 +31,7 @@ from observer.failures import (
     read_since,
     read_window,
     start_offset,
+    still_valid,
 )
 from observer.grouping import Group, clean_cut, group_failures
 from observer.ops import now_timestamp
@@ -183,7 +184,12 @@ def select(settings: Settings, query: AnalysisQuery, now: datetime | None = None
     path = settings.ops_path
     if query.since_hours is not None:
         read = read_window(path, query.since_hours, now)
-    elif query.force and state.last_batch_start is not None and state.watermark is not None:
+    elif (
+        query.force
+        and state.last_batch_start is not None
+        and state.watermark is not None
+        and still_valid(path, state.watermark)
+    ):
         read = read_since(path, state.last_batch_start, "the last analysed batch, again (force)")
     else:
         start, note = start_offset(path, state.watermark)
