@@ -185,3 +185,33 @@ def test_bearer_token_protects_everything_but_health(
         assert right.status_code == 200
     finally:
         process.stop()
+
+
+def test_overload_is_a_503_with_retry_after_and_memory_stays_bounded(
+    observer_env: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    import asyncio
+
+    process = WebhookProcess({**observer_env, "OBSERVER_MAX_PENDING": "1"}, cwd=tmp_path)
+
+    async def blast() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=64)
+        timeout = httpx.Timeout(30, pool=None)
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+            posts = [
+                client.post(f"{process.url}/event", json={"input_summary": f"e{n}"})
+                for n in range(640)
+            ]
+            return await asyncio.gather(*posts)
+
+    try:
+        answers = asyncio.run(blast())
+        assert httpx.get(f"{process.url}/health").status_code == 200
+    finally:
+        process.stop()
+    accepted = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 503]
+    assert len(accepted) + len(refused) == len(answers)
+    assert refused, "64 concurrent clients against a queue of 1 must be refused sometimes"
+    assert all(a.headers["retry-after"] == "1" for a in refused)
+    assert len(spool_lines(settings)) == len(accepted)
