@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -33,7 +34,7 @@ from tests.fakes import FakeUpstream, Reply
 SIZES = (100_000, 1_000_000, 10_000_000)
 NEW_FAILURES = 100
 BLOCK_LINES = 10_000
-RUNS = 5
+RUNS = 7
 TARGET_1M_SECONDS = 1.0
 TARGET_GROWTH = 1.5
 
@@ -109,31 +110,56 @@ def full_scan(path: Path) -> float:
     return stopwatch(lambda: extract_failures(lines))
 
 
-def measure(size: int, workdir: Path, llm: FakeUpstream, gateway: FakeUpstream) -> list[Figure]:
+@dataclass
+class Subject:
+    """One ops file under test, with its own data dir and the state that puts the watermark."""
+
+    size: int
+    settings: Settings
+    offset: int
+    state: bytes
+
+    @property
+    def label(self) -> str:
+        size = self.size
+        return f"{size // 1000}k lines" if size < 1_000_000 else f"{size // 1_000_000}M lines"
+
+
+def prepare(size: int, workdir: Path, llm: FakeUpstream, gateway: FakeUpstream) -> Subject:
     settings = load_settings(
-        data_dir=workdir / "data", lakehouse_url=llm.url, gateway_url=gateway.url
+        data_dir=workdir / str(size), lakehouse_url=llm.url, gateway_url=gateway.url
     )
     settings.ops_path.parent.mkdir(parents=True, exist_ok=True)
     offset = build_file(settings.ops_path, size)
-    save_state(
-        analysis.state_path(settings), AnalysisState(watermark=mark(settings.ops_path, offset))
-    )
-    state = analysis.state_path(settings).read_bytes()
-    os.sync()  # the freshly written file's dirty pages would otherwise slow the runs' fsyncs
-    label = f"{size // 1000}k lines" if size < 1_000_000 else f"{size // 1_000_000}M lines"
-    figures = [
-        repeat(f"scheduled run, {label}", RUNS, lambda: scheduled_run(settings, state)),
-        repeat(
-            f"  of which select (read + group), {label}", RUNS, lambda: select_only(settings, state)
-        ),
-        repeat(
-            f"baseline: read new bytes, {label}",
-            RUNS,
-            lambda: read_new_bytes(settings.ops_path, offset),
-        ),
-        repeat(f"baseline: full polars scan, {label}", 3, lambda: full_scan(settings.ops_path)),
-    ]
-    settings.ops_path.unlink()
+    watermark = mark(settings.ops_path, offset)
+    save_state(analysis.state_path(settings), AnalysisState(watermark=watermark))
+    return Subject(size, settings, offset, analysis.state_path(settings).read_bytes())
+
+
+def measure(subjects: list[Subject]) -> dict[int, list[Figure]]:
+    """Runs interleaved across the files (round robin), so disk noise hits every size alike."""
+    figures = {
+        s.size: [
+            Figure(f"scheduled run, {s.label}", [], "s"),
+            Figure(f"  of which select (read + group), {s.label}", [], "s"),
+            Figure(f"baseline: read new bytes, {s.label}", [], "s"),
+        ]
+        for s in subjects
+    }
+    for _ in range(RUNS):
+        for s in subjects:
+            run, select_step, new_bytes = figures[s.size]
+            run.values.append(scheduled_run(s.settings, s.state))
+            select_step.values.append(select_only(s.settings, s.state))
+            new_bytes.values.append(read_new_bytes(s.settings.ops_path, s.offset))
+    for s in subjects:
+        figures[s.size].append(
+            repeat(
+                f"baseline: full polars scan, {s.label}",
+                3,
+                lambda s=s: full_scan(s.settings.ops_path),
+            )
+        )
     return figures
 
 
@@ -142,11 +168,12 @@ def main(options: list[str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="observer-bench-analyze-"))
     llm, gateway = FakeUpstream(), FakeUpstream()
     llm.default("/ai/generate", Reply(200, {"text": "Check the shard map before filling."}))
-    results: dict[int, list[Figure]] = {}
     try:
-        for size in sizes:
-            results[size] = measure(size, workdir, llm, gateway)
-            for figure in results[size]:
+        subjects = [prepare(size, workdir, llm, gateway) for size in sizes]
+        os.sync()  # the new files' dirty pages would otherwise slow the runs' fsyncs
+        results = measure(subjects)
+        for figures in results.values():
+            for figure in figures:
                 print(figure.line(), flush=True)
     finally:
         llm.close()

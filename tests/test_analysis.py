@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -368,3 +369,15 @@ async def _latest_artifacts(*keys: str) -> list[str]:
         artifacts = await client.read_latest_artifacts()
     data = {artifact.key: artifact.data for artifact in artifacts}
     return [data[key] for key in keys]
+
+
+def test_a_known_group_is_analysed_again_after_reanalyse_after_hours(settings: Settings) -> None:
+    append(settings, [failure("staffer 1 not found")])
+    query = AnalysisQuery(since_hours=1000 * 24 * 365)
+    first = analysis.select(settings, query)
+    entry = analysis.log_entry(first, LLM_APPROACH, DIAGNOSIS, "summary")
+    report = analysis.Report(kind="llm", message="", entry=entry, shown=[first.fresh[0].signature])
+    analysis.commit(settings, first, report)
+    assert analysis.select(settings, query).known == first.fresh
+    later = datetime.now(UTC) + timedelta(hours=25)
+    assert analysis.select(settings, query, now=later).fresh == first.fresh
