@@ -17,6 +17,7 @@ State files, in `data/_observer/state/`: `analyze-errors.json` (watermark, deliv
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -328,8 +329,7 @@ def diagnose(settings: Settings, selection: Selection, query: AnalysisQuery) -> 
             kind="cached", message=message, entry=entry, prompt=prompt, text=cached, shown=names
         )
     try:
-        with Upstreams(settings) as upstreams:
-            text = upstreams.generate(GenerateRequest(prompt=prompt, model=query.model))
+        text = ask_llm(settings, GenerateRequest(prompt=prompt, model=query.model))
     except UpstreamError as exc:
         reason = failure_reason(exc)
         text = degraded_text(selection, reason)
@@ -351,6 +351,21 @@ def diagnose(settings: Settings, selection: Selection, query: AnalysisQuery) -> 
     entry = log_entry(selection, LLM_APPROACH, text, summary)
     message = f"LLM analysis of {len(shown)} group(s), {selection.fresh_failures} failure(s)"
     return Report(kind="llm", message=message, entry=entry, prompt=prompt, text=text, shown=names)
+
+
+def ask_llm(settings: Settings, request: GenerateRequest) -> str:
+    """The LLM's text; a garbage reply is asked again too (the client retries only transport/status)."""
+    with Upstreams(settings) as upstreams:
+        attempt = 1
+        while True:
+            try:
+                return upstreams.generate(request)
+            except UpstreamError as exc:
+                if exc.kind != "invalid" or attempt >= settings.http_attempts:
+                    exc.attempts = max(exc.attempts, attempt)
+                    raise
+            time.sleep(upstreams.policy.delay(attempt))
+            attempt += 1
 
 
 def _cached_text(cache: AnalysisCache, model: str, groups: list[Group]) -> str | None:

@@ -271,6 +271,8 @@ def test_llm_faults_give_a_degraded_report(
         in (entry["result"])
     )
     assert "error page" not in entry["result"]
+    if behaviour is not None:  # every fault is asked again before giving up
+        assert len(request.getfixturevalue("llm").seen("/ai/generate")) == 3
     watermark = load_state(analysis.state_path(settings), AnalysisState).watermark
     assert watermark is not None and watermark.offset == settings.ops_path.stat().st_size
     assert run().is_completed() and len(posts(gateway)) == 1  # reported: not re-posted
