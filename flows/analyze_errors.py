@@ -28,8 +28,20 @@ class AnalyzeParameters(AnalysisQuery):
 
     dry_run: bool = Field(False, description="build and show the analysis, post nothing")
 
+    @property
+    def label(self) -> str:
+        """What the run covers, for its name in the UI's run list."""
+        parts = [f"last {self.since_hours:g}h" if self.since_hours else "since last"]
+        parts += [
+            f"{name}={value}"
+            for name, value in (("endpoint", self.endpoint), ("source", self.source))
+            if value
+        ]
+        parts += [flag for flag in ("force", "dry_run") if getattr(self, flag)]
+        return ", ".join(parts)
 
-@flow(name="analyze-errors")
+
+@flow(name="analyze-errors", flow_run_name="analyze-errors ({params.label})")
 def analyze_errors(params: AnalyzeParameters = AnalyzeParameters()) -> State:
     selection = select_failures(params)
     report = diagnose(selection, params)

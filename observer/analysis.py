@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +33,7 @@ from observer.failures import (
     read_window,
     start_offset,
     still_valid,
+    window_start,
 )
 from observer.grouping import Group, clean_cut, group_failures
 from observer.ops import now_timestamp
@@ -170,11 +171,6 @@ def cache_key(model: str, group_signature: str) -> str:
     return hashlib.sha256(f"{model}\0{PROMPT_VERSION}\0{group_signature}".encode()).hexdigest()
 
 
-def _age_limit(query: AnalysisQuery, now: datetime) -> str:
-    then = now - timedelta(hours=query.reanalyse_after_hours)
-    return then.strftime("%Y-%m-%dT%H:%M:%S.") + f"{then.microsecond // 1000:03d}Z"
-
-
 # ── selection ────────────────────────────────────────────────────────────────────────────────────
 
 
@@ -197,14 +193,14 @@ def select(settings: Settings, query: AnalysisQuery, now: datetime | None = None
         read = read_since(path, start, note)
     frame = filter_failures(read.frame, query.endpoint, query.source)
     groups = group_failures(frame)
-    recent = _age_limit(query, now)
+    recent = window_start(query.reanalyse_after_hours, now)
 
     def is_known(group: Group) -> bool:
         record = state.groups.get(group.signature)
-        return bool(record and record.llm_at and record.llm_at >= recent)
+        return bool(not query.force and record and record.llm_at and record.llm_at >= recent)
 
-    known = [] if query.force else [g for g in groups if is_known(g)]
-    fresh = [g for g in groups if g not in known]
+    known = [g for g in groups if is_known(g)]
+    fresh = [g for g in groups if not is_known(g)]
     cap = MAX_SELECTED_GROUPS
     return Selection(
         note=read.note,
