@@ -1,0 +1,605 @@
+"""`POST /event` throughput and latency: Observer's webhook against the original, same run, same machine.
+
+Why it is built this way:
+- Both servers are started by this run and measured alternately (Observer, original, then original,
+  Observer, ...) so that drift in the machine's load hits both; we quote medians and ratios, never a
+  figure from another day or machine.
+- The two do not do the same work: Observer answers 200 only once the event is written *and fsync'd*
+  (group commit); the original answers first and appends afterwards without fsync. A single-threaded
+  fsync'd append loop, measured in the same run on the same filesystem, shows what durability costs.
+- The load generator is `wrk` (C, one thread): a Python client would be slower than the servers.
+  Only 2xx answers count; any non-2xx or socket error fails the measurement.
+- After the load, Observer's spool must hold at least as many lines as 2xx answers wrk counted (an
+  acknowledged event is never lost), and each server's memory is read after 200k events.
+
+Options: `--quick` (1 run of 3 s per cell, smaller memory run: a smoke test), `--reference=DIR` (the
+original's directory, default `../shared/reference` from the repository root, or the environment
+variable OBSERVER_REFERENCE_DIR), `--runs=N`, `--seconds=S`, `--rss-events=N`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from bench.common import Figure, peak_rss_mb, ratio_line, rss_mb
+
+REPO = Path(__file__).resolve().parent.parent
+WORK_DIR = REPO / "bench" / ".ref"  # gitignored: the original's install and the runs' temp dirs
+LUA_SCRIPT = Path(__file__).resolve().parent / "webhook.lua"
+DEFAULT_REFERENCE = REPO.parent / "shared" / "reference"
+CONNECTIONS = (1, 16, 64)
+START_TIMEOUT_S = 120.0  # importing prefect-adjacent code on a busy 2-core machine can take a while
+BASELINE_LINE = b'{"op":"' + b"x" * 221 + b'"}\n'  # 230 bytes, like one spool record
+ISSUE_TARGET_AT_16 = 0.5  # durable throughput at 16 connections must be >= 0.5x the original
+
+DURABILITY_NOTE = (
+    "Observer answers 200 only after the event is written and fsync'd (group commit: one fsync per"
+    " batch).\nThe original answers first and appends to ops.jsonl afterwards, without fsync: its"
+    " figures carry no durability."
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    runs: int
+    seconds: int
+    warmup_seconds: int
+    fsync_seconds: float
+    rss_events: int
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """One wrk run, from the machine-readable line printed by webhook.lua's `done` hook."""
+
+    requests: int
+    duration_s: float
+    non_2xx: int  # wrk counts answers with status >= 400 here
+    socket_errors: dict[str, int]
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def ok(self) -> int:
+        return self.requests - self.non_2xx
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.duration_s
+
+    @property
+    def failed(self) -> bool:
+        return self.non_2xx > 0 or any(self.socket_errors.values())
+
+    def problems(self) -> str:
+        parts = [f"{self.non_2xx} non-2xx"] if self.non_2xx else []
+        parts += [f"{count} {kind} errors" for kind, count in self.socket_errors.items() if count]
+        return ", ".join(parts)
+
+
+@dataclass
+class Server:
+    """A server process this run started; it is stopped by its PID only."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+    acked: int = 0  # 2xx answers wrk counted over the whole run
+    results: dict[int, list[WrkResult]] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+# ── entry point ─────────────────────────────────────────────────────────────────────────────────
+
+
+def main(options: list[str]) -> int:
+    try:
+        plan, reference = parse_options(options)
+    except ValueError as exc:  # no original to compare against
+        print(f"webhook bench: {exc}", file=sys.stderr)
+        return 2
+    missing = missing_tools()
+    if missing:
+        for message in missing:
+            print(f"webhook bench: {message}", file=sys.stderr)
+        return 2
+    bun = prepare_original(reference)
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="webhook-run-", dir=WORK_DIR))
+    servers: list[Server] = []
+    try:
+        with fake_gateway() as gateway_url:
+            servers.append(start_observer(scratch, gateway_url))
+            servers.append(start_original(scratch, bun, gateway_url))
+            return measure(plan, servers, scratch)
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def parse_options(options: list[str]) -> tuple[Plan, Path]:
+    """`python -m bench` passes only the arguments that start with '-', hence `--name=value`."""
+    quick = "--quick" in options
+    plan = Plan(
+        runs=1 if quick else 3,
+        seconds=3 if quick else 5,
+        warmup_seconds=1 if quick else 2,
+        fsync_seconds=1.0 if quick else 2.0,
+        rss_events=20_000 if quick else 200_000,
+    )
+    reference = Path(os.environ.get("OBSERVER_REFERENCE_DIR") or DEFAULT_REFERENCE)
+    for option in options:
+        name, _, value = option.partition("=")
+        if name == "--quick":
+            continue
+        if name == "--reference" and value:
+            reference = Path(value)
+        elif name in ("--runs", "--seconds", "--rss-events") and value.isdigit() and int(value) > 0:
+            key = {"--runs": "runs", "--seconds": "seconds", "--rss-events": "rss_events"}[name]
+            plan = Plan(**{**plan.__dict__, key: int(value)})
+        else:  # `python -m bench` hands every benchmark all options: another's are not an error
+            print(f"webhook bench: ignoring option {option!r} (not one of this benchmark's)")
+    if not (reference / "observer.ts").is_file():
+        raise ValueError(
+            f"no observer.ts in {reference}; pass --reference=DIR or set OBSERVER_REFERENCE_DIR"
+        )
+    return plan, reference.resolve()
+
+
+def missing_tools() -> list[str]:
+    """The prerequisites this bench does not install itself, each with how to get it."""
+    missing = []
+    if shutil.which("wrk") is None:
+        missing.append("wrk (the load generator) is not installed: apt-get install -y wrk")
+    if shutil.which("npm") is None:
+        missing.append(
+            "npm is not installed (it fetches the original's Bun from the npm registry):"
+            " apt-get install -y npm"
+        )
+    return missing
+
+
+# ── the two servers and the fake gateway ─────────────────────────────────────────────────────────
+
+
+def prepare_original(reference: Path) -> Path:
+    """Copy the original into the gitignored work dir, bound to loopback, and install its Bun.
+
+    The original binds 0.0.0.0; the copy is changed to 127.0.0.1 (nothing else) so that the bench
+    never opens a port to the network. `npm i` runs again only when package.json changes.
+    """
+    target = WORK_DIR / "original"
+    target.mkdir(parents=True, exist_ok=True)
+    source = (reference / "observer.ts").read_bytes()
+    wildcard, loopback = b'hostname: "0.0.0.0"', b'hostname: "127.0.0.1"'
+    if source.count(wildcard) != 1:
+        raise SystemExit(
+            f"webhook bench: expected one {wildcard.decode()} in the original to rebind"
+        )
+    replace_if_changed(target / "observer.ts", source.replace(wildcard, loopback))
+    package = (reference / "package.json").read_bytes()
+    stamp = target / ".installed-package.json"
+    bun = target / "node_modules" / ".bin" / "bun"
+    if not bun.exists() or not stamp.exists() or stamp.read_bytes() != package:
+        replace_if_changed(target / "package.json", package)
+        print("installing the original's dependencies (npm i) ...", flush=True)
+        subprocess.run(
+            ["npm", "i", "--no-audit", "--no-fund", "--loglevel=error"], cwd=target, check=True
+        )
+        stamp.write_bytes(package)
+    return bun
+
+
+def replace_if_changed(path: Path, data: bytes) -> None:
+    if not path.exists() or path.read_bytes() != data:
+        path.write_bytes(data)
+
+
+@contextlib.contextmanager
+def fake_gateway() -> Iterator[str]:
+    """The original exits unless GET $GATEWAY_URL/health answers JSON: answer it, on loopback."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"status":"ok","service":"bench-fake-gateway"}'
+            self.send_response(200 if self.path == "/health" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="fake-gateway", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def start_observer(scratch: Path, gateway_url: str) -> Server:
+    """`observer webhook` with its defaults (no token, no Prefect notifications) on a free port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OBSERVER_", "PREFECT_"))}
+    env |= {
+        "OBSERVER_DATA_DIR": str(scratch / "observer-data"),
+        "OBSERVER_HOST": "127.0.0.1",
+        "OBSERVER_PORT": "0",
+        "GATEWAY_URL": gateway_url,
+    }
+    log_path = scratch / "observer.stderr.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "observer.cli", "webhook"],
+            cwd=scratch,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,  # a Ctrl-C reaches the bench, which stops it in order
+        )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def drain() -> None:  # keep reading so the pipe never fills
+        assert process.stdout is not None
+        for raw in process.stdout:
+            lines.put(raw.decode(errors="replace"))
+
+    threading.Thread(target=drain, name="observer-stdout", daemon=True).start()
+    server = Server("Observer", process, "", log_path)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        with contextlib.suppress(queue.Empty):
+            line = lines.get(timeout=0.2)
+            if "listening on http://" in line:
+                server.url = line.rsplit(" ", 1)[-1].strip() + "/event"
+                return server
+    server.stop()
+    raise SystemExit(f"webhook bench: Observer did not start:\n{tail(log_path)}")
+
+
+def start_original(scratch: Path, bun: Path, gateway_url: str) -> Server:
+    """The original under Bun, in its own working directory (it writes data/_observer/ there)."""
+    home = scratch / "original-cwd"
+    home.mkdir()
+    port = free_port()
+    env = dict(os.environ) | {
+        "OBSERVER_PORT": str(port),
+        "GATEWAY_URL": gateway_url,
+        "LAKEHOUSE_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "OBSERVER_CYCLE": "3600",  # no analyzer cycle during the bench
+        "OVERSEER_CORRECTIONS_PATH": str(home / "corrections.jsonl"),
+    }
+    log_path = scratch / "original.stderr.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(bun), str(bun.parent.parent.parent / "observer.ts")],
+            cwd=home,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server("original", process, f"http://127.0.0.1:{port}/event", log_path)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        health = f"http://127.0.0.1:{port}/health"
+        with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=2) as answer:
+            if answer.status == 200:
+                return server
+        time.sleep(0.2)
+    server.stop()
+    raise SystemExit(f"webhook bench: the original did not start:\n{tail(log_path)}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return "(no log)"
+
+
+# ── measuring ───────────────────────────────────────────────────────────────────────────────────
+
+
+def run_wrk(url: str, connections: int, seconds: float, cap: int = 0) -> WrkResult:
+    """One wrk run (one thread); `cap` > 0 stops after that many responses (wrk still waits out -d)."""
+    env = dict(os.environ) | {"BENCH_MAX_RESPONSES": str(cap)}
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    command += ["-s", str(LUA_SCRIPT), url]
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            raw = json.loads(line.removeprefix("BENCH_RESULT "))
+            return WrkResult(
+                requests=raw["requests"],
+                duration_s=raw["duration_us"] / 1e6,
+                non_2xx=raw["non_2xx"],
+                socket_errors={k: raw[k] for k in ("connect", "read", "write", "timeout")},
+                p50_ms=raw["p50_us"] / 1000,
+                p99_ms=raw["p99_us"] / 1000,
+            )
+    raise RuntimeError(f"wrk gave no result (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+
+
+def fsync_appends_per_second(directory: Path, seconds: float) -> float:
+    """The raw cost of durability here: one thread, write(230 bytes) + fsync, as fast as it goes."""
+    path = directory / "fsync-baseline.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        appends = 0
+        started = time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            os.write(fd, BASELINE_LINE)
+            os.fsync(fd)
+            appends += 1
+        return appends / elapsed
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+class MachineLoad:
+    """How busy the machine was with *other* work while we measured (the benchmark's noise)."""
+
+    def __init__(self, servers: list[Server]) -> None:
+        self.servers = servers
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.loads: list[float] = []
+        self._start = self._snapshot()
+
+    def sample(self) -> None:
+        self.loads.append(os.getloadavg()[0])
+
+    def others_share(self) -> float:
+        """CPU used by processes other than this run's, as a share of all cores, since start."""
+        end = self._snapshot()
+        wall, busy, ours = (b - a for a, b in zip(self._start, end, strict=True))
+        return max(0.0, (busy - ours) / (wall * (os.cpu_count() or 1)))
+
+    def _snapshot(self) -> tuple[float, float, float]:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+        busy = (sum(fields) - fields[3] - fields[4]) / self.tick  # all but idle and iowait
+        ours = sum(
+            u.ru_utime + u.ru_stime
+            for u in (
+                resource.getrusage(resource.RUSAGE_SELF),
+                resource.getrusage(resource.RUSAGE_CHILDREN),
+            )
+        )
+        for server in self.servers:
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{server.pid}/stat") as stat:
+                    parts = stat.read().rsplit(")", 1)[1].split()
+                ours += (int(parts[11]) + int(parts[12])) / self.tick
+        return time.monotonic(), busy, ours
+
+
+def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
+    observer, original = servers
+    print(DURABILITY_NOTE)
+    print(
+        f"\nPOST /event, 233-byte scenario event, wrk -t1, {plan.runs} run(s) x {plan.seconds} s per"
+        f" cell, servers alternated; spool on {filesystem_of(scratch)}; {os.cpu_count()} cores;"
+        f" bun {bun_version(original)}; load average now {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    load = MachineLoad(servers)
+    failed = False
+    rss_at_start = {server.name: rss_mb(server.pid) for server in servers}
+    for server in servers:  # warm-up: first connections, Bun's JIT, Python's caches
+        server.acked += run_wrk(server.url, 16, plan.warmup_seconds).ok
+    fsync_rates: dict[int, list[float]] = {}  # per cell: the disk's speed changes with others' I/O
+    for connections in CONNECTIONS:
+        for run in range(plan.runs):
+            load.sample()
+            order = servers if (run + connections) % 2 == 0 else servers[::-1]
+            for server in order:
+                result = run_wrk(server.url, connections, plan.seconds)
+                server.acked += result.ok
+                server.results.setdefault(connections, []).append(result)
+                failed |= result.failed
+                print(
+                    f"  c={connections:<3} run {run + 1}/{plan.runs}  {server.name:<9}"
+                    f" {result.rate:>9.0f} req/s  p50 {result.p50_ms:7.2f} ms"
+                    f"  p99 {result.p99_ms:7.2f} ms"
+                    + (f"  FAILED: {result.problems()}" if result.failed else ""),
+                    flush=True,
+                )
+            rate = fsync_appends_per_second(scratch, plan.fsync_seconds)
+            fsync_rates.setdefault(connections, []).append(rate)
+    others = load.others_share()
+    load.sample()
+
+    print_summary(plan, observer, original, fsync_rates)
+    print(
+        f"\nMachine: load average (1 min) {min(load.loads):.2f}-{max(load.loads):.2f} during the"
+        f" cells; other processes used {others:.0%} of the {os.cpu_count()} cores meanwhile"
+        + (" (noisy: compare ratios, not absolute figures)" if others > 0.1 else "")
+    )
+
+    print(f"\nMemory after {plan.rss_events:,} events (the throughput runs count toward them):")
+    for server in servers:
+        failed |= top_up(server, plan.rss_events)
+        print(
+            f"  {server.name:<9} VmRSS {rss_mb(server.pid):7.1f} MB  VmHWM"
+            f" {peak_rss_mb(server.pid):7.1f} MB  after {server.acked:,} acknowledged events"
+            f" (VmRSS {rss_at_start[server.name]:.1f} MB once started)"
+        )
+
+    time.sleep(1.0)  # the original appends after answering: let its last writes land
+    failed |= check_correctness(observer, original, scratch)
+    print("\n" + DURABILITY_NOTE)
+    return 1 if failed else 0
+
+
+def print_summary(
+    plan: Plan, observer: Server, original: Server, fsync_rates: dict[int, list[float]]
+) -> None:
+    print(f"\nMedians of {plan.runs} run(s) per cell (ratio = Observer / original):")
+    print(
+        f"  {'conns':>5} | {'Observer req/s':>14} {'p50 ms':>7} {'p99 ms':>7}"
+        f" | {'original req/s':>14} {'p50 ms':>7} {'p99 ms':>7} | {'req/s ratio':>11} {'p99 ratio':>9}"
+    )
+    figures: dict[int, tuple[Figure, Figure]] = {}
+    for connections in CONNECTIONS:
+        row = []
+        for server in (observer, original):
+            results = server.results[connections]
+            rate = Figure(
+                f"{server.name} c={connections} req/s", [r.rate for r in results], "req/s"
+            )
+            p50 = Figure("p50", [r.p50_ms for r in results], "ms")
+            p99 = Figure("p99", [r.p99_ms for r in results], "ms")
+            row.append((rate, p50, p99))
+        (o_rate, o_p50, o_p99), (r_rate, r_p50, r_p99) = row
+        figures[connections] = (o_rate, r_rate)
+        print(
+            f"  {connections:>5} | {o_rate.median:>14.0f} {o_p50.median:>7.2f} {o_p99.median:>7.2f}"
+            f" | {r_rate.median:>14.0f} {r_p50.median:>7.2f} {r_p99.median:>7.2f}"
+            f" | {o_rate.median / r_rate.median:>11.3f} {o_p99.median / r_p99.median:>9.2f}"
+        )
+    print()
+    for connections in CONNECTIONS:
+        for figure in figures[connections]:
+            print("  " + figure.line())
+    for connections in CONNECTIONS:
+        ours, theirs = figures[connections]
+        print("  " + ratio_line(f"Observer / original, {connections} connection(s)", ours, theirs))
+    every = Figure(
+        "raw fsync'd appends, all cells",
+        [rate for rates in fsync_rates.values() for rate in rates],
+        "/s",
+    )
+    print("  " + every.line())
+    for connections in CONNECTIONS:
+        near = Figure(
+            f"raw fsync'd appends during the c={connections} cell", fsync_rates[connections], "/s"
+        )
+        print("  " + near.line())
+    print(
+        "  "
+        + ratio_line(
+            "Observer at 1 connection / raw fsync'd appends",
+            figures[1][0],
+            Figure("fsync", fsync_rates[1], "/s"),
+        )
+        + "  (same cell; 1 connection = 1 event per fsync)"
+    )
+    at_16 = figures[16][0].median / figures[16][1].median
+    verdict = "met" if at_16 >= ISSUE_TARGET_AT_16 else "NOT met"
+    print(
+        f"  durable throughput at 16 connections is {at_16:.2f}x the original: target"
+        f" >= {ISSUE_TARGET_AT_16}x {verdict} (goal >= 1x)"
+    )
+
+
+def top_up(server: Server, target: int) -> bool:
+    """Send events until the server has acknowledged `target` in this run; True if any failed."""
+    rates = [r.rate for r in server.results.get(16, [])] or [1000.0]
+    rate = max(500.0, sorted(rates)[len(rates) // 2])
+    while server.acked < target:
+        remaining = target - server.acked
+        seconds = min(60.0, max(1.0, remaining / rate * 1.1 + 0.5))
+        result = run_wrk(server.url, 16, seconds, cap=remaining)
+        server.acked += result.ok
+        if result.failed:
+            print(f"  {server.name}: FAILED while sending: {result.problems()}")
+            return True
+        if result.ok == 0:
+            print(f"  {server.name}: no event acknowledged in {seconds:.0f} s")
+            return True
+        rate = max(500.0, result.rate)
+    return False
+
+
+def check_correctness(observer: Server, original: Server, scratch: Path) -> bool:
+    """No acknowledged event lost: spool lines >= 2xx answers. True if the check failed."""
+    spool = scratch / "observer-data" / "_observer" / "spool"
+    lines = sum(path.read_bytes().count(b"\n") for path in sorted(spool.glob("*.jsonl")))
+    lost = lines < observer.acked
+    print(
+        f"\nCorrectness: Observer's spool holds {lines:,} lines for {observer.acked:,} 2xx answers"
+        f" counted by wrk -> {'EVENTS LOST' if lost else 'no acknowledged event lost'}"
+        f" ({lines - observer.acked:+,}: requests in flight when a wrk run ended are written but"
+        " not counted)"
+    )
+    ops = scratch / "original-cwd" / "data" / "_observer" / "ops.jsonl"
+    written = ops.read_bytes().count(b"\n") if ops.exists() else 0
+    print(
+        f"             the original's ops.jsonl holds {written:,} lines for {original.acked:,} 2xx"
+        " answers (written after answering, never fsync'd)"
+    )
+    errors = [
+        line
+        for line in observer.log_path.read_text(errors="replace").splitlines()
+        if "ERROR" in line or "Traceback" in line
+    ]
+    if errors:
+        print(f"             Observer logged {len(errors)} error line(s), first: {errors[0]}")
+    return lost or bool(errors)
+
+
+def filesystem_of(path: Path) -> str:
+    """The filesystem type and device under `path` (a tmpfs would make fsync free and meaningless)."""
+    resolved, best = str(path.resolve()), ("?", "?", "")
+    with contextlib.suppress(OSError), open("/proc/mounts") as mounts:
+        for line in mounts:
+            device, mount_point, kind = line.split()[:3]
+            inside = resolved == mount_point or resolved.startswith(mount_point.rstrip("/") + "/")
+            if inside and len(mount_point) >= len(best[2]):
+                best = (kind, device, mount_point)
+    return f"{best[0]} ({best[1]})"
+
+
+def bun_version(original: Server) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        exe = os.readlink(f"/proc/{original.pid}/exe")
+        done = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10)
+        return done.stdout.strip()
+    return "?"
