@@ -17,7 +17,6 @@ State files, in `data/_observer/state/`: `analyze-errors.json` (watermark, deliv
 from __future__ import annotations
 
 import hashlib
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -350,18 +349,9 @@ def diagnose(settings: Settings, selection: Selection, query: AnalysisQuery) -> 
 
 
 def ask_llm(settings: Settings, request: GenerateRequest) -> str:
-    """The LLM's text; a garbage reply is asked again too (the client retries only transport/status)."""
+    """The LLM's text (timeouts, 5xx and garbage replies are retried by the client)."""
     with Upstreams(settings) as upstreams:
-        attempt = 1
-        while True:
-            try:
-                return upstreams.generate(request)
-            except UpstreamError as exc:
-                if exc.kind != "invalid" or attempt >= settings.http_attempts:
-                    exc.attempts = max(exc.attempts, attempt)
-                    raise
-            time.sleep(upstreams.policy.delay(attempt))
-            attempt += 1
+        return upstreams.generate(request)
 
 
 def _cached_text(cache: AnalysisCache, model: str, groups: list[Group]) -> str | None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 import orjson
@@ -28,6 +28,7 @@ RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_SECONDS = 30.0
 
 FailureKind = Literal["timeout", "connect", "status", "invalid"]
+Parsed = TypeVar("Parsed")
 
 
 class UpstreamError(RuntimeError):
@@ -109,25 +110,25 @@ class Upstreams:
         self._client.close()
 
     def generate(self, request: GenerateRequest) -> str:
-        """Ask the LLM; return its validated `text` or raise UpstreamError."""
+        """Ask the LLM; return its validated `text` or raise UpstreamError.
+
+        A reply without a non-empty string `text` is retried like a 5xx: a model server that
+        answers garbage once often answers properly the next time.
+        """
         url = f"{self.settings.lakehouse_url}/ai/generate"
-        response = self._post("llm", url, request.model_dump())
-        try:
-            return GenerateReply.model_validate_json(response.content).text
-        except ValidationError as exc:
-            raise UpstreamError(
-                "llm",
-                "invalid",
-                f"reply is not {{'text': non-empty string}}: {_first_error(exc)}",
-                attempts=1,
-                status=response.status_code,
-            ) from None
+        return self._post("llm", url, request.model_dump(), parse=_generated_text)
 
     def post_log(self, entry: LogEntry) -> None:
         """Post a playbook/analysis entry to the gateway's `/log`; raise UpstreamError if not taken."""
-        self._post("gateway", f"{self.settings.gateway_url}/log", entry.model_dump())
+        self._post("gateway", f"{self.settings.gateway_url}/log", entry.model_dump(), parse=None)
 
-    def _post(self, upstream: str, url: str, body: dict[str, Any]) -> httpx.Response:
+    def _post(
+        self,
+        upstream: str,
+        url: str,
+        body: dict[str, Any],
+        parse: Callable[[httpx.Response], Parsed] | None,
+    ) -> Parsed | None:
         attempt = 0
         while True:
             attempt += 1
@@ -144,19 +145,34 @@ class Upstreams:
                 failure = ("connect", f"cannot reach {url}: {exc}", None)
             else:
                 if response.is_success:
-                    return response
-                failure = (
-                    "status",
-                    f"{url} answered HTTP {response.status_code}",
-                    response.status_code,
-                )
-                if response.status_code not in RETRYABLE_STATUS:
-                    attempt = self.policy.attempts  # a 4xx will not get better by asking again
-                retry_after = _retry_after(response)
+                    if parse is None:
+                        return None
+                    try:
+                        return parse(response)
+                    except ValueError as exc:
+                        failure = ("invalid", str(exc), response.status_code)
+                else:
+                    failure = (
+                        "status",
+                        f"{url} answered HTTP {response.status_code}",
+                        response.status_code,
+                    )
+                    if response.status_code not in RETRYABLE_STATUS:
+                        attempt = self.policy.attempts  # a 4xx will not get better by asking again
+                    retry_after = _retry_after(response)
             if attempt >= self.policy.attempts:
                 kind, detail, status = failure
                 raise UpstreamError(upstream, kind, detail, attempts=attempt, status=status)
             self._sleep(self.policy.delay(attempt, retry_after))
+
+
+def _generated_text(response: httpx.Response) -> str:
+    try:
+        return GenerateReply.model_validate_json(response.content).text
+    except ValidationError as exc:
+        raise ValueError(
+            f"reply is not {{'text': non-empty string}}: {_first_error(exc)}"
+        ) from None
 
 
 async def probe_gateway(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
