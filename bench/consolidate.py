@@ -30,8 +30,9 @@ import httpx
 from bench.common import Figure, ratio_line, repeat, stopwatch
 from observer.observed import observed, observed_sync
 from observer.ops import Op
-from observer.playbooks import ConsolidateParameters, build_playbook, deliver, read_tail
+from observer.playbooks import ConsolidateParameters, build_playbook, deliver
 from observer.settings import Settings, load_settings
+from observer.store import read_tail
 from observer.upstream import Upstreams
 
 ENDPOINTS = 20

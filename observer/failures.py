@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +23,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from observer.grouping import clean_cut
+from observer.store import read_tail
 
 #: With no watermark yet, start this many lines before the end (the original's ring held 2000 ops).
 FIRST_RUN_LINES = 2000
@@ -98,37 +98,13 @@ def start_offset(path: Path, watermark: Watermark | None) -> tuple[int, str]:
     """Where a since-last read starts, and why (shown in the run)."""
     if watermark is not None and still_valid(path, watermark):
         return watermark.offset, "since the last analysis"
-    start = tail_offset(path, FIRST_RUN_LINES)
+    start = read_tail(path, FIRST_RUN_LINES).start
     if watermark is None:
         return start, f"first analysis: the last {FIRST_RUN_LINES} lines"
     return (
         start,
         f"ops.jsonl was replaced or truncated: restarted at its last {FIRST_RUN_LINES} lines",
     )
-
-
-def tail_offset(path: Path, lines: int) -> int:
-    """Byte offset where the last `lines` complete lines start (0 for a shorter file)."""
-    if not path.exists():
-        return 0
-    with open(path, "rb") as handle:
-        position = handle.seek(0, os.SEEK_END)
-        if position:
-            handle.seek(position - 1)
-            if handle.read(1) == b"\n":
-                position -= 1  # the final newline ends the last line: not a line break to count
-        seen = 0
-        while position > 0:
-            step = min(BACKWARD_CHUNK, position)
-            handle.seek(position - step)
-            block = handle.read(step)
-            index = len(block)
-            while (index := block.rfind(b"\n", 0, index)) >= 0:
-                seen += 1
-                if seen == lines:
-                    return position - step + index + 1
-            position -= step
-        return 0
 
 
 def read_complete_lines(path: Path, start: int, max_bytes: int = MAX_READ_BYTES) -> bytes:

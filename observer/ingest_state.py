@@ -16,7 +16,7 @@ from observer.store import (
     SpoolPosition,
     list_segments,
     load_state,
-    read_last_lines,
+    read_tail,
     segment_path,
 )
 
@@ -90,5 +90,5 @@ def spool_bytes_waiting(settings: Settings, checkpoint: IngestCheckpoint | None 
 
 
 def load_recent_ids(settings: Settings) -> RecentIds:
-    lines = read_last_lines(ids_path(settings), settings.dedup_window)
+    lines = read_tail(ids_path(settings), settings.dedup_window).lines
     return RecentIds(settings.dedup_window, (line.decode() for line in lines))

@@ -32,8 +32,8 @@ from observer.store import (
     encode_record,
     file_lock,
     load_state,
-    read_last_lines,
     read_spool,
+    read_tail,
 )
 from observer.window import WINDOW_SIZE, StatsWindow
 
@@ -107,7 +107,7 @@ class Intake:
         """Rebuild the window and ids from the durable files, then start the writer thread."""
         with file_lock(lock_path(self.settings)):
             checkpoint = load_state(checkpoint_path(self.settings), IngestCheckpoint)
-            for line in read_last_lines(self.settings.ops_path, WINDOW_SIZE):
+            for line in read_tail(self.settings.ops_path, WINDOW_SIZE).lines:
                 self.window.add_line(line)
             self._ids = load_recent_ids(self.settings)
             self._position = checkpoint.position

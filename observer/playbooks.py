@@ -10,11 +10,9 @@ a replaced file (new inode, or shorter than a remembered offset) forgets what wa
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import orjson
 import polars as pl
@@ -23,10 +21,9 @@ from pydantic import BaseModel, Field
 from observer.jsfmt import UNDEFINED, join_item, js_string, to_fixed_0
 from observer.ops import cut, now_timestamp
 from observer.settings import Settings
-from observer.store import load_state, save_state
+from observer.store import Tail, load_state, read_tail, save_state
 from observer.upstream import LogEntry, Upstreams
 
-READ_CHUNK_BYTES = 1024 * 1024
 PATTERN_INPUTS = 3
 PATTERN_CHARS = 200
 EVIDENCE_SEPARATOR = " | "
@@ -115,60 +112,6 @@ class PlaybookState(BaseModel):
 
 
 # ── reading the window ──────────────────────────────────────────────────────────────────────────
-
-
-@dataclass
-class Tail:
-    """The last complete lines of a file, each with the byte offset where it starts."""
-
-    lines: list[bytes] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
-    start: int = 0
-    end: int = 0
-    inode: int | None = None
-
-
-def read_tail(path: Path, count: int) -> Tail:
-    """The last `count` complete lines of `path`, read backwards in chunks (an unterminated last
-    line is not complete yet and is left for the next run)."""
-    try:
-        with open(path, "rb") as handle:
-            inode = os.fstat(handle.fileno()).st_ino
-            position, data = _read_back(handle, count)
-    except FileNotFoundError:
-        return Tail()
-    complete = data.rfind(b"\n")
-    if complete < 0:
-        return Tail(start=position + len(data), end=position + len(data), inode=inode)
-    lines = data[:complete].split(b"\n")
-    offset = position
-    if position > 0:  # the first piece may be the end of an earlier line
-        offset += len(lines[0]) + 1
-        lines = lines[1:]
-    for skipped in lines[: max(0, len(lines) - count)]:
-        offset += len(skipped) + 1
-    lines = lines[-count:]
-    offsets = []
-    for line in lines:
-        offsets.append(offset)
-        offset += len(line) + 1
-    start = offsets[0] if offsets else offset
-    return Tail(lines, offsets, start, position + complete + 1, inode)
-
-
-def _read_back(handle: BinaryIO, count: int) -> tuple[int, bytes]:
-    """Chunks from the end until more than `count` newlines are in hand: (start offset, bytes)."""
-    position = handle.seek(0, os.SEEK_END)
-    chunks: list[bytes] = []
-    newlines = 0
-    while position > 0 and newlines <= count:
-        step = min(READ_CHUNK_BYTES, position)
-        position -= step
-        handle.seek(position)
-        chunk = handle.read(step)
-        chunks.append(chunk)
-        newlines += chunk.count(b"\n")
-    return position, b"".join(reversed(chunks))
 
 
 WINDOW_SCHEMA = {

@@ -17,9 +17,9 @@ import fcntl
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import BinaryIO, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
@@ -146,28 +146,58 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def read_last_lines(path: Path, count: int) -> list[bytes]:
-    """The last `count` complete lines of a file, read backwards in chunks (cost ∝ what is read)."""
-    if count <= 0:
-        return []
-    if not path.exists():
-        return []
-    with open(path, "rb") as handle:
-        end = handle.seek(0, os.SEEK_END)
-        position, tail = end, b""
-        while position > 0 and tail.count(b"\n") <= count:
-            step = min(READ_CHUNK_BYTES, position)
-            position -= step
-            handle.seek(position)
-            tail = handle.read(step) + tail
-    lines = tail.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    elif lines:
-        lines.pop()  # an unterminated last line is not complete yet
-    if position > 0 and lines:
-        lines = lines[1:]  # the first piece may be the end of an earlier line
-    return lines[-count:]
+@dataclass
+class Tail:
+    """The last complete lines of a file, each with the byte offset where it starts."""
+
+    lines: list[bytes] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    start: int = 0
+    end: int = 0
+    inode: int | None = None
+
+
+def read_tail(path: Path, count: int) -> Tail:
+    """The last `count` complete lines of `path`, read backwards in chunks (an unterminated last
+    line is not complete yet and is left for the next run)."""
+    try:
+        with open(path, "rb") as handle:
+            inode = os.fstat(handle.fileno()).st_ino
+            position, data = _read_back(handle, count)
+    except FileNotFoundError:
+        return Tail()
+    complete = data.rfind(b"\n")
+    if complete < 0:
+        return Tail(start=position + len(data), end=position + len(data), inode=inode)
+    lines = data[:complete].split(b"\n")
+    offset = position
+    if position > 0:  # the first piece may be the end of an earlier line
+        offset += len(lines[0]) + 1
+        lines = lines[1:]
+    for skipped in lines[: max(0, len(lines) - count)]:
+        offset += len(skipped) + 1
+    lines = lines[-count:]
+    offsets = []
+    for line in lines:
+        offsets.append(offset)
+        offset += len(line) + 1
+    start = offsets[0] if offsets else offset
+    return Tail(lines, offsets, start, position + complete + 1, inode)
+
+
+def _read_back(handle: BinaryIO, count: int) -> tuple[int, bytes]:
+    """Chunks from the end until more than `count` newlines are in hand: (start offset, bytes)."""
+    position = handle.seek(0, os.SEEK_END)
+    chunks: list[bytes] = []
+    newlines = 0
+    while position > 0 and newlines <= count:
+        step = min(READ_CHUNK_BYTES, position)
+        position -= step
+        handle.seek(position)
+        chunk = handle.read(step)
+        chunks.append(chunk)
+        newlines += chunk.count(b"\n")
+    return position, b"".join(reversed(chunks))
 
 
 # ── the spool ───────────────────────────────────────────────────────────────────────────────────

@@ -25,11 +25,11 @@ from observer.analysis import (
     AnalysisQuery,
     AnalysisState,
 )
-from observer.failures import FIRST_RUN_LINES, tail_offset
+from observer.failures import FIRST_RUN_LINES
 from observer.grouping import clean_cut, normalise_error
 from observer.ops import Op
 from observer.settings import Settings
-from observer.store import load_state
+from observer.store import load_state, read_tail
 from tests.fakes import Drop, FakeUpstream, Hang, Reply
 
 DIAGNOSIS = "Retry with a smaller batch; add 'do not call fill without a city' to the playbook."
@@ -131,19 +131,19 @@ def test_clean_cut_keeps_characters_whole() -> None:
     clean_cut(paired + "x\udc00", 500).encode()  # always encodable
 
 
-def test_tail_offset_counts_complete_lines(tmp_path: Path) -> None:
+def test_tail_start_counts_complete_lines(tmp_path: Path) -> None:
     path = tmp_path / "ops.jsonl"
     path.write_bytes(b"a\nbb\nccc\n")
-    assert tail_offset(path, 2) == 2
-    assert tail_offset(path, 3) == 0
-    assert tail_offset(path, 10) == 0
-    assert tail_offset(tmp_path / "missing", 10) == 0
+    assert read_tail(path, 2).start == 2
+    assert read_tail(path, 3).start == 0
+    assert read_tail(path, 10).start == 0
+    assert read_tail(tmp_path / "missing", 10).start == 0
 
 
 def test_scheduled_reads_only_new_bytes_and_notices_a_replaced_file(settings: Settings) -> None:
     append(settings, [success(n) for n in range(FIRST_RUN_LINES + 500)])
     first = analysis.select(settings, AnalysisQuery())
-    assert first.start == tail_offset(settings.ops_path, FIRST_RUN_LINES)
+    assert first.start == read_tail(settings.ops_path, FIRST_RUN_LINES).start
     analysis.commit(settings, first, analysis.Report(kind="nothing", message=""))
     append(settings, [failure("boom", n=1)])
     second = analysis.select(settings, AnalysisQuery())

@@ -18,11 +18,10 @@ from observer.playbooks import (
     ConsolidateParameters,
     PlaybookState,
     build_playbook,
-    read_tail,
     state_path,
 )
 from observer.settings import Settings
-from observer.store import load_state
+from observer.store import load_state, read_tail
 from tests.fakes import FakeUpstream, Hang, Reply
 
 GOLDEN = Path(__file__).parent / "golden"

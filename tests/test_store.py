@@ -15,8 +15,8 @@ from observer.store import (
     SpoolWriter,
     encode_record,
     list_segments,
-    read_last_lines,
     read_spool,
+    read_tail,
     segment_path,
 )
 
@@ -147,8 +147,8 @@ def test_several_processes_append_without_tearing_records(settings: Settings) ->
         assert mine == [f"w{w}-{n}" for n in range(200)]
 
 
-def test_read_last_lines_reads_only_complete_lines(tmp_path: Path) -> None:
+def test_read_tail_reads_only_complete_lines(tmp_path: Path) -> None:
     path = tmp_path / "f.jsonl"
     path.write_bytes(b"".join(b"%d\n" % n for n in range(100_000)) + b"partial")
-    assert read_last_lines(path, 3) == [b"99997", b"99998", b"99999"]
-    assert read_last_lines(tmp_path / "missing", 3) == []
+    assert read_tail(path, 3).lines == [b"99997", b"99998", b"99999"]
+    assert read_tail(tmp_path / "missing", 3).lines == []
