@@ -433,7 +433,11 @@ def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
     failed = False
     rss_at_start = {server.name: rss_mb(server.pid) for server in servers}
     for server in servers:  # warm-up: first connections, Bun's JIT, Python's caches
-        server.acked += run_wrk(server.url, 16, plan.warmup_seconds).ok
+        warmup = run_wrk(server.url, 16, plan.warmup_seconds)
+        server.acked += warmup.ok
+        if warmup.failed:
+            print(f"  {server.name}: FAILED during the warm-up: {warmup.problems()}")
+            failed = True
     fsync_rates: dict[int, list[float]] = {}  # per cell: the disk's speed changes with others' I/O
     for connections in CONNECTIONS:
         for run in range(plan.runs):
