@@ -75,12 +75,14 @@ class Op(BaseModel):
     def to_line(self) -> bytes:
         """The op's ops.jsonl line without its newline, byte-compatible with the original."""
         present = self.model_fields_set
-        parts = [
-            b'"' + key.encode() + b'":' + encode_value(getattr(self, key))
-            for key in OP_KEYS
-            if key in present
-        ]
-        return b"{" + b",".join(parts) + b"}"
+        fields: dict[str, object] = {}
+        for key in OP_KEYS:
+            if key in present:
+                value = getattr(self, key)
+                # orjson writes strings, ints and booleans as JSON.stringify does; floats differ
+                # (100.0, 1e-07), so they go in pre-formatted.
+                fields[key] = orjson.Fragment(js_number(value)) if type(value) is float else value
+        return orjson.dumps(fields)
 
     @property
     def source_or_default(self) -> str:
