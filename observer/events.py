@@ -112,7 +112,11 @@ class EventIn(BaseModel):
         return value
 
     def to_op(self) -> Op:
-        """Apply the original's defaults (contract.md) and return the op to store."""
+        """The op to store, as a model (for callers off the hot path)."""
+        return Op.build(**self.to_fields())
+
+    def to_fields(self) -> dict[str, Any]:
+        """Apply the original's defaults (contract.md): the op's present fields, validated."""
         given = self.model_fields_set
         success = bool(self.success)
         fields: dict[str, Any] = {
@@ -140,7 +144,7 @@ class EventIn(BaseModel):
         ):
             if key in given:
                 fields[key] = getattr(self, key)
-        return Op.build(**fields)
+        return fields
 
     def _default_summary(self) -> str:
         def part(value: object) -> str:

@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from observer.ingest_state import (
     IngestCheckpoint,
@@ -24,7 +25,7 @@ from observer.ingest_state import (
     load_recent_ids,
     lock_path,
 )
-from observer.ops import Op
+from observer.ops import Op, op_line
 from observer.settings import Settings
 from observer.store import (
     SpoolPosition,
@@ -69,14 +70,14 @@ def record_ops(settings: Settings, entries: Iterable[tuple[str | None, Op]]) -> 
     try:
         writer.append(payload)
     finally:
-        writer.close()
+        writer.shutdown()
     return payload.count(b"\n")
 
 
 @dataclass
 class _Pending:
     event_id: str | None
-    op: Op
+    fields: dict[str, Any]
     record: bytes
     future: asyncio.Future[Accepted]
 
@@ -85,6 +86,7 @@ class Intake:
     """The webhook's group-commit writer plus the stats window it keeps current."""
 
     def __init__(self, settings: Settings, on_durable: Callable[[], None] | None = None) -> None:
+        """`on_durable` runs on the event loop after each durable batch."""
         self.settings = settings
         self.window = StatsWindow(WINDOW_SIZE)
         self._writer = SpoolWriter(settings.spool_dir, settings.spool_segment_bytes)
@@ -122,18 +124,19 @@ class Intake:
             self._wakeup.notify()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        self._writer.close()
+        self._writer.shutdown()
 
     # ── the request path ────────────────────────────────────────────────────────────────────────
 
-    async def submit(self, event_id: str | None, op: Op) -> Accepted:
-        """Queue one op and return once it is durable (or raise Overloaded / WriteFailed)."""
+    async def submit(self, event_id: str | None, fields: dict[str, Any]) -> Accepted:
+        """Queue one op (its validated fields) and return once it is durable (or raise Overloaded /
+        WriteFailed)."""
         if event_id is not None:
             with self._ids_lock:
                 if event_id in self._ids or event_id in self._pending_ids:
                     return Accepted(ring_size=len(self.window), duplicate=True)
                 self._pending_ids.add(event_id)
-        record = encode_record(event_id, op.to_line())
+        record = encode_record(event_id, op_line(fields))
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         with self._wakeup:
             full = (
@@ -141,7 +144,7 @@ class Intake:
                 or self._queued_bytes + len(record) > MAX_PENDING_BYTES
             )
             if not full and not self._closing:
-                self._queue.append(_Pending(event_id, op, record, future))
+                self._queue.append(_Pending(event_id, fields, record, future))
                 self._queued_bytes += len(record)
                 self._wakeup.notify()
         if full or self._closing:
@@ -186,16 +189,20 @@ class Intake:
                 self._read_spool_until(start)  # other writers' records come first, in order
             sizes = []
             for item in batch:
-                self.window.add_op(item.op)
+                self.window.add_fields(item.fields)
                 sizes.append(len(self.window))
             self._position = end
-        self._settle(batch, sizes)
-        if self._on_durable is not None:
-            self._on_durable()
+        self._settle(batch, sizes, self._on_durable)
 
-    def _settle(self, batch: list[_Pending], outcome: list[int] | Exception) -> None:
+    def _settle(
+        self,
+        batch: list[_Pending],
+        outcome: list[int] | Exception,
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        # One hand-over to the event loop per batch, whatever its size.
         loop = batch[0].future.get_loop()
-        loop.call_soon_threadsafe(_settle_futures, batch, outcome)
+        loop.call_soon_threadsafe(_settle_futures, batch, outcome, then)
 
     def _read_spool_until(self, until: SpoolPosition | None) -> None:
         while True:
@@ -225,7 +232,11 @@ class Intake:
                     self._ids.add(event_id)
 
 
-def _settle_futures(batch: list[_Pending], outcome: list[int] | Exception) -> None:
+def _settle_futures(
+    batch: list[_Pending], outcome: list[int] | Exception, then: Callable[[], None] | None
+) -> None:
+    if then is not None:
+        then()
     for index, item in enumerate(batch):
         if item.future.done():
             continue

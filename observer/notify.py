@@ -45,15 +45,13 @@ class SpoolNotifier:
         self.failed = 0
         self._pending = pending
         self._wanted: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self.api_url is None:
             return
-        self._loop = asyncio.get_running_loop()
         self._wanted = asyncio.Event()
-        self._task = self._loop.create_task(self._run())
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -61,10 +59,10 @@ class SpoolNotifier:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def poke_threadsafe(self) -> None:
-        """Called from the spool writer thread after each durable batch."""
-        if self._loop is not None and self._wanted is not None:
-            self._loop.call_soon_threadsafe(self._wanted.set)
+    def poke(self) -> None:
+        """Called on the event loop after each durable batch."""
+        if self._wanted is not None:
+            self._wanted.set()
 
     async def _run(self) -> None:
         assert self._wanted is not None

@@ -41,6 +41,10 @@ def run_webhook(settings: Settings) -> None:
         WebhookApp(settings),
         lifespan="on",
         access_log=False,
+        proxy_headers=False,  # bound to loopback by default; no proxy to trust
+        server_header=False,
+        loop="uvloop",
+        http="httptools",
         log_level="warning",
         timeout_graceful_shutdown=10,
         backlog=2048,

@@ -224,6 +224,7 @@ class SpoolWriter:
         self._lock_path = spool_dir / ".lock"
         self._segment = 0
         self._fd: int | None = None
+        self._lock_fd: int | None = None
         spool_dir.mkdir(parents=True, exist_ok=True)
 
     def append(self, payload: bytes) -> tuple[SpoolPosition, SpoolPosition]:
@@ -232,7 +233,10 @@ class SpoolWriter:
         On any OSError the segment is cut back to where it was, so readers never see a torn record,
         and the error propagates (the webhook answers 503, a flow's task retries).
         """
-        with file_lock(self._lock_path):
+        if self._lock_fd is None:  # kept open: the webhook appends thousands of times a second
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
             fd = self._current_fd()
             start = os.fstat(fd).st_size
             if start >= self.segment_bytes:
@@ -250,11 +254,20 @@ class SpoolWriter:
                 SpoolPosition(self._segment, start),
                 SpoolPosition(self._segment, start + len(payload)),
             )
+        finally:
+            if self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def shutdown(self) -> None:
+        self.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _current_fd(self) -> int:
         # Called under the spool lock. Another writer may have started newer segments: follow them.

@@ -50,7 +50,7 @@ class WebhookApp:
         self.notifier = SpoolNotifier(
             settings.prefect_api_url, pending=lambda: spool_bytes_waiting(settings) > 0
         )
-        self.intake = Intake(settings, on_durable=self.notifier.poke_threadsafe)
+        self.intake = Intake(settings, on_durable=self.notifier.poke)
         self._token = settings.token.encode() if settings.token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -120,7 +120,7 @@ class WebhookApp:
             return
         try:
             event = parse_event(body)
-            accepted = await self.intake.submit(event.event_id, event.to_op())
+            accepted = await self.intake.submit(event.event_id, event.to_fields())
         except EventError as exc:
             await respond(send, exc.status, exc.to_json())
             return

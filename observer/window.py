@@ -40,8 +40,7 @@ class StatsWindow:
         return len(self._entries)
 
     def add_op(self, op: Op) -> None:
-        fields = {key: getattr(op, key) for key in op.model_fields_set}
-        self.add_fields(fields)
+        self.add_fields(op.fields())
 
     def add_line(self, line: bytes) -> None:
         """Count an op from its ops.jsonl line (written by another process, or before a restart)."""
