@@ -2,8 +2,9 @@
 
 Two doors onto the same spool:
 - `record_ops()`, synchronous, for flows and library callers (the corrections tailer, `observed()`);
-- `Intake`, the webhook's: requests queue their op and await it; one writer thread writes and fsyncs
-  everything queued meanwhile as a single batch (group commit), so one fsync covers many requests.
+- `Intake`, the webhook's: requests queue their op and await it; everything queued in one turn of
+  the event loop is written and fsync'd as a single batch (group commit), so one fsync covers many
+  requests.
 
 `Intake` also keeps the stats window and the recent event ids (idempotency) in step with the spool,
 including records other processes appended, which it reads back from the spool in order.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -83,30 +83,33 @@ class _Pending:
 
 
 class Intake:
-    """The webhook's group-commit writer plus the stats window it keeps current."""
+    """The webhook's group-commit writer plus the stats window it keeps current.
+
+    Everything runs on the event loop's thread. A request queues its record and awaits it; the
+    first one queued schedules a flush with `call_soon`, which runs once the loop has handled every
+    request that was ready in the same turn. The flush writes the whole batch and fsyncs it once,
+    blocking the loop for that fsync: on this kind of machine a hand-over to a writer thread and
+    back cost more than the fsync itself, and nothing else in this process has to run meanwhile.
+    """
 
     def __init__(self, settings: Settings, on_durable: Callable[[], None] | None = None) -> None:
-        """`on_durable` runs on the event loop after each durable batch."""
+        """`on_durable` runs after each durable batch."""
         self.settings = settings
         self.window = StatsWindow(WINDOW_SIZE)
         self._writer = SpoolWriter(settings.spool_dir, settings.spool_segment_bytes)
         self._ids = RecentIds(settings.dedup_window)
         self._pending_ids: set[str] = set()  # queued, not yet durable
-        self._ids_lock = threading.Lock()
-        self._window_lock = threading.Lock()  # window, spool position; held across each append
-        self._position = SpoolPosition(0, 0)
+        self._position = SpoolPosition(0, 0)  # how far the window has read the spool
         self._queue: list[_Pending] = []
         self._queued_bytes = 0
-        self._wakeup = threading.Condition()
-        self._closing = False
-        self._thread: threading.Thread | None = None
+        self._flush_scheduled = False
         self._on_durable = on_durable
         self.write_errors = 0
 
     # ── life cycle ──────────────────────────────────────────────────────────────────────────────
 
     def open(self) -> None:
-        """Rebuild the window and ids from the durable files, then start the writer thread."""
+        """Rebuild the window and ids from the durable files (ops.jsonl's tail, then the spool)."""
         with file_lock(lock_path(self.settings)):
             checkpoint = load_state(checkpoint_path(self.settings), IngestCheckpoint)
             for line in read_tail(self.settings.ops_path, WINDOW_SIZE).lines:
@@ -114,16 +117,10 @@ class Intake:
             self._ids = load_recent_ids(self.settings)
             self._position = checkpoint.position
             self._read_spool_until(None)
-        self._thread = threading.Thread(target=self._run, name="observer-spool-writer", daemon=True)
-        self._thread.start()
 
     def close(self) -> None:
-        """Finish what is queued, then stop the writer thread."""
-        with self._wakeup:
-            self._closing = True
-            self._wakeup.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        """Write what is still queued, then release the spool."""
+        self._flush()
         self._writer.shutdown()
 
     # ── the request path ────────────────────────────────────────────────────────────────────────
@@ -131,116 +128,74 @@ class Intake:
     async def submit(self, event_id: str | None, fields: dict[str, Any]) -> Accepted:
         """Queue one op (its validated fields) and return once it is durable (or raise Overloaded /
         WriteFailed)."""
-        if event_id is not None:
-            with self._ids_lock:
-                if event_id in self._ids or event_id in self._pending_ids:
-                    return Accepted(ring_size=len(self.window), duplicate=True)
-                self._pending_ids.add(event_id)
+        if event_id is not None and (event_id in self._ids or event_id in self._pending_ids):
+            return Accepted(ring_size=len(self.window), duplicate=True)
         record = encode_record(event_id, op_line(fields))
-        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
-        with self._wakeup:
-            full = (
-                len(self._queue) >= self.settings.max_pending_events
-                or self._queued_bytes + len(record) > MAX_PENDING_BYTES
-            )
-            if not full and not self._closing:
-                self._queue.append(_Pending(event_id, fields, record, future))
-                self._queued_bytes += len(record)
-                self._wakeup.notify()
-        if full or self._closing:
-            self._forget_ids([event_id])
+        if (
+            len(self._queue) >= self.settings.max_pending_events
+            or self._queued_bytes + len(record) > MAX_PENDING_BYTES
+        ):
             raise Overloaded("the intake queue is full")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Accepted] = loop.create_future()
+        if event_id is not None:
+            self._pending_ids.add(event_id)
+        self._queue.append(_Pending(event_id, fields, record, future))
+        self._queued_bytes += len(record)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         return await future
 
     def catch_up(self) -> None:
         """Count records other processes appended since the last look (for /stats and /health)."""
-        with self._window_lock:
-            self._read_spool_until(None)
+        self._read_spool_until(None)
 
     @property
     def queued(self) -> int:
         return len(self._queue)
 
-    # ── the writer thread ───────────────────────────────────────────────────────────────────────
+    # ── the flush ───────────────────────────────────────────────────────────────────────────────
 
-    def _run(self) -> None:
-        while True:
-            with self._wakeup:
-                while not self._queue and not self._closing:
-                    self._wakeup.wait()
-                if not self._queue and self._closing:
-                    return
-                batch, self._queue, self._queued_bytes = self._queue, [], 0
-            self._commit(batch)
-
-    def _commit(self, batch: list[_Pending]) -> None:
-        payload = b"".join(item.record for item in batch)
-        with self._window_lock:
-            try:
-                start, end = self._writer.append(payload)
-            except OSError as exc:
-                self.write_errors += 1
-                log.error("spool write failed, %d event(s) refused: %s", len(batch), exc)
-                self._forget_ids(item.event_id for item in batch)
-                self._settle(batch, WriteFailed(f"cannot write the spool: {exc.strerror or exc}"))
-                return
-            self._remember_ids(item.event_id for item in batch)
-            if self._position < start:
-                self._read_spool_until(start)  # other writers' records come first, in order
-            sizes = []
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._queue, self._queued_bytes = self._queue, [], 0
+        if not batch:
+            return
+        for item in batch:
+            if item.event_id is not None:
+                self._pending_ids.discard(item.event_id)
+        try:
+            start, end = self._writer.append(b"".join(item.record for item in batch))
+        except OSError as exc:
+            self.write_errors += 1
+            log.error("spool write failed, %d event(s) refused: %s", len(batch), exc)
+            failure = WriteFailed(f"cannot write the spool: {exc.strerror or exc}")
             for item in batch:
-                self.window.add_fields(item.fields)
-                sizes.append(len(self.window))
-            self._position = end
-        self._settle(batch, sizes, self._on_durable)
-
-    def _settle(
-        self,
-        batch: list[_Pending],
-        outcome: list[int] | Exception,
-        then: Callable[[], None] | None = None,
-    ) -> None:
-        # One hand-over to the event loop per batch, whatever its size.
-        loop = batch[0].future.get_loop()
-        loop.call_soon_threadsafe(_settle_futures, batch, outcome, then)
+                if not item.future.done():
+                    item.future.set_exception(failure)
+            return
+        if self._position < start:
+            self._read_spool_until(start)  # other writers' records come first, in order
+        for item in batch:
+            if item.event_id is not None:
+                self._ids.add(item.event_id)
+            self.window.add_fields(item.fields)
+            if not item.future.done():  # a client that went away cancelled its wait
+                item.future.set_result(Accepted(ring_size=len(self.window)))
+        self._position = end
+        if self._on_durable is not None:
+            self._on_durable()
 
     def _read_spool_until(self, until: SpoolPosition | None) -> None:
         while True:
             chunk = read_spool(self.settings.spool_dir, self._position, until=until)
             for record in chunk.records:
                 if record.event_id is not None:
-                    with self._ids_lock:
-                        if record.event_id in self._ids:
-                            continue
-                        self._ids.add(record.event_id)
+                    if record.event_id in self._ids:
+                        continue
+                    self._ids.add(record.event_id)
                 self.window.add_line(record.line)
             if chunk.end == self._position:
                 return
             self._position = chunk.end
-
-    def _forget_ids(self, event_ids: Iterable[str | None]) -> None:
-        with self._ids_lock:
-            for event_id in event_ids:
-                if event_id is not None:
-                    self._pending_ids.discard(event_id)
-
-    def _remember_ids(self, event_ids: Iterable[str | None]) -> None:
-        with self._ids_lock:
-            for event_id in event_ids:
-                if event_id is not None:
-                    self._pending_ids.discard(event_id)
-                    self._ids.add(event_id)
-
-
-def _settle_futures(
-    batch: list[_Pending], outcome: list[int] | Exception, then: Callable[[], None] | None
-) -> None:
-    if then is not None:
-        then()
-    for index, item in enumerate(batch):
-        if item.future.done():
-            continue
-        if isinstance(outcome, Exception):
-            item.future.set_exception(outcome)
-        else:
-            item.future.set_result(Accepted(ring_size=outcome[index]))

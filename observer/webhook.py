@@ -7,7 +7,6 @@ optional bearer token and JSON answers. Validation lives in `observer.events`, d
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -64,7 +63,7 @@ class WebhookApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await asyncio.to_thread(self.intake.open)
+                    self.intake.open()
                     self.notifier.start()
                     self.probe.start()
                 except Exception as exc:  # start-up failure must be reported, not swallowed
@@ -74,7 +73,7 @@ class WebhookApp:
             elif message["type"] == "lifespan.shutdown":
                 await self.probe.stop()
                 await self.notifier.stop()
-                await asyncio.to_thread(self.intake.close)
+                self.intake.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -106,7 +105,7 @@ class WebhookApp:
         elif path == "/health":
             await respond(send, 200, await self._health(), head=head)
         else:
-            await asyncio.to_thread(self.intake.catch_up)
+            self.intake.catch_up()
             await respond(send, 200, self.intake.window.stats(), head=head)
 
     async def _event(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -135,7 +134,7 @@ class WebhookApp:
         await respond(send, 200, answer)
 
     async def _health(self) -> dict[str, Any]:
-        await asyncio.to_thread(self.intake.catch_up)
+        self.intake.catch_up()
         return {
             "status": "ok",
             "ops_in_ring": len(self.intake.window),
