@@ -8,7 +8,7 @@ numbers printed the way JavaScript prints them. `Op.to_line()` produces exactly 
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+import time
 from typing import Any, Self
 
 import orjson
@@ -148,7 +148,17 @@ def js_number(value: Number) -> str:
 
 def now_timestamp() -> str:
     """Now as ISO-8601 UTC with milliseconds and `Z`, like JavaScript's `toISOString()`."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    global _cached_second, _cached_text
+    now = time.time()
+    second = int(now)
+    if second != _cached_second:  # the date part changes once a second: format it once
+        _cached_second = second
+        _cached_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_cached_text}.{int((now - second) * 1000):03d}Z"
+
+
+_cached_second = -1
+_cached_text = ""
 
 
 def cut(text: str, limit: int) -> str:

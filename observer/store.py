@@ -225,6 +225,7 @@ class SpoolWriter:
         self._segment = 0
         self._fd: int | None = None
         self._lock_fd: int | None = None
+        self._next_path = ""  # checked before every append: a plain string, not a Path
         spool_dir.mkdir(parents=True, exist_ok=True)
 
     def append(self, payload: bytes) -> tuple[SpoolPosition, SpoolPosition]:
@@ -274,7 +275,7 @@ class SpoolWriter:
         if self._fd is None:
             segments = list_segments(self.spool_dir)
             return self._open_segment(segments[-1] if segments else 1, create=True)
-        while segment_path(self.spool_dir, self._segment + 1).exists():
+        while os.path.exists(self._next_path):
             self._open_segment(self._segment + 1, create=False)
         return self._fd
 
@@ -286,6 +287,7 @@ class SpoolWriter:
             fsync_dir(self.spool_dir)
         self.close()
         self._fd, self._segment = fd, segment
+        self._next_path = str(segment_path(self.spool_dir, segment + 1))
         return fd
 
 
