@@ -24,6 +24,7 @@ from typing import Annotated, Any, BinaryIO, Literal
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from observer.events import json_type_name
 from observer.intake import record_ops
 from observer.lines import (
     CHUNK_BYTES,
@@ -121,7 +122,7 @@ def parse_row(raw: bytes) -> CorrectionRow:
             raise BadRow("invalid_utf8", f"invalid UTF-8 at byte {bad.start}") from None
         raise BadRow("invalid_json", f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise BadRow("not_object", f"a row must be a JSON object, got {_json_type(value)}")
+        raise BadRow("not_object", f"a row must be a JSON object, got {json_type_name(value)}")
     try:
         return CorrectionRow.model_validate(value)
     except ValidationError as exc:
@@ -130,18 +131,6 @@ def parse_row(raw: bytes) -> CorrectionRow:
             for error in exc.errors()
         )
         raise BadRow("bad_field", problems) from None
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    return "a number"
 
 
 def row_event_id(fingerprint: str | None, offset: int, data: bytes) -> str:

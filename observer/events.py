@@ -171,7 +171,7 @@ def parse_event(body: bytes) -> EventIn:
         raise EventError(f"invalid JSON: {exc}", status=400) from None
     if not isinstance(data, dict):
         raise EventError(
-            f"the body must be a JSON object, got {_json_type(data)}", status=400
+            f"the body must be a JSON object, got {json_type_name(data)}", status=400
         ) from None
     try:
         return EventIn.model_validate(data)
@@ -215,7 +215,8 @@ def _reason(error: Any) -> str:
     return message
 
 
-def _json_type(value: object) -> str:
+def json_type_name(value: object) -> str:
+    """How an error message names a JSON value's type ("an array", "null", …)."""
     if value is None:
         return "null"
     if isinstance(value, list):

@@ -59,9 +59,6 @@ class RecentIds:
     def discard(self, event_id: str) -> None:
         self._ids.pop(event_id, None)
 
-    def as_list(self) -> list[str]:
-        return list(self._ids)
-
 
 def ids_path(settings: Settings) -> Path:
     return settings.state_dir / "ingested-ids.txt"
