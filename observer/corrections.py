@@ -25,7 +25,7 @@ import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from observer.events import json_type_name
-from observer.intake import record_ops
+from observer.intake import record_lines
 from observer.lines import (
     CHUNK_BYTES,
     Line,
@@ -34,7 +34,7 @@ from observer.lines import (
     line_fingerprint,
     read_lines,
 )
-from observer.ops import Op, cut, now_timestamp
+from observer.ops import Op, cut, now_timestamp, op_line
 from observer.settings import Settings
 from observer.store import append_durably, file_lock, load_state, save_state
 
@@ -83,24 +83,28 @@ class CorrectionRow(BaseModel):
 
     def to_op(self) -> Op:
         """The op exactly as contract.md says (the original's `??` defaults: only null/absent)."""
+        return Op.build(**self.to_fields())
+
+    def to_fields(self) -> dict[str, Any]:
+        """The op's present fields, validated: what `op_line` writes without building an `Op`."""
         correction = self.correction if self.correction is not None else ""
         latency = self.usage.latency_ms if self.usage is not None else None
         present = self.model_fields_set
-        return Op.build(
-            timestamp=self.created_at if self.created_at is not None else now_timestamp(),
-            endpoint=f"overseer:{self.model if self.model is not None else DEFAULT_MODEL}",
-            input_summary=(
+        return {
+            "timestamp": self.created_at if self.created_at is not None else now_timestamp(),
+            "endpoint": f"overseer:{self.model if self.model is not None else DEFAULT_MODEL}",
+            "input_summary": (
                 f"{self.task_class if self.task_class is not None else '?'}: "
                 f"{self.reason if self.reason is not None else 'escalation'}"
             ),
-            success=True,
-            duration_ms=latency if latency is not None else 0,
-            output_summary=cut(correction, 200),
-            source="overseer_correction",
+            "success": True,
+            "duration_ms": latency if latency is not None else 0,
+            "output_summary": cut(correction, 200),
+            "source": "overseer_correction",
             **{key: getattr(self, key) for key in ("sig_hash", "task_class") if key in present},
-            correction=correction,
-            applied_at_turn=self.applied_at_turn if self.applied_at_turn is not None else 0,
-        )
+            "correction": correction,
+            "applied_at_turn": self.applied_at_turn if self.applied_at_turn is not None else 0,
+        }
 
 
 class BadRow(ValueError):
@@ -197,7 +201,7 @@ def _lock_path(settings: Settings) -> Path:
 
 @dataclass
 class _Batch:
-    entries: list[tuple[str, Op]] = field(default_factory=list)
+    entries: list[tuple[str, bytes]] = field(default_factory=list)  # (event id, ops.jsonl line)
     quarantine: list[bytes] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
     blank: int = 0
@@ -232,7 +236,7 @@ class _Run:
             batch.blank += 1
             return
         try:
-            batch.entries.append((event_id, parse_row(line.data).to_op()))
+            batch.entries.append((event_id, op_line(parse_row(line.data).to_fields())))
         except BadRow as bad:
             self._quarantine(line, event_id, bad.kind, str(bad))
 
@@ -266,7 +270,7 @@ class _Run:
         if batch.quarantine:
             append_durably(quarantine_path(self.settings), b"".join(batch.quarantine))
         if batch.entries:
-            record_ops(self.settings, batch.entries)
+            record_lines(self.settings, batch.entries)
         self.checkpoint = self.checkpoint.model_copy(
             update={
                 "offset": end,

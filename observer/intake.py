@@ -63,7 +63,12 @@ def record_ops(settings: Settings, entries: Iterable[tuple[str | None, Op]]) -> 
     The ids make re-recording harmless: ingestion and the stats window keep the first record of an
     id. Raises OSError if the spool cannot be written (nothing is then kept).
     """
-    payload = b"".join(encode_record(event_id, op.to_line()) for event_id, op in entries)
+    return record_lines(settings, ((event_id, op.to_line()) for event_id, op in entries))
+
+
+def record_lines(settings: Settings, entries: Iterable[tuple[str | None, bytes]]) -> int:
+    """`record_ops` for ops already turned into their lines (a bulk producer skips the model)."""
+    payload = b"".join(encode_record(event_id, line) for event_id, line in entries)
     if not payload:
         return 0
     writer = SpoolWriter(settings.spool_dir, settings.spool_segment_bytes)

@@ -326,7 +326,7 @@ def test_flow_tails_10k_rows_while_the_file_grows(
     path = settings.corrections_path
     total = 10_000
     _append(path, _rows(range(total)))
-    record = corrections.record_ops
+    record = corrections.record_lines
     grown: list[int] = []
 
     def record_then_grow(*args: object) -> int:
@@ -336,7 +336,7 @@ def test_flow_tails_10k_rows_while_the_file_grows(
             grown.append(1)
         return record(*args)
 
-    monkeypatch.setattr(corrections, "record_ops", record_then_grow)
+    monkeypatch.setattr(corrections, "record_lines", record_then_grow)
     report = tail_flow(TailParameters(grace_seconds=3600))
     assert grown and report.batches >= total // BATCH_ROWS
     assert (report.recorded, report.pending_bytes, report.lag_bytes) == (total + 3, 7, 7)
