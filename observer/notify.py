@@ -12,7 +12,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -20,6 +20,20 @@ log = logging.getLogger("observer.notify")
 
 EVENT_NAME = "observer.spool.appended"
 RESOURCE_ID = "observer.spool"
+INGEST_DEPLOYMENT = "ingest-events"
+
+
+def due_runs_query() -> dict[str, object]:
+    """`POST /flow_runs/filter` body: ingest-events runs pending, running or starting within 5 s."""
+    soon = (datetime.now(UTC) + timedelta(seconds=5)).isoformat()
+    return {
+        "flow_runs": {
+            "state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}},
+            "expected_start_time": {"before_": soon},
+        },
+        "deployments": {"name": {"any_": [INGEST_DEPLOYMENT]}},
+        "limit": 1,
+    }
 
 
 class SpoolNotifier:
@@ -74,8 +88,25 @@ class SpoolNotifier:
                     if not await asyncio.to_thread(self._pending):
                         continue
                 self._wanted.clear()
+                if await self._ingestion_due(client):
+                    # A run is starting or running: it takes these records, or the next look
+                    # (pending records, no run) sends the event then.
+                    continue
                 await self._send(client)
                 await asyncio.sleep(self.min_interval)
+
+    async def _ingestion_due(self, client: httpx.AsyncClient) -> bool:
+        """Whether an ingest-events run is pending, running or about to start.
+
+        Sending the event then would only add a Cancelled run to the history (concurrency 1).
+        When Prefect cannot be asked, the event is sent: a spare run is cheaper than a late one.
+        """
+        try:
+            response = await client.post(f"{self.api_url}/flow_runs/filter", json=due_runs_query())
+            response.raise_for_status()
+            return bool(response.json())
+        except (httpx.HTTPError, ValueError):
+            return False
 
     async def _send(self, client: httpx.AsyncClient) -> None:
         event = {
