@@ -24,12 +24,17 @@ INGEST_DEPLOYMENT = "ingest-events"
 
 
 def due_runs_query() -> dict[str, object]:
-    """`POST /flow_runs/filter` body: ingest-events runs pending, running or starting within 5 s."""
-    soon = (datetime.now(UTC) + timedelta(seconds=5)).isoformat()
+    """`POST /flow_runs/filter` body: ingest-events runs pending, running or starting within 5 s
+    (and due for less than 10 minutes)."""
+    now = datetime.now(UTC)
     return {
         "flow_runs": {
             "state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}},
-            "expected_start_time": {"before_": soon},
+            # A run due for more than 10 minutes is stuck, not about to ingest anything.
+            "expected_start_time": {
+                "before_": (now + timedelta(seconds=5)).isoformat(),
+                "after_": (now - timedelta(minutes=10)).isoformat(),
+            },
         },
         "deployments": {"name": {"any_": [INGEST_DEPLOYMENT]}},
         "limit": 1,

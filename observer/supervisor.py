@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,33 @@ def deploy(env: dict[str, str]) -> None:
     _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", str(rendered), cwd=project)
 
 
+def crash_orphaned_runs(api_url: str) -> int:
+    """Mark runs a previous stop left pending or running as Crashed, before the worker starts.
+
+    A worker stopped while it was starting a run leaves it `Pending` for ever; with concurrency 1
+    it holds the deployment's slot, so every later run would be cancelled. No run of this work pool
+    can really be in progress before its worker starts, so each one found is an orphan.
+    """
+    query = {
+        "flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}},
+        "work_pools": {"name": {"any_": [WORK_POOL]}},
+        "limit": 200,
+    }
+    orphans = httpx.post(f"{api_url}/flow_runs/filter", json=query, timeout=30).json()
+    state = {
+        "type": "CRASHED",
+        "name": "Crashed",
+        "message": "Observer was stopped while this run was starting or running",
+    }
+    for run in orphans:
+        httpx.post(
+            f"{api_url}/flow_runs/{run['id']}/set_state",
+            json={"state": state, "force": True},
+            timeout=30,
+        ).raise_for_status()
+    return len(orphans)
+
+
 def run_everything(settings: Settings, *, prefect_port: int = 4200) -> int:
     api_url = f"http://127.0.0.1:{prefect_port}/api"
     env = prefect_environment(settings, api_url)
@@ -144,9 +172,14 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200) -> int:
                 str(prefect_port),
             )
         )
-        _wait_for_server(api_url, children[-1], lambda: stopping)
+        _wait_until_healthy(
+            f"{api_url}/health", children[-1], "the Prefect server", lambda: stopping
+        )
         _say("applying prefect.yaml (work pool, deployments, schedules, triggers)")
         deploy(env)
+        orphans = crash_orphaned_runs(api_url)
+        if orphans:
+            _say(f"marked {orphans} run(s) left unfinished by the previous stop as Crashed")
         children.append(
             _start(
                 "prefect worker",
@@ -162,6 +195,9 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200) -> int:
         )
         webhook = _spawn([sys.executable, "-m", "observer.cli", "webhook"], env)
         children.append(Child("webhook", webhook, signal.SIGTERM))
+        _wait_until_healthy(
+            f"http://{settings.host}:{settings.port}/health", children[-1], "the webhook"
+        )
         _say(
             f"up: UI http://127.0.0.1:{prefect_port}  webhook http://{settings.host}:{settings.port}"
             f"  ops {settings.ops_path.resolve()}  (Ctrl-C stops everything)"
@@ -196,20 +232,22 @@ def _prefect(env: dict[str, str], *args: str, cwd: Path | None = None) -> None:
     subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=cwd, check=True)
 
 
-def _wait_for_server(api_url: str, server: Child, stopping: object) -> None:
+def _wait_until_healthy(
+    url: str, child: Child, what: str, stopping: Callable[[], bool] = lambda: False
+) -> None:
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while time.monotonic() < deadline:
-        if not server.alive():
-            raise StartupFailed("the Prefect server exited during start-up (see its log above)")
-        if callable(stopping) and stopping():
+        if not child.alive():
+            raise StartupFailed(f"{what} exited during start-up (see its log above)")
+        if stopping():
             raise StartupFailed("interrupted during start-up")
         try:
-            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
-    raise StartupFailed(f"the Prefect server did not answer within {SERVER_START_TIMEOUT:.0f} s")
+        time.sleep(0.25)
+    raise StartupFailed(f"{what} did not answer within {SERVER_START_TIMEOUT:.0f} s")
 
 
 def _seconds(value: float) -> str:
