@@ -1,0 +1,1 @@
+"""Applying prefect.yaml to a Prefect server (see `deployments/apply.py`)."""

@@ -84,7 +84,7 @@ def _webhook(_: argparse.Namespace) -> int:
 
 
 def _deploy(_: argparse.Namespace) -> int:
-    from observer.supervisor import deploy, prefect_environment
+    from deployments.apply import deploy, prefect_environment
 
     settings = load_settings()
     if not settings.prefect_api_url:

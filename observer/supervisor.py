@@ -9,7 +9,6 @@ first SIGTERM, so it gets SIGINT).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,16 +19,17 @@ from pathlib import Path
 
 import httpx
 
+from deployments.apply import (
+    WORK_POOL,
+    DeployFailed,
+    crash_orphaned_runs,
+    deploy,
+    prefect_environment,
+)
 from observer.serve import PortInUse, bind_socket
 from observer.settings import Settings
 
-WORK_POOL = "observer-process"
 SERVER_START_TIMEOUT = 180.0
-SCHEDULE_VARIABLES = (
-    "OBSERVER_CYCLE_SECONDS",
-    "OBSERVER_CONSOLIDATE_SECONDS",
-    "OBSERVER_INGEST_SAFETY_SECONDS",
-)
 
 
 class StartupFailed(RuntimeError):
@@ -54,87 +54,6 @@ class Child:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
-
-
-def project_dir() -> Path:
-    """The checkout holding prefect.yaml: where flow runs import `flows` and `tasks` from."""
-    configured = os.environ.get("OBSERVER_PROJECT_DIR")
-    if configured:
-        return Path(configured).resolve()
-    for candidate in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        if (candidate / "prefect.yaml").exists():
-            return candidate
-    raise StartupFailed("cannot find prefect.yaml: run from the Observer checkout")
-
-
-def prefect_environment(settings: Settings, api_url: str) -> dict[str, str]:
-    """Environment for every Prefect process of the product (flow runs inherit the worker's)."""
-    data_dir = settings.data_dir.resolve()
-    cycle = _seconds(settings.cycle_seconds)
-    return {
-        **os.environ,
-        "PREFECT_API_URL": api_url,
-        "PREFECT_HOME": str(data_dir / "_prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "1"),
-        "PREFECT_WORKER_PREFETCH_SECONDS": os.environ.get("PREFECT_WORKER_PREFETCH_SECONDS", "5"),
-        "OBSERVER_DATA_DIR": str(data_dir),
-        "OBSERVER_PROJECT_DIR": str(project_dir()),
-        "OBSERVER_CYCLE_SECONDS": cycle,
-        "OBSERVER_CONSOLIDATE_SECONDS": _seconds(settings.cycle_seconds * 5),
-        # The webhook wakes ingestion itself (and again while records wait); this schedule only
-        # covers records spooled while the webhook was down.
-        "OBSERVER_INGEST_SAFETY_SECONDS": _seconds(max(300.0, settings.cycle_seconds)),
-    }
-
-
-def render_prefect_yaml(text: str, env: dict[str, str]) -> str:
-    """prefect.yaml with the schedule lengths filled in.
-
-    `prefect deploy` validates schedules before it resolves `{{ $VAR }}` templates, so an interval
-    taken from OBSERVER_CYCLE must be written in as a number first.
-    """
-    for name in SCHEDULE_VARIABLES:
-        text = text.replace(f'"{{{{ ${name} }}}}"', env[name])
-    return text
-
-
-def deploy(env: dict[str, str]) -> None:
-    """Create the work pool and apply prefect.yaml (idempotent: safe on every start)."""
-    project = Path(env["OBSERVER_PROJECT_DIR"])
-    rendered = Path(env["PREFECT_HOME"]) / "prefect.rendered.yaml"
-    rendered.parent.mkdir(parents=True, exist_ok=True)
-    rendered.write_text(render_prefect_yaml((project / "prefect.yaml").read_text(), env))
-    _prefect(env, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
-    _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", str(rendered), cwd=project)
-
-
-def crash_orphaned_runs(api_url: str) -> int:
-    """Mark runs a previous stop left pending or running as Crashed, before the worker starts.
-
-    A worker stopped while it was starting a run leaves it `Pending` for ever; with concurrency 1
-    it holds the deployment's slot, so every later run would be cancelled. No run of this work pool
-    can really be in progress before its worker starts, so each one found is an orphan.
-    """
-    query = {
-        "flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}},
-        "work_pools": {"name": {"any_": [WORK_POOL]}},
-        "limit": 200,
-    }
-    orphans = httpx.post(f"{api_url}/flow_runs/filter", json=query, timeout=30).json()
-    state = {
-        "type": "CRASHED",
-        "name": "Crashed",
-        "message": "Observer was stopped while this run was starting or running",
-    }
-    for run in orphans:
-        httpx.post(
-            f"{api_url}/flow_runs/{run['id']}/set_state",
-            json={"state": state, "force": True},
-            timeout=30,
-        ).raise_for_status()
-    return len(orphans)
 
 
 def run_everything(settings: Settings, *, prefect_port: int = 4200) -> int:
@@ -208,7 +127,7 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200) -> int:
                 raise StartupFailed(f"{', '.join(dead)} stopped unexpectedly")
             time.sleep(0.5)
         return 0
-    except (StartupFailed, PortInUse, subprocess.CalledProcessError) as exc:
+    except (StartupFailed, DeployFailed, PortInUse, subprocess.CalledProcessError) as exc:
         print(f"observer: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -228,10 +147,6 @@ def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, env=env, process_group=0)
 
 
-def _prefect(env: dict[str, str], *args: str, cwd: Path | None = None) -> None:
-    subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=cwd, check=True)
-
-
 def _wait_until_healthy(
     url: str, child: Child, what: str, stopping: Callable[[], bool] = lambda: False
 ) -> None:
@@ -248,10 +163,6 @@ def _wait_until_healthy(
             pass
         time.sleep(0.25)
     raise StartupFailed(f"{what} did not answer within {SERVER_START_TIMEOUT:.0f} s")
-
-
-def _seconds(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _say(message: str) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deployments.apply import SCHEDULE_VARIABLES, render_prefect_yaml
 from observer.runner import FLOWS, load_flow
 from observer.settings import SettingsError, load_settings
-from observer.supervisor import SCHEDULE_VARIABLES, render_prefect_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 

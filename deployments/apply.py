@@ -1,0 +1,117 @@
+"""Applying `prefect.yaml`: the work pool, the deployments with their schedule lengths, and the
+clean-up of runs a previous stop left behind. Used by `observer deploy` and `observer up`.
+
+`prefect.yaml` stays the one description of the deployments; this module only fills in what
+`prefect deploy` cannot template (interval lengths from OBSERVER_CYCLE) and runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from observer.settings import Settings
+
+WORK_POOL = "observer-process"
+SCHEDULE_VARIABLES = (
+    "OBSERVER_CYCLE_SECONDS",
+    "OBSERVER_CONSOLIDATE_SECONDS",
+    "OBSERVER_INGEST_SAFETY_SECONDS",
+)
+
+
+class DeployFailed(RuntimeError):
+    pass
+
+
+def project_dir() -> Path:
+    """The checkout holding prefect.yaml: where flow runs import `flows` and `tasks` from."""
+    configured = os.environ.get("OBSERVER_PROJECT_DIR")
+    if configured:
+        return Path(configured).resolve()
+    for candidate in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (candidate / "prefect.yaml").exists():
+            return candidate
+    raise DeployFailed("cannot find prefect.yaml: run from the Observer checkout")
+
+
+def prefect_environment(settings: Settings, api_url: str) -> dict[str, str]:
+    """Environment for every Prefect process of the product (flow runs inherit the worker's)."""
+    data_dir = settings.data_dir.resolve()
+    cycle = _seconds(settings.cycle_seconds)
+    return {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(data_dir / "_prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "1"),
+        "PREFECT_WORKER_PREFETCH_SECONDS": os.environ.get("PREFECT_WORKER_PREFETCH_SECONDS", "5"),
+        "OBSERVER_DATA_DIR": str(data_dir),
+        "OBSERVER_PROJECT_DIR": str(project_dir()),
+        "OBSERVER_CYCLE_SECONDS": cycle,
+        "OBSERVER_CONSOLIDATE_SECONDS": _seconds(settings.cycle_seconds * 5),
+        # The webhook wakes ingestion itself (and again while records wait); this schedule only
+        # covers records spooled while the webhook was down.
+        "OBSERVER_INGEST_SAFETY_SECONDS": _seconds(max(300.0, settings.cycle_seconds)),
+    }
+
+
+def render_prefect_yaml(text: str, env: dict[str, str]) -> str:
+    """prefect.yaml with the schedule lengths filled in.
+
+    `prefect deploy` validates schedules before it resolves `{{ $VAR }}` templates, so an interval
+    taken from OBSERVER_CYCLE must be written in as a number first.
+    """
+    for name in SCHEDULE_VARIABLES:
+        text = text.replace(f'"{{{{ ${name} }}}}"', env[name])
+    return text
+
+
+def deploy(env: dict[str, str]) -> None:
+    """Create the work pool and apply prefect.yaml (idempotent: safe on every start)."""
+    project = Path(env["OBSERVER_PROJECT_DIR"])
+    rendered = Path(env["PREFECT_HOME"]) / "prefect.rendered.yaml"
+    rendered.parent.mkdir(parents=True, exist_ok=True)
+    rendered.write_text(render_prefect_yaml((project / "prefect.yaml").read_text(), env))
+    _prefect(env, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
+    _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", str(rendered), cwd=project)
+
+
+def crash_orphaned_runs(api_url: str) -> int:
+    """Mark runs a previous stop left pending or running as Crashed, before the worker starts.
+
+    A worker stopped while it was starting a run leaves it `Pending` for ever; with concurrency 1
+    it holds the deployment's slot, so every later run would be cancelled. No run of this work pool
+    can really be in progress before its worker starts, so each one found is an orphan.
+    """
+    query = {
+        "flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}},
+        "work_pools": {"name": {"any_": [WORK_POOL]}},
+        "limit": 200,
+    }
+    orphans = httpx.post(f"{api_url}/flow_runs/filter", json=query, timeout=30).json()
+    state = {
+        "type": "CRASHED",
+        "name": "Crashed",
+        "message": "Observer was stopped while this run was starting or running",
+    }
+    for run in orphans:
+        httpx.post(
+            f"{api_url}/flow_runs/{run['id']}/set_state",
+            json={"state": state, "force": True},
+            timeout=30,
+        ).raise_for_status()
+    return len(orphans)
+
+
+def _prefect(env: dict[str, str], *args: str, cwd: Path | None = None) -> None:
+    subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=cwd, check=True)
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
