@@ -23,7 +23,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from observer.grouping import clean_cut
-from observer.store import read_tail
+from observer.store import read_from, read_tail
 
 #: With no watermark yet, start this many lines before the end (the original's ring held 2000 ops).
 FIRST_RUN_LINES = 2000
@@ -31,7 +31,6 @@ FIRST_RUN_LINES = 2000
 MAX_READ_BYTES = 64 * 1024 * 1024
 HEAD_BYTES = 4096
 ANCHOR_BYTES = 256
-BACKWARD_CHUNK = 256 * 1024
 #: The fields a failure keeps; `error_text` is `error`, else `output_summary`, else "failed".
 FIELDS = ("timestamp", "endpoint", "input_summary", "error", "output_summary", "source", "success")
 FAILURE_SCHEMA = {
@@ -109,16 +108,7 @@ def start_offset(path: Path, watermark: Watermark | None) -> tuple[int, str]:
 
 def read_complete_lines(path: Path, start: int, max_bytes: int = MAX_READ_BYTES) -> bytes:
     """Whole lines from `start`, at most about `max_bytes` (a longer single line is read whole)."""
-    if not path.exists():
-        return b""
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        data = handle.read(max_bytes)
-        while data and b"\n" not in data:
-            more = handle.read(BACKWARD_CHUNK)
-            if not more:
-                break
-            data += more
+    data = read_from(path, start, max_bytes, whole_line=True)
     return data[: data.rfind(b"\n") + 1]
 
 

@@ -56,9 +56,6 @@ class RecentIds:
         if len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
 
-    def discard(self, event_id: str) -> None:
-        self._ids.pop(event_id, None)
-
 
 def ids_path(settings: Settings) -> Path:
     return settings.state_dir / "ingested-ids.txt"

@@ -1,7 +1,7 @@
 """`observed()`: call the gateway on an agent's behalf and have the call recorded as an op.
 
-Agents import it (`from observer import observed`), so this module stays light: no Prefect, and the
-intake (which pulls in polars) is imported only when an op is recorded. The call is made once with
+Agents import it (`from observer import observed`), so this module stays light: no Prefect, no
+polars (the intake does not need them). The call is made once with
 a timeout; its outcome, good or bad, is returned to the caller, never raised. Recording goes
 through the durable intake like every other op, and a failure to record is logged, not raised:
 the agent's call happened whether or not Observer could write it down.
@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from observer.intake import record_ops
 from observer.jsfmt import UNDEFINED, js_json, js_string, js_truthy
 from observer.ops import Op, cut, now_timestamp
 from observer.settings import Settings, load_settings
@@ -100,8 +101,6 @@ def build_op(endpoint: str, description: str, reply: GatewayReply, started: floa
 def record_quietly(settings: Settings, op: Op) -> bool:
     """Record the op durably; on any failure log it and return False (never raise into the agent)."""
     try:
-        from observer.intake import record_ops
-
         record_ops(settings, [(None, op)])
     except Exception as exc:
         log.error("could not record the op of %s %r: %s", op.endpoint, op.input_summary, exc)

@@ -80,11 +80,6 @@ class Op(BaseModel):
         """The op's ops.jsonl line without its newline, byte-compatible with the original."""
         return op_line(self.fields())
 
-    @property
-    def source_or_default(self) -> str:
-        """The op's provenance as /stats counts it (the original counted a missing source as mcp)."""
-        return self.source if self.source is not None else "mcp"
-
 
 def op_line(fields: dict[str, Any]) -> bytes:
     """The ops.jsonl line of already-validated op fields: keys in the original's order.

@@ -334,14 +334,8 @@ def read_spool(
         if until is not None and until.segment == position.segment:
             limit = min(limit, until.offset - position.offset)
         path = segment_path(spool_dir, position.segment)
-        data = _read_range(path, position.offset, limit)
-        while size == 0 and b"\n" not in data and len(data) == limit and until is None:
-            # One record longer than the budget: extend the read rather than never progress.
-            more = _read_range(path, position.offset + len(data), READ_CHUNK_BYTES)
-            if not more:
-                break
-            data += more
-            limit += len(more)
+        # One record longer than the budget is read whole rather than never progress.
+        data = read_from(path, position.offset, limit, whole_line=size == 0 and until is None)
         cut = data.rfind(b"\n") + 1
         parts.append(data[:cut])
         size += cut
@@ -354,11 +348,20 @@ def read_spool(
     return SpoolChunk(b"".join(parts), position, torn)
 
 
-def _read_range(path: Path, offset: int, limit: int) -> bytes:
+def read_from(path: Path, offset: int, limit: int, *, whole_line: bool = False) -> bytes:
+    """Up to `limit` bytes of `path` from `offset` (none if it does not exist). With `whole_line`,
+    a read holding no newline goes on until one (or the end): a line longer than `limit` still
+    comes out whole."""
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)
-            return handle.read(limit)
+            data = handle.read(limit)
+            while whole_line and data and b"\n" not in data:
+                more = handle.read(READ_CHUNK_BYTES)
+                if not more:
+                    break
+                data += more
+            return data
     except FileNotFoundError:
         return b""
 
