@@ -216,7 +216,12 @@ def list_segments(spool_dir: Path) -> list[int]:
 
 
 class SpoolWriter:
-    """Appends batches of records to the newest spool segment, durably, safe across processes."""
+    """Appends batches of records to the newest spool segment, safe across processes.
+
+    `append` writes and fsyncs. The webhook uses `write` and makes the batch durable later
+    (`observer.syncer`), so the write and the fsync are separate steps here; whatever was written
+    to a segment is fsync'd before the writer leaves it for the next one.
+    """
 
     def __init__(self, spool_dir: Path, segment_bytes: int) -> None:
         self.spool_dir = spool_dir
@@ -225,19 +230,30 @@ class SpoolWriter:
         self._segment = 0
         self._fd: int | None = None
         self._lock_fd: int | None = None
-        self._next_path = ""  # checked before every append: a plain string, not a Path
+        self._next_path = ""  # checked before every write: a plain string, not a Path
+        self._unsynced = False  # written to the open segment since its last fsync
         spool_dir.mkdir(parents=True, exist_ok=True)
 
     def append(self, payload: bytes) -> tuple[SpoolPosition, SpoolPosition]:
         """Write `payload` (whole records) and fsync it; return where it starts and ends.
 
-        On any OSError the segment is cut back to where it was, so readers never see a torn record,
-        and the error propagates (the webhook answers 503, a flow's task retries).
+        On any OSError nothing of it is kept and the error propagates (the caller retries).
         """
-        if self._lock_fd is None:  # kept open: the webhook appends thousands of times a second
-            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        start, end = self.write(payload)
         try:
+            self.sync()
+        except OSError:
+            self.cut_back(start, end)
+            raise
+        return start, end
+
+    def write(self, payload: bytes) -> tuple[SpoolPosition, SpoolPosition]:
+        """Write `payload` (whole records) without fsync; return where it starts and ends.
+
+        On any OSError the segment is cut back to where it was, so readers never see a torn record,
+        and the error propagates (the webhook answers 503).
+        """
+        with self._locked():
             fd = self._current_fd()
             start = os.fstat(fd).st_size
             if start >= self.segment_bytes:
@@ -245,30 +261,64 @@ class SpoolWriter:
                 start = 0
             try:
                 _write_all(fd, payload)
-                os.fsync(fd)
             except OSError:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, start)
                 self.close()  # look for the newest segment afresh next time
                 raise
+            self._unsynced = True
             return (
                 SpoolPosition(self._segment, start),
                 SpoolPosition(self._segment, start + len(payload)),
             )
-        finally:
-            if self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def sync(self) -> None:
+        """fsync what was written to the open segment (earlier segments were synced on leaving)."""
+        if self._fd is not None and self._unsynced:
+            os.fsync(self._fd)
+            self._unsynced = False
+
+    def cut_back(self, start: SpoolPosition, end: SpoolPosition) -> bool:
+        """Remove records written from `start` that never became durable, if `end` is still the
+        segment's end (no other writer appended after them); True when they are gone."""
+        with self._locked():
+            if self._fd is None or not self._segment == start.segment == end.segment:
+                return False
+            try:
+                if os.fstat(self._fd).st_size != end.offset:
+                    return False
+                os.ftruncate(self._fd, start.offset)
+            except OSError:
+                return False
+            return True
+
+    def segment_file(self, position: SpoolPosition) -> Path:
+        return segment_path(self.spool_dir, position.segment)
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            try:
+                self.sync()
+            finally:
+                os.close(self._fd)
+                self._fd = None
+                self._unsynced = False
 
     def shutdown(self) -> None:
         self.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._lock_fd is None:  # kept open: the webhook writes thousands of times a second
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _current_fd(self) -> int:
         # Called under the spool lock. Another writer may have started newer segments: follow them.
@@ -285,7 +335,11 @@ class SpoolWriter:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | (os.O_CREAT if create else 0), 0o644)
         if not existed:
             fsync_dir(self.spool_dir)
-        self.close()
+        try:
+            self.close()  # fsyncs what this writer left unsynced in the segment it leaves
+        except OSError:
+            os.close(fd)
+            raise
         self._fd, self._segment = fd, segment
         self._next_path = str(segment_path(self.spool_dir, segment + 1))
         return fd

@@ -1,0 +1,121 @@
+"""The fsync helper process: it answers, it fails honestly, and the webhook survives without it."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from observer.intake import Intake, WriteFailed
+from observer.settings import Settings
+from observer.store import SpoolPosition, read_spool
+from observer.syncer import Syncer
+from tests.fakes import WebhookProcess
+
+EVENT = {"input_summary": "x", "success": True, "source": "scenario"}
+
+
+def children_of(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children]
+
+
+def gone(pid: int, within_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):  # reaped meanwhile
+            return True
+        if state == "Z":  # exited, waiting for its parent to reap it
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_helper_fsyncs_and_answers_each_errno(tmp_path: Path) -> None:
+    target = tmp_path / "segment.jsonl"
+    target.write_bytes(b"a\n")
+
+    async def scenario() -> tuple[list[int], int | None]:
+        answers: list[int] = []
+        lost: list[bool] = []
+        syncer = Syncer(on_synced=answers.append, on_lost=lambda: lost.append(True))
+        syncer.start(asyncio.get_running_loop())
+        for path in (target, tmp_path / "missing.jsonl", target):
+            syncer.request(path)
+            before = len(answers)
+            while len(answers) == before:
+                await asyncio.sleep(0.01)
+        process = syncer._process
+        syncer.stop()
+        assert not lost
+        return answers, process.returncode if process else None
+
+    answers, returncode = asyncio.run(scenario())
+    assert answers == [0, errno.ENOENT, 0]
+    assert returncode == 0  # it left on its own once its input closed
+
+
+class FailingDisk:
+    """Stands in for the helper process and answers every fsync with EIO (a unit test's stub)."""
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+
+    def request(self, path: Path) -> None:
+        asyncio.get_running_loop().call_soon(self.intake._synced, errno.EIO)
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_failed_fsync_refuses_the_batch_and_keeps_nothing_of_it(settings: Settings) -> None:
+    async def scenario() -> Intake:
+        intake = Intake(settings)
+        intake.open()
+        await intake.submit(None, {**EVENT, "input_summary": "kept"})
+        helper, intake._syncer = intake._syncer, FailingDisk(intake)  # type: ignore[assignment]
+        assert helper is not None
+        helper.stop()
+        results = await asyncio.gather(
+            *(intake.submit(None, {**EVENT, "input_summary": "refused"}) for _ in range(3)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, WriteFailed) for r in results)
+        assert intake.queued == 0
+        intake._syncer = None  # fsync inline from here on: the disk works again
+        await intake.submit(None, {**EVENT, "input_summary": "after"})
+        intake.close()
+        return intake
+
+    intake = asyncio.run(scenario())
+    assert intake.write_errors == 1
+    records = read_spool(settings.spool_dir, SpoolPosition(0, 0)).records
+    assert [b'"refused"' in r.line for r in records] == [False, False]
+
+
+def test_without_the_helper_the_webhook_still_acknowledges_durably(
+    webhook: WebhookProcess, settings: Settings
+) -> None:
+    [helper] = children_of(webhook.process.pid)
+    os.kill(helper, signal.SIGKILL)
+    assert gone(helper)
+    for n in range(5):
+        answer = httpx.post(f"{webhook.url}/event", json={**EVENT, "input_summary": f"e{n}"})
+        assert answer.status_code == 200, answer.text
+    records = list(read_spool(settings.spool_dir, SpoolPosition(0, 0)).records)
+    assert len(records) == 5
+    assert httpx.get(f"{webhook.url}/health").json()["write_errors"] == 0
+
+
+def test_the_helper_does_not_outlive_a_killed_webhook(webhook: WebhookProcess) -> None:
+    [helper] = children_of(webhook.process.pid)
+    assert httpx.post(f"{webhook.url}/event", json=EVENT).status_code == 200
+    webhook.kill(signal.SIGKILL)
+    assert gone(helper), "the fsync helper is still running after its webhook died"
