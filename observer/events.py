@@ -36,6 +36,10 @@ class EventError(ValueError):
         return body
 
 
+#: Optional op keys the original copied only when the client sent them, in the line's order.
+_PRESENT_WHEN_GIVEN = ("staffer_id", "sig_hash", "event_kind", "role", "city", "state", "count")
+
+
 class EventIn(BaseModel):
     """What a client may send. Unknown fields are dropped; a null is kept where the original kept it."""
 
@@ -63,6 +67,8 @@ class EventIn(BaseModel):
     @field_validator("success", "rescue_attempted", "rescue_succeeded", mode="before")
     @classmethod
     def _boolean(cls, value: object) -> object:
+        if value is True or value is False or value is None:
+            return value
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             return value.strip().lower() == "true"
         if value is not None and not isinstance(value, bool):
@@ -116,43 +122,42 @@ class EventIn(BaseModel):
         return Op.build(**self.to_fields())
 
     def to_fields(self) -> dict[str, Any]:
-        """Apply the original's defaults (contract.md): the op's present fields, validated."""
+        """Apply the original's defaults (contract.md): the op's present fields, validated, in the
+        line's key order (so `op_line` writes them as they are)."""
+        values = self.__dict__
         given = self.model_fields_set
-        success = bool(self.success)
+        success = values["success"] is True
         fields: dict[str, Any] = {
-            "timestamp": self.timestamp or now_timestamp(),
-            "endpoint": self.endpoint if self.endpoint is not None else "scenario:fill",
+            "timestamp": values["timestamp"] or now_timestamp(),
+            "endpoint": "scenario:fill" if values["endpoint"] is None else values["endpoint"],
             "input_summary": (
-                self.input_summary if self.input_summary is not None else self._default_summary()
+                self._default_summary()
+                if values["input_summary"] is None
+                else values["input_summary"]
             ),
             "success": success,
-            "duration_ms": self.duration_ms if self.duration_ms is not None else 0,
+            "duration_ms": 0 if values["duration_ms"] is None else values["duration_ms"],
             "output_summary": self._default_output(success),
-            "source": self.source if self.source is not None else "scenario",
-            "rescue_attempted": bool(self.rescue_attempted),
-            "rescue_succeeded": bool(self.rescue_succeeded),
         }
-        for key in (
-            "error",
-            "staffer_id",
-            "sig_hash",
-            "event_kind",
-            "role",
-            "city",
-            "state",
-            "count",
-        ):
+        if "error" in given:
+            fields["error"] = values["error"]
+        fields["source"] = "scenario" if values["source"] is None else values["source"]
+        for key in _PRESENT_WHEN_GIVEN:
             if key in given:
-                fields[key] = getattr(self, key)
+                fields[key] = values[key]
+        fields["rescue_attempted"] = values["rescue_attempted"] is True
+        fields["rescue_succeeded"] = values["rescue_succeeded"] is True
         return fields
 
     def _default_summary(self) -> str:
-        def part(value: object) -> str:
-            return "?" if value is None else str(value)
-
+        """The original's `${event_kind} ${role}×${count} in ${city}, ${state}`, "?" for a missing part."""
+        values = self.__dict__
+        kind, role, count = values["event_kind"], values["role"], values["count"]
+        city, state = values["city"], values["state"]
         return (
-            f"{part(self.event_kind)} {part(self.role)}×{part(self.count)}"
-            f" in {part(self.city)}, {part(self.state)}"
+            f"{'?' if kind is None else kind} {'?' if role is None else role}"
+            f"×{'?' if count is None else count}"
+            f" in {'?' if city is None else city}, {'?' if state is None else state}"
         )
 
     def _default_output(self, success: bool) -> str:
@@ -186,8 +191,8 @@ def parse_event(body: bytes) -> EventIn:
 
 def _number(value: object) -> int | float | None:
     """A JSON number, or a string that is plainly one ("42", "1.5"); booleans are not numbers."""
-    if value is None:
-        return None
+    if value is None or type(value) is int:
+        return value
     if isinstance(value, bool):
         raise ValueError("must be a number")
     if isinstance(value, str):

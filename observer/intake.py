@@ -18,7 +18,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from observer.ingest_state import (
     IngestCheckpoint,
@@ -54,8 +54,7 @@ class WriteFailed(RuntimeError):
     """The spool could not be written; nothing of the batch was kept (503 + Retry-After)."""
 
 
-@dataclass(frozen=True)
-class Accepted:
+class Accepted(NamedTuple):
     ring_size: int
     duplicate: bool = False
 

@@ -86,14 +86,32 @@ def op_line(fields: dict[str, Any]) -> bytes:
 
     The webhook's hot path calls this directly, without building an `Op` (pydantic's construction
     costs more than the whole line). orjson writes strings, ints and booleans as JSON.stringify
-    does; floats differ (100.0, 1e-07), so they go in pre-formatted.
+    does; floats differ (100.0, 1e-07), so they go in pre-formatted. Fields that already come in
+    key order without a float (what `EventIn.to_fields` gives) are written as they are.
     """
+    if _in_key_order(tuple(fields)) and float not in map(type, fields.values()):
+        return orjson.dumps(fields)
     ordered: dict[str, Any] = {}
     for key in OP_KEYS:
         if key in fields:
             value = fields[key]
             ordered[key] = orjson.Fragment(js_number(value)) if type(value) is float else value
     return orjson.dumps(ordered)
+
+
+_KEY_RANK = {key: rank for rank, key in enumerate(OP_KEYS)}
+_ORDER_MEMO: dict[tuple[str, ...], bool] = {}  # a few key sets recur: ask once for each
+
+
+def _in_key_order(keys: tuple[str, ...]) -> bool:
+    known = _ORDER_MEMO.get(keys)
+    if known is None:
+        ranks = [_KEY_RANK.get(key, -1) for key in keys]
+        known = -1 not in ranks and ranks == sorted(ranks)
+        if len(_ORDER_MEMO) >= 4096:
+            _ORDER_MEMO.clear()
+        _ORDER_MEMO[keys] = known
+    return known
 
 
 def encode_value(value: object) -> bytes:

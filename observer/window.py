@@ -54,11 +54,12 @@ class StatsWindow:
     def add_fields(self, fields: dict[str, Any]) -> None:
         source = fields.get("source")
         # The original merged 5 and "5" into one key; a key here is always the string form.
-        source = "mcp" if source is None else str(source)
+        source = "mcp" if source is None else source if type(source) is str else str(source)
         success = fields.get("success") is True
         self._seq += 1
         self._entries.append(WindowEntry(self._seq, source, success))
-        self._by_source[source] = self._by_source.get(source, 0) + 1
+        by_source = self._by_source
+        by_source[source] = by_source.get(source, 0) + 1
         self._successes += success
         if source == "scenario":
             self._recent_scenario.append((self._seq, _scenario_summary(fields)))
@@ -86,16 +87,15 @@ class StatsWindow:
         self._successes -= old.success
 
 
+_SUMMARY_KEYS = (
+    ("ts", "timestamp"),
+    ("ok", "success"),
+    ("staffer", "staffer_id"),
+    ("kind", "event_kind"),
+    ("role", "role"),
+)
+
+
 def _scenario_summary(fields: dict[str, Any]) -> dict[str, Any]:
     """The original's `{ts, ok, staffer, kind, role}`, a key omitted where the op has none."""
-    summary: dict[str, Any] = {}
-    for out_key, op_key in (
-        ("ts", "timestamp"),
-        ("ok", "success"),
-        ("staffer", "staffer_id"),
-        ("kind", "event_kind"),
-        ("role", "role"),
-    ):
-        if op_key in fields:
-            summary[out_key] = fields[op_key]
-    return summary
+    return {out_key: fields[op_key] for out_key, op_key in _SUMMARY_KEYS if op_key in fields}
