@@ -9,6 +9,9 @@ Why it is built this way:
   fsync'd append loop, measured in the same run on the same filesystem, shows what durability costs.
 - The load generator is `wrk` (C, one thread): a Python client would be slower than the servers.
   Only 2xx answers count; any non-2xx or socket error fails the measurement.
+- A third server, uvicorn configured as Observer's webhook is but serving an app that only parses
+  the body and answers (`bench/ceiling_app.py`), is alternated with the two: it shows how far the
+  ASGI server alone gets against the original, and how much of that Observer's durable work keeps.
 - After the load, Observer's spool must hold at least as many lines as 2xx answers wrk counted (an
   acknowledged event is never lost), and each server's memory is read after 200k events.
 
@@ -142,6 +145,7 @@ def main(options: list[str]) -> int:
         with fake_gateway() as gateway_url:
             servers.append(start_observer(scratch, gateway_url))
             servers.append(start_original(scratch, bun, gateway_url))
+            servers.append(start_ceiling(scratch))
             return measure(plan, servers, scratch)
     finally:
         for server in servers:
@@ -329,6 +333,33 @@ def start_original(scratch: Path, bun: Path, gateway_url: str) -> Server:
     raise SystemExit(f"webhook bench: the original did not start:\n{tail(log_path)}")
 
 
+def start_ceiling(scratch: Path) -> Server:
+    """uvicorn, configured as Observer's webhook is, serving `bench.ceiling_app` (no write)."""
+    port = free_port()
+    log_path = scratch / "ceiling.stderr.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "uvicorn", "bench.ceiling_app:app"),
+                *("--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop"),
+                *("--http", "httptools", "--no-access-log", "--log-level", "warning"),
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server("ceiling", process, f"http://127.0.0.1:{port}/event", log_path)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError), urllib.request.urlopen(server.url, timeout=2) as answer:
+            if answer.status == 200:
+                return server
+        time.sleep(0.2)
+    server.stop()
+    raise SystemExit(f"webhook bench: the ceiling app did not start:\n{tail(log_path)}")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -421,7 +452,7 @@ class MachineLoad:
 
 
 def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
-    observer, original = servers
+    observer, original, ceiling = servers
     print(DURABILITY_NOTE)
     print(
         f"\nPOST /event, 233-byte scenario event, wrk -t1, {plan.runs} run(s) x {plan.seconds} s per"
@@ -431,7 +462,7 @@ def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
     )
     load = MachineLoad(servers)
     failed = False
-    rss_at_start = {server.name: rss_mb(server.pid) for server in servers}
+    rss_at_start = {server.name: rss_mb(server.pid) for server in (observer, original)}
     for server in servers:  # warm-up: first connections, Bun's JIT, Python's caches
         warmup = run_wrk(server.url, 16, plan.warmup_seconds)
         server.acked += warmup.ok
@@ -461,6 +492,7 @@ def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
     load.sample()
 
     print_summary(plan, observer, original, fsync_rates)
+    print_ceiling(observer, original, ceiling)
     print(
         f"\nMachine: load average (1 min) {min(load.loads):.2f}-{max(load.loads):.2f} during the"
         f" cells; other processes used {others:.0%} of the {os.cpu_count()} cores meanwhile"
@@ -468,12 +500,14 @@ def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
     )
 
     print(f"\nMemory after {plan.rss_events:,} events (the throughput runs count toward them):")
-    for server in servers:
+    for server in (observer, original):
         failed |= top_up(server, plan.rss_events)
+        helpers = sum(rss_mb(child) for child in children(server.pid))
         print(
             f"  {server.name:<9} VmRSS {rss_mb(server.pid):7.1f} MB  VmHWM"
             f" {peak_rss_mb(server.pid):7.1f} MB  after {server.acked:,} acknowledged events"
             f" (VmRSS {rss_at_start[server.name]:.1f} MB once started)"
+            + (f"; its child processes VmRSS {helpers:.1f} MB" if helpers else "")
         )
 
     time.sleep(1.0)  # the original appends after answering: let its last writes land
@@ -541,6 +575,31 @@ def print_summary(
         f"  durable throughput at 16 connections is {at_16:.2f}x the original: target"
         f" >= {ISSUE_TARGET_AT_16}x {verdict} (goal >= 1x)"
     )
+
+
+def print_ceiling(observer: Server, original: Server, ceiling: Server) -> None:
+    """How far the ASGI server alone gets against the original, and Observer against it."""
+    print(
+        "\nCeiling: the same uvicorn serving an app that parses the body and answers, writing"
+        " nothing (bench/ceiling_app.py), alternated with the two above:"
+    )
+    for connections in CONNECTIONS:
+        medians = [
+            Figure(s.name, [r.rate for r in s.results[connections]], "req/s")
+            for s in (observer, original, ceiling)
+        ]
+        ours, theirs, bare = medians
+        print(
+            f"  c={connections:<3} ceiling {bare.median:>7.0f} req/s = {bare.median / theirs.median:.3f}"
+            f" x the original; Observer = {ours.median / bare.median:.3f} x the ceiling"
+        )
+
+
+def children(pid: int) -> list[int]:
+    """The direct child processes of `pid` (Observer's fsync helper)."""
+    with contextlib.suppress(OSError):
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
 
 
 def top_up(server: Server, target: int) -> bool:
