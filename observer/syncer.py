@@ -10,7 +10,8 @@ Protocol, one request at a time: the parent writes a segment's path and a newlin
 stdin; the child fsyncs that file and answers the errno (0 on success) and a newline. It exits
 when its stdin closes, so it never outlives the webhook, even after a `kill -9`.
 
-This file runs as the child with `python -I -S` (no site, no package import): keep it stdlib-only.
+The child is `observer/syncer_child.py`, run by path with `python -I -S`: no site, no package
+import, so it costs a few MB.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -28,6 +28,7 @@ from pathlib import Path
 log = logging.getLogger("observer.syncer")
 
 STOP_TIMEOUT_S = 5.0
+CHILD = Path(__file__).with_name("syncer_child.py")
 
 
 class Syncer:
@@ -51,7 +52,7 @@ class Syncer:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the child; raises OSError if it cannot be started."""
         process = subprocess.Popen(
-            [sys.executable, "-I", "-S", __file__],
+            [sys.executable, "-I", "-S", str(CHILD)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
@@ -118,28 +119,3 @@ class Syncer:
         if self._loop is not None and process.stdout is not None:
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(process.stdout.fileno())
-
-
-def serve(requests: int = 0, replies: int = 1) -> None:
-    """The child's loop: fsync each path asked for, answer its errno; stop at end of input."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the webhook, which stops us
-    inbox = os.fdopen(requests, "rb", buffering=4096)
-    open_path, fd = b"", -1
-    for line in inbox:
-        path = line.rstrip(b"\n")
-        error = 0
-        try:
-            if path != open_path:
-                if fd >= 0:
-                    os.close(fd)
-                open_path, fd = b"", -1
-                fd = os.open(path, os.O_RDONLY)
-                open_path = path
-            os.fsync(fd)
-        except OSError as exc:
-            error = exc.errno or 5  # EIO when the OS gave no number
-        os.write(replies, b"%d\n" % error)
-
-
-if __name__ == "__main__":
-    serve()
