@@ -105,8 +105,8 @@ class Intake:
     A request queues its record and awaits it; the first one queued schedules a flush with
     `call_soon`, which runs once the loop has handled every request that was ready in the same
     turn. The flush writes the batch and asks a child process (`observer.syncer`) to fsync it; while
-    that fsync runs, the loop keeps serving and writing further batches, which the next fsync
-    covers together. Futures resolve, in spool order, only once their batch is durable. Without the
+    that fsync runs, the loop keeps serving and queueing, and the queue is written as one batch
+    when the fsync answers (one write and one fsync for all of it). Futures resolve, in spool order, only once their batch is durable. Without the
     child (it could not start, or died) the flush fsyncs on the loop's thread.
     """
 
@@ -200,6 +200,8 @@ class Intake:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._syncing_to is not None:
+            return  # an fsync is running: what is queued meanwhile is written when it answers
         batch, self._queue = self._queue, []
         if batch:
             payload = b"".join(item.record for item in batch)
@@ -236,11 +238,11 @@ class Intake:
             self._refuse_unsynced(OSError(error, os.strerror(error)))
         else:
             self._complete_through(end)
-        self._sync_next()
+        self._flush()
 
     def _syncer_lost(self) -> None:
         self._syncer, self._syncing_to = None, None
-        self._sync_next()
+        self._flush()
 
     def _complete_through(self, end: SpoolPosition) -> None:
         """Every batch up to `end` is durable: count it, remember its ids, answer its requests."""
