@@ -322,15 +322,7 @@ def start_original(scratch: Path, bun: Path, gateway_url: str) -> Server:
             start_new_session=True,
         )
     server = Server("original", process, f"http://127.0.0.1:{port}/event", log_path)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and process.poll() is None:
-        health = f"http://127.0.0.1:{port}/health"
-        with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=2) as answer:
-            if answer.status == 200:
-                return server
-        time.sleep(0.2)
-    server.stop()
-    raise SystemExit(f"webhook bench: the original did not start:\n{tail(log_path)}")
+    return started(server, f"http://127.0.0.1:{port}/health")
 
 
 def start_ceiling(scratch: Path) -> Server:
@@ -350,14 +342,19 @@ def start_ceiling(scratch: Path) -> Server:
             start_new_session=True,
         )
     server = Server("ceiling", process, f"http://127.0.0.1:{port}/event", log_path)
+    return started(server, server.url)
+
+
+def started(server: Server, probe_url: str) -> Server:
+    """`server` once `probe_url` answers 200; stopped, and the run ended, if it never does."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and process.poll() is None:
-        with contextlib.suppress(OSError), urllib.request.urlopen(server.url, timeout=2) as answer:
+    while time.monotonic() < deadline and server.process.poll() is None:
+        with contextlib.suppress(OSError), urllib.request.urlopen(probe_url, timeout=2) as answer:
             if answer.status == 200:
                 return server
         time.sleep(0.2)
     server.stop()
-    raise SystemExit(f"webhook bench: the ceiling app did not start:\n{tail(log_path)}")
+    raise SystemExit(f"webhook bench: {server.name} did not start:\n{tail(server.log_path)}")
 
 
 def free_port() -> int:
