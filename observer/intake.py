@@ -2,9 +2,9 @@
 
 Two doors onto the same spool:
 - `record_ops()`, synchronous, for flows and library callers (the corrections tailer, `observed()`);
-- `Intake`, the webhook's: requests queue their op and await it; everything queued in one turn of
-  the event loop is written as one batch, and one fsync (in a child process, `observer.syncer`)
-  covers every batch written meanwhile (group commit).
+- `Intake`, the webhook's: requests queue their op and await it; what is queued is written as one
+  batch and fsync'd once by a child process (`observer.syncer`), and what arrives during that
+  fsync queues for the next one (group commit).
 
 `Intake` also keeps the stats window and the recent event ids (idempotency) in step with the spool,
 including records other processes appended, which it reads back from the spool in order.
@@ -104,10 +104,11 @@ class Intake:
 
     A request queues its record and awaits it; the first one queued schedules a flush with
     `call_soon`, which runs once the loop has handled every request that was ready in the same
-    turn. The flush writes the batch and asks a child process (`observer.syncer`) to fsync it; while
-    that fsync runs, the loop keeps serving and queueing, and the queue is written as one batch
-    when the fsync answers (one write and one fsync for all of it). Futures resolve, in spool order, only once their batch is durable. Without the
-    child (it could not start, or died) the flush fsyncs on the loop's thread.
+    turn. The flush writes the batch and asks a child process (`observer.syncer`) to fsync it.
+    While that fsync runs the loop keeps serving, and what it queues meanwhile is written as one
+    batch when the fsync answers (one write and one fsync for all of it). Futures resolve, in
+    spool order, only once their batch is durable. Without the child (it could not start, or
+    died) the flush fsyncs on the loop's thread.
     """
 
     def __init__(self, settings: Settings, on_durable: Callable[[], None] | None = None) -> None:
