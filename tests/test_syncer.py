@@ -100,6 +100,58 @@ def test_a_failed_fsync_refuses_the_batch_and_keeps_nothing_of_it(settings: Sett
     assert [b'"refused"' in r.line for r in records] == [False, False]
 
 
+class HeldDisk:
+    """Stands in for the helper process; answers an fsync only when the test says so."""
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+        self.asked: list[Path] = []
+
+    def request(self, path: Path) -> None:
+        self.asked.append(path)
+
+    def answer(self) -> None:
+        self.intake._synced(0)
+
+    def stop(self) -> None:
+        pass
+
+
+def test_what_arrives_during_an_fsync_waits_and_is_written_as_one_batch(
+    settings: Settings,
+) -> None:
+    def spool_lines() -> int:
+        return len(list(read_spool(settings.spool_dir, SpoolPosition(0, 0)).records))
+
+    async def scenario() -> None:
+        intake = Intake(settings)
+        intake.open()
+        disk = HeldDisk(intake)
+        intake._syncer = disk  # type: ignore[assignment]
+        first = asyncio.ensure_future(intake.submit(None, {**EVENT, "input_summary": "a"}))
+        await asyncio.sleep(0.01)
+        assert (spool_lines(), len(disk.asked)) == (1, 1)  # written, its fsync running
+        later = [
+            asyncio.ensure_future(intake.submit(None, {**EVENT, "input_summary": f"b{n}"}))
+            for n in range(3)
+        ]
+        await asyncio.sleep(0.01)
+        assert (spool_lines(), len(disk.asked), intake.queued) == (1, 1, 4)  # queued, unwritten
+        assert not first.done()
+        disk.answer()
+        await asyncio.sleep(0.01)
+        assert first.done() and not any(f.done() for f in later)
+        assert (spool_lines(), len(disk.asked)) == (4, 2)  # one write, one fsync for all three
+        disk.answer()
+        await asyncio.sleep(0.01)
+        assert [f.result().ring_size for f in later] == [2, 3, 4]
+        assert intake.queued == 0
+        intake._syncer = None
+        intake.close()
+
+    asyncio.run(scenario())
+
+
 def test_without_the_helper_the_webhook_still_acknowledges_durably(
     webhook: WebhookProcess, settings: Settings
 ) -> None:
