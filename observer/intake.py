@@ -94,9 +94,12 @@ class _Written:
     """A batch written to the spool, waiting for the fsync that makes it durable."""
 
     start: SpoolPosition
-    end: SpoolPosition
+    end: SpoolPosition  # in the same segment: a batch is one write
     items: list[_Pending]
-    size: int
+
+    @property
+    def size(self) -> int:
+        return self.end.offset - self.start.offset
 
 
 class Intake:
@@ -211,7 +214,7 @@ class Intake:
             except OSError as exc:
                 self._refuse([batch], len(payload), exc)
             else:
-                self._unsynced.append(_Written(start, end, batch, len(payload)))
+                self._unsynced.append(_Written(start, end, batch))
         self._sync_next()
 
     def _sync_next(self) -> None:

@@ -93,13 +93,7 @@ def append_durably(path: Path, data: bytes) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         start = os.fstat(fd).st_size
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, start)
-            raise
+        _write_or_cut_back(fd, start, data, sync=True)
         return start + len(data)
     finally:
         os.close(fd)
@@ -137,6 +131,19 @@ def file_lock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _write_or_cut_back(fd: int, start: int, data: bytes, *, sync: bool) -> None:
+    """Append `data` to the file of `fd` (`start` bytes long), fsync'd if `sync`; on any OSError
+    cut the file back to `start`, so no reader ever sees part of it, and re-raise."""
+    try:
+        _write_all(fd, data)
+        if sync:
+            os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -260,10 +267,8 @@ class SpoolWriter:
                 fd = self._open_segment(self._segment + 1, create=True)
                 start = 0
             try:
-                _write_all(fd, payload)
+                _write_or_cut_back(fd, start, payload, sync=False)
             except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, start)
                 self.close()  # look for the newest segment afresh next time
                 raise
             self._unsynced = True

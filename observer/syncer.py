@@ -45,10 +45,6 @@ class Syncer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._replies = b""
 
-    @property
-    def alive(self) -> bool:
-        return self._process is not None
-
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the child; raises OSError if it cannot be started."""
         process = subprocess.Popen(

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import httpx
 import orjson
@@ -223,13 +223,10 @@ def call_gateway(
 ) -> GatewayReply:
     """POST `body` as JSON to `{GATEWAY_URL}{endpoint}` once, with a timeout; never raises for
     network, status or reply problems. Pass `client` to reuse connections."""
-    url, content, seconds = (
-        f"{settings.gateway_url}{endpoint}",
-        _encode(body),
-        _timeout(settings, timeout),
-    )
-    if isinstance(content, GatewayReply):
-        return content
+    request = _GatewayPost.of(settings, endpoint, body, timeout)
+    if isinstance(request, GatewayReply):
+        return request
+    url, content, seconds = request
     try:
         if client is None:
             with httpx.Client(verify=_ssl_context()) as own:
@@ -250,13 +247,10 @@ async def acall_gateway(
     client: httpx.AsyncClient | None = None,
 ) -> GatewayReply:
     """The async twin of `call_gateway`."""
-    url, content, seconds = (
-        f"{settings.gateway_url}{endpoint}",
-        _encode(body),
-        _timeout(settings, timeout),
-    )
-    if isinstance(content, GatewayReply):
-        return content
+    request = _GatewayPost.of(settings, endpoint, body, timeout)
+    if isinstance(request, GatewayReply):
+        return request
+    url, content, seconds = request
     try:
         if client is None:
             async with httpx.AsyncClient(verify=_ssl_context()) as own:
@@ -274,17 +268,25 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def _timeout(settings: Settings, timeout: float | None) -> float:
-    return settings.http_timeout_seconds if timeout is None else timeout
+class _GatewayPost(NamedTuple):
+    """What `call_gateway` and `acall_gateway` send: the URL, the JSON bytes, the timeout."""
 
+    url: str
+    content: bytes
+    seconds: float
 
-def _encode(body: Any) -> bytes | GatewayReply:
-    try:
-        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        message = f"body is not JSON: {exc}"
-        return GatewayReply({"error": message}, message)
-    return text.encode()
+    @classmethod
+    def of(
+        cls, settings: Settings, endpoint: str, body: Any, timeout: float | None
+    ) -> _GatewayPost | GatewayReply:
+        """The request, or the failed reply a body that is not JSON gets without any call."""
+        try:
+            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            message = f"body is not JSON: {exc}"
+            return GatewayReply({"error": message}, message)
+        seconds = settings.http_timeout_seconds if timeout is None else timeout
+        return cls(f"{settings.gateway_url}{endpoint}", text.encode(), seconds)
 
 
 def _transport_failure(url: str, seconds: float, exc: Exception) -> GatewayReply:
