@@ -22,12 +22,13 @@ from pathlib import Path
 import polars as pl
 
 from bench.common import Figure, ratio_line, repeat, stopwatch
-from observer import analysis
-from observer.analysis import AnalysisQuery, AnalysisState
-from observer.failures import extract_failures, mark
+from observer.files import save_state
+from observer.identity import FileMark
 from observer.ops import Op
+from observer.pipelines import analysis
+from observer.pipelines.analysis import AnalysisState, AnalyzeParameters
+from observer.pipelines.failures import extract_failures
 from observer.settings import Settings, load_settings
-from observer.store import save_state
 from observer.upstream import Upstreams
 from tests.fakes import FakeUpstream, Reply
 
@@ -56,7 +57,7 @@ def _op(n: int, *, new: bool = False) -> Op:
     }
     if error:
         fields["error"] = error
-    return Op.build(**fields)
+    return Op(**fields)
 
 
 def build_file(path: Path, lines: int) -> int:
@@ -72,11 +73,11 @@ def build_file(path: Path, lines: int) -> int:
 
 def scheduled_run(settings: Settings, state: bytes) -> float:
     """One since-last analysis from a reset state, timed from reading to the committed state."""
-    analysis.state_path(settings).write_bytes(state)
-    analysis.cache_path(settings).unlink(missing_ok=True)
+    settings.layout.analysis_state.write_bytes(state)
+    settings.layout.analysis_cache.unlink(missing_ok=True)
 
     def run() -> None:
-        query = AnalysisQuery()
+        query = AnalyzeParameters()
         selection = analysis.select(settings, query)
         report = analysis.diagnose(settings, selection, query)
         assert report.kind == "llm" and report.entry is not None, report.message
@@ -90,8 +91,8 @@ def scheduled_run(settings: Settings, state: bytes) -> float:
 
 def select_only(settings: Settings, state: bytes) -> float:
     """The part of a run whose cost could depend on the file: read past the watermark and group."""
-    analysis.state_path(settings).write_bytes(state)
-    return stopwatch(lambda: analysis.select(settings, AnalysisQuery()))
+    settings.layout.analysis_state.write_bytes(state)
+    return stopwatch(lambda: analysis.select(settings, AnalyzeParameters()))
 
 
 def read_new_bytes(path: Path, offset: int) -> float:
@@ -129,11 +130,11 @@ def prepare(size: int, workdir: Path, llm: FakeUpstream, gateway: FakeUpstream) 
     settings = load_settings(
         data_dir=workdir / str(size), lakehouse_url=llm.url, gateway_url=gateway.url
     )
-    settings.ops_path.parent.mkdir(parents=True, exist_ok=True)
-    offset = build_file(settings.ops_path, size)
-    watermark = mark(settings.ops_path, offset)
-    save_state(analysis.state_path(settings), AnalysisState(watermark=watermark))
-    return Subject(size, settings, offset, analysis.state_path(settings).read_bytes())
+    settings.layout.ops_path.parent.mkdir(parents=True, exist_ok=True)
+    offset = build_file(settings.layout.ops_path, size)
+    watermark = FileMark.at(settings.layout.ops_path, offset)
+    save_state(settings.layout.analysis_state, AnalysisState(watermark=watermark))
+    return Subject(size, settings, offset, settings.layout.analysis_state.read_bytes())
 
 
 def measure(subjects: list[Subject]) -> dict[int, list[Figure]]:
@@ -151,13 +152,13 @@ def measure(subjects: list[Subject]) -> dict[int, list[Figure]]:
             run, select_step, new_bytes = figures[s.size]
             run.values.append(scheduled_run(s.settings, s.state))
             select_step.values.append(select_only(s.settings, s.state))
-            new_bytes.values.append(read_new_bytes(s.settings.ops_path, s.offset))
+            new_bytes.values.append(read_new_bytes(s.settings.layout.ops_path, s.offset))
     for s in subjects:
         figures[s.size].append(
             repeat(
                 f"baseline: full polars scan, {s.label}",
                 3,
-                lambda s=s: full_scan(s.settings.ops_path),
+                lambda s=s: full_scan(s.settings.layout.ops_path),
             )
         )
     return figures

@@ -28,11 +28,11 @@ from pathlib import Path
 import httpx
 
 from bench.common import Figure, ratio_line, repeat, stopwatch
+from observer.files import read_tail
 from observer.observed import observed, observed_sync
 from observer.ops import Op
-from observer.playbooks import ConsolidateParameters, build_playbook, deliver
+from observer.pipelines.playbooks import ConsolidateParameters, build_playbook, deliver
 from observer.settings import Settings, load_settings
-from observer.store import read_tail
 from observer.upstream import Upstreams
 
 ENDPOINTS = 20
@@ -99,9 +99,9 @@ def main(options: list[str]) -> int:
         for lines in sizes:
             data_dir = str(Path(scratch) / f"data-{lines}")
             settings = load_settings(OBSERVER_DATA_DIR=data_dir, GATEWAY_URL=gateway_url)
-            write_ops(settings.ops_path, lines)
+            write_ops(settings.layout.ops_path, lines)
             consolidation(settings, lines, runs)
-            settings.ops_path.unlink()
+            settings.layout.ops_path.unlink()
         data_dir = str(Path(scratch) / "observed")
         settings = load_settings(OBSERVER_DATA_DIR=data_dir, GATEWAY_URL=gateway_url)
         observed_overhead(settings, runs)
@@ -111,7 +111,7 @@ def main(options: list[str]) -> int:
 def write_ops(path: Path, lines: int) -> None:
     """`lines` realistic ops (≈200 bytes each) over `ENDPOINTS` endpoints, 10% failures."""
     block = b"".join(
-        Op.build(
+        Op(
             timestamp=f"2026-04-23T10:{i // 600 % 60:02d}:{i // 10 % 60:02d}.{i % 1000:03d}Z",
             endpoint=f"/tool/{i % ENDPOINTS}",
             input_summary=f"request {i} for staffing in Springfield, IL",
@@ -137,10 +137,10 @@ def write_ops(path: Path, lines: int) -> None:
 
 def consolidation(settings: Settings, lines: int, runs: int) -> None:
     params = ConsolidateParameters()
-    tail = read_tail(settings.ops_path, params.window_ops)
+    tail = read_tail(settings.layout.ops_path, params.window_ops)
 
     def plain_read() -> None:
-        with open(settings.ops_path, "rb") as handle:
+        with open(settings.layout.ops_path, "rb") as handle:
             handle.seek(tail.start)
             handle.read(tail.end - tail.start)
 
@@ -234,7 +234,7 @@ async def _async_figures(
 
 
 def _fsync_ms(settings: Settings) -> float:
-    path = settings.observer_dir / "fsync-probe"
+    path = settings.layout.observer_dir / "fsync-probe"
     with open(path, "ab") as handle:
         started = time.perf_counter()
         for _ in range(CALLS):

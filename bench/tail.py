@@ -43,7 +43,7 @@ print(json.dumps({"seconds": time.perf_counter() - started, "peak_mb": _peak_mb(
     "idle": _PEAK
     + """
 import json
-from observer.corrections import tail_corrections
+from observer.pipelines.corrections import tail_corrections
 from observer.settings import load_settings
 load_settings()
 print(json.dumps({"seconds": 0.0, "peak_mb": _peak_mb(), "rows": 0}))
@@ -51,7 +51,7 @@ print(json.dumps({"seconds": 0.0, "peak_mb": _peak_mb(), "rows": 0}))
     "tailer": _PEAK
     + """
 import json, time
-from observer.corrections import tail_corrections
+from observer.pipelines.corrections import tail_corrections
 from observer.settings import load_settings
 settings = load_settings()
 started = time.perf_counter()

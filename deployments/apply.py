@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 
 import httpx
+import yaml
 
+from observer.catalog import FLOWS
+from observer.errors import DeployFailed
 from observer.settings import Settings
 
 WORK_POOL = "observer-process"
@@ -22,10 +25,6 @@ SCHEDULE_VARIABLES = (
     "OBSERVER_CONSOLIDATE_SECONDS",
     "OBSERVER_INGEST_SAFETY_SECONDS",
 )
-
-
-class DeployFailed(RuntimeError):
-    pass
 
 
 def project_dir() -> Path:
@@ -41,17 +40,17 @@ def project_dir() -> Path:
 
 def prefect_environment(settings: Settings, api_url: str) -> dict[str, str]:
     """Environment for every Prefect process of the product (flow runs inherit the worker's)."""
-    data_dir = settings.data_dir.resolve()
+    layout = settings.layout
     cycle = _seconds(settings.cycle_seconds)
     return {
         **os.environ,
         "PREFECT_API_URL": api_url,
-        "PREFECT_HOME": str(data_dir / "_prefect"),
+        "PREFECT_HOME": str(layout.prefect_home.resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "1"),
         "PREFECT_WORKER_PREFETCH_SECONDS": os.environ.get("PREFECT_WORKER_PREFETCH_SECONDS", "5"),
-        "OBSERVER_DATA_DIR": str(data_dir),
+        "OBSERVER_DATA_DIR": str(layout.data_dir.resolve()),
         "OBSERVER_PROJECT_DIR": str(project_dir()),
         "OBSERVER_CYCLE_SECONDS": cycle,
         "OBSERVER_CONSOLIDATE_SECONDS": _seconds(settings.cycle_seconds * 5),
@@ -72,12 +71,31 @@ def render_prefect_yaml(text: str, env: dict[str, str]) -> str:
     return text
 
 
+def catalog_mismatches(text: str) -> list[str]:
+    """How prefect.yaml's deployments differ from the table of flows (`observer.catalog`): each
+    flow deployed once, under its own name, from its own entrypoint, and nothing else."""
+    declared = {d.get("name"): d.get("entrypoint") for d in yaml.safe_load(text)["deployments"]}
+    problems = [
+        f"deployment {name!r}: entrypoint {declared.get(name)!r}, expected {entry.entrypoint!r}"
+        for name, entry in FLOWS.items()
+        if declared.get(name) != entry.entrypoint
+    ]
+    problems += [
+        f"deployment {name!r} is not in the table of flows"
+        for name in declared.keys() - FLOWS.keys()
+    ]
+    return problems
+
+
 def deploy(env: dict[str, str]) -> None:
     """Create the work pool and apply prefect.yaml (idempotent: safe on every start)."""
     project = Path(env["OBSERVER_PROJECT_DIR"])
+    text = (project / "prefect.yaml").read_text()
+    if problems := catalog_mismatches(text):
+        raise DeployFailed("prefect.yaml does not match the flows: " + "; ".join(problems))
     rendered = Path(env["PREFECT_HOME"]) / "prefect.rendered.yaml"
     rendered.parent.mkdir(parents=True, exist_ok=True)
-    rendered.write_text(render_prefect_yaml((project / "prefect.yaml").read_text(), env))
+    rendered.write_text(render_prefect_yaml(text, env))
     _prefect(env, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
     _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", str(rendered), cwd=project)
 
@@ -110,7 +128,12 @@ def crash_orphaned_runs(api_url: str) -> int:
 
 
 def _prefect(env: dict[str, str], *args: str, cwd: Path | None = None) -> None:
-    subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=cwd, check=True)
+    try:
+        subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=cwd, check=True)
+    except subprocess.CalledProcessError as exc:
+        raise DeployFailed(
+            f"`prefect {' '.join(args[:3])}` failed (exit {exc.returncode})"
+        ) from None
 
 
 def _seconds(value: float) -> str:

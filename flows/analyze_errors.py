@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.states import Completed, State
-from pydantic import Field
 
-from observer.analysis import AnalysisQuery
+from observer.catalog import ANALYZE_ERRORS
+from observer.pipelines.analysis import AnalysisReport, AnalyzeParameters
 from observer.settings import load_settings
 from tasks.analysis import (
     commit_analysis,
@@ -23,44 +23,32 @@ from tasks.analysis import (
 )
 
 
-class AnalyzeParameters(AnalysisQuery):
-    """Parameters of an analysis run (shown as a form in the Prefect UI)."""
-
-    dry_run: bool = Field(False, description="build and show the analysis, post nothing")
-
-    @property
-    def label(self) -> str:
-        """What the run covers, for its name in the UI's run list."""
-        parts = [f"last {self.since_hours:g}h" if self.since_hours else "since last"]
-        parts += [
-            f"{name}={value}"
-            for name, value in (("endpoint", self.endpoint), ("source", self.source))
-            if value
-        ]
-        parts += [flag for flag in ("force", "dry_run") if getattr(self, flag)]
-        return ", ".join(parts)
-
-
-@flow(name="analyze-errors", flow_run_name="analyze-errors ({params.label})")
+@flow(name=ANALYZE_ERRORS.name, flow_run_name="analyze-errors ({params.label})")
 def analyze_errors(params: AnalyzeParameters = AnalyzeParameters()) -> State:
     selection = select_failures(params)
-    report = diagnose(selection, params)
-    if report.entry is None or params.dry_run:
+    diagnosis = diagnose(selection, params)
+    if diagnosis.entry is None or params.dry_run:
         delivery = (
             "dry run: nothing posted, nothing remembered" if params.dry_run else "nothing to post"
         )
         if not params.dry_run:
-            commit_analysis(selection, report)
-        publish_analysis(selection, report, delivery)
-        return Completed(message=f"{report.message} ({delivery})", data=report)
+            commit_analysis(selection, diagnosis)
+        publish_analysis(
+            AnalysisReport(selection=selection, diagnosis=diagnosis, delivery=delivery)
+        )
+        return Completed(message=f"{diagnosis.message} ({delivery})", data=diagnosis)
     # The client retries each POST; on top, the task retries (a gateway restart takes a moment).
     delay = 5 * load_settings().http_backoff_seconds
-    posted = post_analysis.with_options(retry_delay_seconds=delay)(report.entry, return_state=True)
+    posted = post_analysis.with_options(retry_delay_seconds=delay)(
+        diagnosis.entry, return_state=True
+    )
     if not posted.is_completed():
+        delivery = f"NOT delivered, nothing marked analysed: {posted.message}"
         publish_analysis(
-            selection, report, f"NOT delivered, nothing marked analysed: {posted.message}"
+            AnalysisReport(selection=selection, diagnosis=diagnosis, delivery=delivery)
         )
         posted.result()  # raises the gateway error: the run fails visibly
-    commit_analysis(selection, report)
-    publish_analysis(selection, report, "posted to the gateway's /log")
-    return Completed(message=f"{report.message} (posted)", data=report)
+    commit_analysis(selection, diagnosis)
+    delivery = "posted to the gateway's /log"
+    publish_analysis(AnalysisReport(selection=selection, diagnosis=diagnosis, delivery=delivery))
+    return Completed(message=f"{diagnosis.message} (posted)", data=diagnosis)

@@ -1,21 +1,17 @@
-"""Reading a growing line-oriented file the way log shippers do: bounded memory, stable identity.
+"""Reading a growing line-oriented file the way log shippers do: bounded memory.
 
 `read_lines` walks a file from a byte offset in fixed-size chunks and never holds more than one chunk
 plus one line (at most `max_line_bytes`): a longer line is scanned to its end but only its first bytes
-are kept, so a 5 MB line costs I/O, not memory. `first_line_fingerprint` identifies a file by its
-first line, which an appending writer never changes, to notice copy-truncate and rotation.
+are kept, so a 5 MB line costs I/O, not memory. Which file it is: `observer.identity`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 CHUNK_BYTES = 1024 * 1024
-FINGERPRINT_BYTES = 1024
 KEPT_PREFIX_BYTES = 4096  # what is kept of a line longer than the limit (for the quarantine)
 
 
@@ -81,30 +77,3 @@ def _line(offset: int, data: bytes, max_line_bytes: int, terminated: bool) -> Li
     if len(data) > max_line_bytes:
         return Line(offset, data[:KEPT_PREFIX_BYTES], len(data), terminated, True)
     return Line(offset, data, len(data), terminated)
-
-
-def line_fingerprint(first_line: bytes) -> tuple[str, int]:
-    """Fingerprint of a file from its first line (no newline): hash of at most FINGERPRINT_BYTES,
-    and how many bytes it covers. An appending writer never changes those bytes."""
-    head = first_line[:FINGERPRINT_BYTES]
-    return hashlib.sha256(head).hexdigest()[:16], len(head)
-
-
-def head_fingerprint(handle: BinaryIO) -> tuple[str, int] | None:
-    """`line_fingerprint` of the file's first line, or None while that line is still incomplete."""
-    handle.seek(0)
-    head = handle.read(FINGERPRINT_BYTES)
-    newline = head.find(b"\n")
-    if newline < 0 and len(head) < FINGERPRINT_BYTES:
-        return None
-    return line_fingerprint(head if newline < 0 else head[:newline])
-
-
-def has_fingerprint(path: os.PathLike[str] | str, fingerprint: str, covered: int) -> bool:
-    """Whether the file's first `covered` bytes hash to `fingerprint` (False if unreadable)."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(covered)
-    except OSError:
-        return False
-    return len(head) == covered and line_fingerprint(head)[0] == fingerprint

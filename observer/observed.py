@@ -95,7 +95,7 @@ def build_op(endpoint: str, description: str, reply: GatewayReply, started: floa
     }
     if reply.error is not None:
         fields["error"] = reply.error
-    return Op.build(**fields)
+    return Op(**fields)
 
 
 def record_quietly(settings: Settings, op: Op) -> bool:

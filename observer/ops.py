@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Self
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict
@@ -42,7 +42,8 @@ Number = int | float
 
 
 class Op(BaseModel):
-    """An op as stored. Which optional keys are present is `model_fields_set`: absent is not null."""
+    """An op as stored. Which optional keys are present is `model_fields_set`: absent is not null,
+    so pass None only for an explicit null."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -66,11 +67,6 @@ class Op(BaseModel):
     task_class: str | None = None
     correction: str | None = None
     applied_at_turn: Number | None = None
-
-    @classmethod
-    def build(cls, **fields: Any) -> Self:
-        """Make an op from the keys that are present; pass None only for an explicit null."""
-        return cls(**fields)
 
     def fields(self) -> dict[str, Any]:
         """The present keys and their values (an explicit null included)."""

@@ -13,9 +13,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-class SettingsError(ValueError):
-    """A configuration value is unusable; the message names the environment variable."""
+from observer.errors import SettingsError
+from observer.layout import DataLayout
 
 
 class Settings(BaseSettings):
@@ -80,21 +79,9 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     @cached_property
-    def observer_dir(self) -> Path:
-        """`data/_observer`: ops.jsonl, the spool and every flow's state live here."""
-        return self.data_dir / "_observer"
-
-    @cached_property
-    def ops_path(self) -> Path:
-        return self.observer_dir / "ops.jsonl"
-
-    @cached_property
-    def spool_dir(self) -> Path:
-        return self.observer_dir / "spool"
-
-    @cached_property
-    def state_dir(self) -> Path:
-        return self.observer_dir / "state"
+    def layout(self) -> DataLayout:
+        """Every path under the data dir (ops.jsonl, the spool, each flow's state)."""
+        return DataLayout(self.data_dir)
 
 
 def load_settings(**overrides: object) -> Settings:

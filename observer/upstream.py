@@ -15,34 +15,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
+from observer.errors import FailureKind, UpstreamError
 from observer.jsfmt import js_json, js_truthy
 from observer.settings import Settings
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_SECONDS = 30.0
 
-FailureKind = Literal["timeout", "connect", "status", "invalid"]
 Parsed = TypeVar("Parsed")
-
-
-class UpstreamError(RuntimeError):
-    """An upstream call that did not succeed after its attempts."""
-
-    def __init__(
-        self, upstream: str, kind: FailureKind, detail: str, *, attempts: int, status: int | None
-    ) -> None:
-        super().__init__(f"{upstream}: {detail} (after {attempts} attempt(s))")
-        self.upstream = upstream
-        self.kind = kind
-        self.detail = detail
-        self.attempts = attempts
-        self.status = status
 
 
 class GenerateRequest(BaseModel):

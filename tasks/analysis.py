@@ -6,17 +6,16 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from observer import analysis
-from observer.analysis import AnalysisQuery, Report, Selection
-from observer.analysis_view import group_rows, render_markdown
+from observer.pipelines import analysis
+from observer.pipelines.analysis import AnalysisReport, AnalyzeParameters, Diagnosis, Selection
 from observer.settings import load_settings
 from observer.upstream import LogEntry, Upstreams
 
 
 @task(name="select-failures", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def select_failures(query: AnalysisQuery) -> Selection:
+def select_failures(params: AnalyzeParameters) -> Selection:
     """Read and group the failures of this run (reads only; safe to retry)."""
-    selection = analysis.select(load_settings(), query)
+    selection = analysis.select(load_settings(), params)
     get_run_logger().info(
         "%d failure(s) read (%s): %d in %d new group(s), %d in known groups",
         selection.failures,
@@ -29,15 +28,15 @@ def select_failures(query: AnalysisQuery) -> Selection:
 
 
 @task(name="diagnose", cache_policy=NO_CACHE)
-def diagnose(selection: Selection, query: AnalysisQuery) -> Report:
+def diagnose(selection: Selection, params: AnalyzeParameters) -> Diagnosis:
     """Cached answer, else the LLM (the client retries), else a degraded report: never raises for the LLM."""
-    report = analysis.diagnose(load_settings(), selection, query)
+    diagnosis = analysis.diagnose(load_settings(), selection, params)
     logger = get_run_logger()
-    if report.kind == "degraded":
-        logger.warning("%s; %s", report.message, report.llm_error)
+    if diagnosis.kind == "degraded":
+        logger.warning("%s; %s", diagnosis.message, diagnosis.llm_error)
     else:
-        logger.info(report.message)
-    return report
+        logger.info(diagnosis.message)
+    return diagnosis
 
 
 @task(name="post-analysis", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -48,22 +47,19 @@ def post_analysis(entry: LogEntry) -> None:
 
 
 @task(name="commit-analysis", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def commit_analysis(selection: Selection, report: Report) -> None:
+def commit_analysis(selection: Selection, diagnosis: Diagnosis) -> None:
     """Only now is the watermark moved and are the groups remembered as delivered."""
-    analysis.commit(load_settings(), selection, report)
+    analysis.commit(load_settings(), selection, diagnosis)
 
 
 @task(name="publish-analysis", cache_policy=NO_CACHE)
-def publish_analysis(selection: Selection, report: Report, delivery: str) -> None:
+def publish_analysis(report: AnalysisReport) -> None:
     """Leave the report (markdown) and the groups (table) on the run page, whatever happened."""
     create_markdown_artifact(
-        key="analyze-errors-report",
-        markdown=render_markdown(selection, report, delivery),
-        description=f"{report.message} — {delivery}",
+        key="analyze-errors-report", markdown=report.markdown(), description=report.summary
     )
     create_table_artifact(
         key="analyze-errors-groups",
-        table=group_rows(selection, report)
-        or [{"endpoint": "", "pattern": "(no failures)", "count": 0}],
-        description=f"{selection.failures} failure(s) grouped ({selection.note})",
+        table=report.rows() or [{"endpoint": "", "pattern": "(no failures)", "count": 0}],
+        description=f"{report.selection.failures} failure(s) grouped ({report.selection.note})",
     )

@@ -7,8 +7,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from observer.corrections import TailReport, as_rows, quarantine_path, tail_corrections
-from observer.notify import EVENT_NAME, RESOURCE_ID
+from observer.catalog import SPOOL_APPENDED_EVENT, SPOOL_RESOURCE_ID
+from observer.pipelines.corrections import TailReport, tail_corrections
 from observer.settings import load_settings
 
 
@@ -27,8 +27,8 @@ def tail_corrections_file(
 def announce_spool(recorded: int) -> None:
     """Ask for an ingestion run now (the `ingest-events` trigger) instead of at its safety schedule."""
     emit_event(
-        event=EVENT_NAME,
-        resource={"prefect.resource.id": RESOURCE_ID},
+        event=SPOOL_APPENDED_EVENT,
+        resource={"prefect.resource.id": SPOOL_RESOURCE_ID},
         payload={"producer": "tail-corrections", "records": recorded},
     )
 
@@ -59,7 +59,7 @@ def report_tailing(report: TailReport) -> None:
         logger.warning(
             "quarantined %s in %s",
             ", ".join(f"{n} {kind}" for kind, n in sorted(report.quarantined_by_kind.items())),
-            quarantine_path(load_settings()),
+            load_settings().layout.corrections_quarantine,
         )
     if report.pending_bytes:
         logger.info(
@@ -69,7 +69,7 @@ def report_tailing(report: TailReport) -> None:
         logger.info("stopped at the per-run byte budget; the next run continues")
     create_table_artifact(
         key="tail-corrections",
-        table=as_rows(report),
+        table=report.rows(),
         description=(
             f"Corrections tailing: {report.recorded} op(s) recorded, {report.quarantined}"
             f" quarantined, lag {report.lag_bytes} byte(s)"

@@ -1,4 +1,4 @@
-"""Ingestion steps: drain the spool into ops.jsonl, then report what was done in the run."""
+"""Ingestion steps: drain the spool into ops.jsonl, then leave the run's report on its page."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from observer.ingest import IngestReport, drain_spool
+from observer.pipelines.ingest import IngestReport, drain_spool
 from observer.settings import load_settings
 
 
@@ -32,13 +32,8 @@ def report_ingestion(report: IngestReport, reason: str) -> None:
         logger.warning("an earlier run stopped mid-batch; ops.jsonl was cut back to its checkpoint")
     if report.torn_bytes:
         logger.warning("skipped %d byte(s) of a torn record in the spool", report.torn_bytes)
-    rows = [
-        {"measure": name, "value": value}
-        for name, value in report.model_dump(exclude={"by_source"}).items()
-    ]
-    rows += [{"measure": f"source:{s}", "value": n} for s, n in sorted(report.by_source.items())]
     create_table_artifact(
         key="ingest-events",
-        table=rows,
+        table=report.rows(),
         description=f"Ingestion run ({reason}): {report.ingested} op(s) into ops.jsonl",
     )

@@ -16,20 +16,20 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.states import State
 
-from flows.analyze_errors import AnalyzeParameters, analyze_errors
-from observer import analysis
-from observer.analysis import (
+from flows.analyze_errors import analyze_errors
+from observer.files import load_state, read_tail
+from observer.ops import Op
+from observer.pipelines import analysis
+from observer.pipelines.analysis import (
     DEGRADED_APPROACH,
     LLM_APPROACH,
     MAX_PROMPT_CHARS,
-    AnalysisQuery,
     AnalysisState,
+    AnalyzeParameters,
 )
-from observer.failures import FIRST_RUN_LINES
-from observer.grouping import clean_cut, normalise_error
-from observer.ops import Op
+from observer.pipelines.failures import FIRST_RUN_LINES
+from observer.pipelines.grouping import clean_cut, normalise_error
 from observer.settings import Settings
-from observer.store import load_state, read_tail
 from tests.fakes import Drop, FakeUpstream, Hang, Reply
 
 DIAGNOSIS = "Retry with a smaller batch; add 'do not call fill without a city' to the playbook."
@@ -38,7 +38,7 @@ DIAGNOSIS = "Retry with a smaller batch; add 'do not call fill without a city' t
 def failure(
     error: str, endpoint: str = "scenario:fill", n: int = 0, source: str = "scenario"
 ) -> Op:
-    return Op.build(
+    return Op(
         timestamp=f"2099-01-01T00:00:{n % 60:02d}.000Z",
         endpoint=endpoint,
         input_summary=f"fill welder×{n} in Austin, TX",
@@ -51,7 +51,7 @@ def failure(
 
 
 def success(n: int = 0) -> Op:
-    return Op.build(
+    return Op(
         timestamp="2099-01-01T00:00:00.000Z",
         endpoint="scenario:fill",
         input_summary="ok",
@@ -63,9 +63,9 @@ def success(n: int = 0) -> Op:
 
 
 def append(settings: Settings, ops: list[Op] | list[bytes]) -> None:
-    settings.ops_path.parent.mkdir(parents=True, exist_ok=True)
+    settings.layout.ops_path.parent.mkdir(parents=True, exist_ok=True)
     lines = [op if isinstance(op, bytes) else op.to_line() for op in ops]
-    with open(settings.ops_path, "ab") as handle:
+    with open(settings.layout.ops_path, "ab") as handle:
         handle.write(b"".join(line + b"\n" for line in lines))
 
 
@@ -142,14 +142,16 @@ def test_tail_start_counts_complete_lines(tmp_path: Path) -> None:
 
 def test_scheduled_reads_only_new_bytes_and_notices_a_replaced_file(settings: Settings) -> None:
     append(settings, [success(n) for n in range(FIRST_RUN_LINES + 500)])
-    first = analysis.select(settings, AnalysisQuery())
-    assert first.start == read_tail(settings.ops_path, FIRST_RUN_LINES).start
-    analysis.commit(settings, first, analysis.Report(kind="nothing", message=""))
+    first = analysis.select(settings, AnalyzeParameters())
+    assert first.start == read_tail(settings.layout.ops_path, FIRST_RUN_LINES).start
+    analysis.commit(settings, first, analysis.Diagnosis(kind="nothing", message=""))
     append(settings, [failure("boom", n=1)])
-    second = analysis.select(settings, AnalysisQuery())
+    second = analysis.select(settings, AnalyzeParameters())
     assert (second.start, second.failures) == (first.end, 1)
-    settings.ops_path.write_bytes(failure("other", n=2).to_line() + b"\n")  # replaced, shorter
-    third = analysis.select(settings, AnalysisQuery())
+    settings.layout.ops_path.write_bytes(
+        failure("other", n=2).to_line() + b"\n"
+    )  # replaced, shorter
+    third = analysis.select(settings, AnalyzeParameters())
     assert third.start == 0 and "replaced" in third.note
     assert [g.pattern for g in third.fresh] == ["other"]
 
@@ -202,7 +204,7 @@ def test_force_reposts_and_dry_run_posts_nothing(
     dry = run(dry_run=True)
     assert dry.is_completed() and "dry run" in dry.message
     assert posts(gateway) == []
-    assert load_state(analysis.state_path(settings), AnalysisState).watermark is None
+    assert load_state(settings.layout.analysis_state, AnalysisState).watermark is None
 
     assert run().is_completed()
     assert run().is_completed()
@@ -226,7 +228,7 @@ def test_window_and_filters_do_not_move_the_watermark(
     [entry] = posts(gateway)
     assert entry["operation"] == "error_analysis: 1 failures"
     assert "[a]" in entry["context"] and "[b]" not in entry["context"]
-    assert load_state(analysis.state_path(settings), AnalysisState).watermark is None
+    assert load_state(settings.layout.analysis_state, AnalysisState).watermark is None
     assert run().is_completed()  # the scheduled run still sees b and ancient (a is known now)
     assert "[b]" in posts(gateway)[1]["context"] and "[a]" not in posts(gateway)[1]["context"]
 
@@ -273,8 +275,8 @@ def test_llm_faults_give_a_degraded_report(
     assert "error page" not in entry["result"]
     if behaviour is not None:  # every fault is asked again before giving up
         assert len(request.getfixturevalue("llm").seen("/ai/generate")) == 3
-    watermark = load_state(analysis.state_path(settings), AnalysisState).watermark
-    assert watermark is not None and watermark.offset == settings.ops_path.stat().st_size
+    watermark = load_state(settings.layout.analysis_state, AnalysisState).watermark
+    assert watermark is not None and watermark.offset == settings.layout.ops_path.stat().st_size
     assert run().is_completed() and len(posts(gateway)) == 1  # reported: not re-posted
 
 
@@ -297,7 +299,7 @@ def test_gateway_down_fails_the_run_then_the_next_run_delivers(
     state = run()  # GATEWAY_URL points at a closed port
     assert state.is_failed()
     assert "gateway" in state.message
-    saved = load_state(analysis.state_path(settings), AnalysisState)
+    saved = load_state(settings.layout.analysis_state, AnalysisState)
     assert saved.watermark is None and saved.groups == {}
 
     gateway = FakeUpstream()
@@ -375,10 +377,12 @@ async def _latest_artifacts(*keys: str) -> list[str]:
 
 def test_a_known_group_is_analysed_again_after_reanalyse_after_hours(settings: Settings) -> None:
     append(settings, [failure("staffer 1 not found")])
-    query = AnalysisQuery(since_hours=1000 * 24 * 365)
+    query = AnalyzeParameters(since_hours=1000 * 24 * 365)
     first = analysis.select(settings, query)
     entry = analysis.log_entry(first, LLM_APPROACH, DIAGNOSIS, "summary")
-    report = analysis.Report(kind="llm", message="", entry=entry, shown=[first.fresh[0].signature])
+    report = analysis.Diagnosis(
+        kind="llm", message="", entry=entry, shown=[first.fresh[0].signature]
+    )
     analysis.commit(settings, first, report)
     assert analysis.select(settings, query).known == first.fresh
     later = datetime.now(UTC) + timedelta(hours=25)

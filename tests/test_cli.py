@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from deployments.apply import SCHEDULE_VARIABLES, render_prefect_yaml
-from observer.runner import FLOWS, load_flow
-from observer.settings import SettingsError, load_settings
+from observer.catalog import FLOWS
+from observer.errors import SettingsError
+from observer.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,7 +86,7 @@ def test_prefect_yaml_deploys_every_flow_with_valid_schedules() -> None:
     assert names == set(FLOWS)
     for deployment in config["deployments"]:
         module, _, function = deployment["entrypoint"].partition(":")
-        flow = load_flow(deployment["name"])
+        flow = FLOWS[deployment["name"]].load()
         assert flow.name == deployment["name"] and flow.fn.__name__ == function
         assert (ROOT / module).exists()
         assert deployment["concurrency_limit"]["limit"] == 1
@@ -101,7 +102,7 @@ def test_observer_run_runs_a_flow_against_the_prefect_api(
     from observer.intake import record_ops
     from observer.ops import Op
 
-    op = Op.build(
+    op = Op(
         timestamp="2026-04-23T10:00:00.000Z",
         endpoint="e",
         input_summary="via cli",
@@ -114,6 +115,6 @@ def test_observer_run_runs_a_flow_against_the_prefect_api(
     result = observer("run", "ingest-events", "-p", "reason=cli", "-p", "max_seconds=5", env=env)
     assert result.returncode == 0, result.stderr
     assert '"ingested": 1' in result.stdout and "Completed" in result.stderr
-    assert settings.ops_path.read_bytes() == op.to_line() + b"\n"
+    assert settings.layout.ops_path.read_bytes() == op.to_line() + b"\n"
     bad = observer("run", "ingest-events", "-p", "max_seconds=-1", env=env)
     assert bad.returncode == 2 and "max_seconds" in bad.stderr

@@ -17,21 +17,21 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
-import observer.corrections as corrections
-from flows.tail_corrections import TailParameters
+import observer.pipelines.corrections as corrections
 from flows.tail_corrections import tail_corrections as tail_flow
-from observer.corrections import (
+from observer.files import load_state
+from observer.intake.spool import list_segments, segment_path
+from observer.lines import KEPT_PREFIX_BYTES, read_lines
+from observer.ops import Op, op_line
+from observer.pipelines.corrections import (
     BATCH_ROWS,
     CorrectionsCheckpoint,
-    checkpoint_path,
+    TailParameters,
     parse_row,
-    quarantine_path,
     tail_corrections,
 )
-from observer.ingest import drain_spool
-from observer.lines import KEPT_PREFIX_BYTES, read_lines
+from observer.pipelines.ingest import drain_spool
 from observer.settings import Settings
-from observer.store import list_segments, load_state, segment_path
 
 
 def _row(n: int, **extra: object) -> bytes:
@@ -52,19 +52,24 @@ def _append(path: Path, data: bytes) -> None:
 def _ingested(settings: Settings) -> list[str]:
     """The `correction` of every op in ops.jsonl, after moving the spool there."""
     drain_spool(settings)
-    if not settings.ops_path.exists():
+    if not settings.layout.ops_path.exists():
         return []
-    return [json.loads(line)["correction"] for line in settings.ops_path.read_bytes().splitlines()]
+    return [
+        json.loads(line)["correction"]
+        for line in settings.layout.ops_path.read_bytes().splitlines()
+    ]
 
 
 def _spooled(settings: Settings) -> int:
     """Records in the spool (ingested or not): shows what the intake had to drop."""
-    segments = list_segments(settings.spool_dir)
-    return sum(segment_path(settings.spool_dir, s).read_bytes().count(b"\n") for s in segments)
+    segments = list_segments(settings.layout.spool_dir)
+    return sum(
+        segment_path(settings.layout.spool_dir, s).read_bytes().count(b"\n") for s in segments
+    )
 
 
 def _quarantined(settings: Settings) -> list[dict[str, object]]:
-    path = quarantine_path(settings)
+    path = settings.layout.corrections_quarantine
     return [json.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
 
 
@@ -81,7 +86,7 @@ def test_a_full_row_becomes_the_contract_op_line() -> None:
         b'"reason":"drift","correction":"' + "é".encode() * 250 + b'","sig_hash":"ab12",'
         b'"applied_at_turn":3,"usage":{"latency_ms":812.5,"tokens":9},"extra":[1]}'
     )
-    line = parse_row(raw).to_op().to_line()
+    line = op_line(parse_row(raw).to_fields())
     assert line == (
         b'{"timestamp":"2026-04-23T10:00:00.123Z","endpoint":"overseer:qwen3",'
         b'"input_summary":"staffing.fill: drift","success":true,"duration_ms":812.5,'
@@ -93,7 +98,7 @@ def test_a_full_row_becomes_the_contract_op_line() -> None:
 
 
 def test_an_empty_row_gets_the_original_defaults() -> None:
-    op = parse_row(b'{"sig_hash":null,"applied_at_turn":"4"}').to_op()
+    op = Op(**parse_row(b'{"sig_hash":null,"applied_at_turn":"4"}').to_fields())
     line = op.to_line().decode()
     assert line.startswith('{"timestamp":"')
     assert line.endswith(
@@ -269,7 +274,10 @@ def test_rename_and_new_file_loses_nothing(settings: Settings) -> None:
     assert report.recorded == 2 and any("new inode" in e for e in report.events)
     assert tail_corrections(settings).recorded == 0
     assert _ingested(settings) == _names(range(8))
-    assert load_state(checkpoint_path(settings), CorrectionsCheckpoint).rotations_total == 1
+    assert (
+        load_state(settings.layout.corrections_checkpoint, CorrectionsCheckpoint).rotations_total
+        == 1
+    )
 
 
 def test_crash_between_record_and_checkpoint_leaves_no_duplicate(
@@ -284,7 +292,7 @@ def test_crash_between_record_and_checkpoint_leaves_no_duplicate(
     with pytest.raises(RuntimeError):
         tail_corrections(settings)
     monkeypatch.undo()
-    assert not checkpoint_path(settings).exists()
+    assert not settings.layout.corrections_checkpoint.exists()
 
     _append(settings.corrections_path, _rows(range(4, 6)))
     assert tail_corrections(settings).recorded == 6  # the 4 again, and the 2 new ones
@@ -366,4 +374,4 @@ def test_flow_rerun_from_offset_and_missing_file(settings: Settings) -> None:
     again = tail_flow(TailParameters(from_offset=0))
     assert again.recorded == 3
     assert _ingested(settings) == _names(range(3))
-    assert os.path.exists(quarantine_path(settings))
+    assert os.path.exists(settings.layout.corrections_quarantine)

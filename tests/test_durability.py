@@ -74,7 +74,7 @@ def test_kill_9_during_a_burst_loses_no_acknowledged_event(
     assert stats["total"] >= min(len(acked), 2000)
 
     ingest_events()
-    lines = settings.ops_path.read_bytes().splitlines()
+    lines = settings.layout.ops_path.read_bytes().splitlines()
     markers = [Op.model_validate_json(line).input_summary for line in lines]
     assert len(markers) == len(set(markers)), "an event reached ops.jsonl twice"
     assert acked <= set(markers), f"lost {len(acked - set(markers))} acknowledged event(s)"

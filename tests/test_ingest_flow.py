@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 from prefect.client.orchestration import get_client
 
-from flows.ingest_events import IngestParameters, ingest_events
+from flows.ingest_events import ingest_events
 from observer.intake import record_ops
 from observer.ops import Op
+from observer.pipelines.ingest import IngestParameters
 from observer.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def _op(n: int) -> Op:
-    return Op.build(
+    return Op(
         timestamp=f"2026-04-23T10:00:00.{n:03d}Z",
         endpoint="scenario:fill",
         input_summary=f"op {n}",
@@ -37,10 +38,10 @@ def test_ingestion_moves_spool_into_ops_once(settings: Settings) -> None:
 
     report = ingest_events(IngestParameters(reason="test"))
 
-    lines = settings.ops_path.read_bytes().splitlines()
+    lines = settings.layout.ops_path.read_bytes().splitlines()
     assert lines == [_op(n).to_line() for n in range(6)]
     assert (report.ingested, report.duplicates) == (6, 1)
 
     again = ingest_events()
     assert again.ingested == 0
-    assert settings.ops_path.read_bytes().splitlines() == lines
+    assert settings.layout.ops_path.read_bytes().splitlines() == lines

@@ -8,12 +8,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from observer.notify import EVENT_NAME, RESOURCE_ID, due_runs_query
+from observer.catalog import SPOOL_APPENDED_EVENT, SPOOL_RESOURCE_ID
+from observer.webhook.notify import due_runs_query
 from tests.fakes import WebhookProcess
 
 
 def spool_events(api_url: str) -> list[dict[str, object]]:
-    query = {"filter": {"event": {"name": [EVENT_NAME]}}, "limit": 50}
+    query = {"filter": {"event": {"name": [SPOOL_APPENDED_EVENT]}}, "limit": 50}
     answer = httpx.post(f"{api_url}/events/filter", json=query)
     answer.raise_for_status()
     return answer.json()["events"]
@@ -38,7 +39,7 @@ def test_an_acknowledged_event_wakes_ingestion_through_prefect(
         process.stop()
     events = spool_events(api_url)
     assert len(events) > before, "the webhook did not tell Prefect about the new record"
-    assert events[0]["resource"]["prefect.resource.id"] == RESOURCE_ID
+    assert events[0]["resource"]["prefect.resource.id"] == SPOOL_RESOURCE_ID
     assert health["ingest"]["spool_bytes_waiting"] > 0  # nothing ingested it in this test
 
 

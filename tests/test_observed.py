@@ -11,17 +11,17 @@ import orjson
 import pytest
 
 from observer import observed, observed_sync
-from observer.ingest import drain_spool
 from observer.jsfmt import js_json
 from observer.observed import summarize
 from observer.ops import Op
+from observer.pipelines.ingest import drain_spool
 from observer.settings import Settings, load_settings
 from tests.fakes import FakeUpstream, Hang, Reply
 
 
 def _recorded(settings: Settings) -> list[dict[str, Any]]:
     drain_spool(settings)
-    return [orjson.loads(line) for line in settings.ops_path.read_bytes().splitlines()]
+    return [orjson.loads(line) for line in settings.layout.ops_path.read_bytes().splitlines()]
 
 
 def _call(settings: Settings, *args: Any, sync: bool, **kwargs: Any) -> tuple[Any, Op]:

@@ -13,15 +13,14 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.consolidate_playbooks import consolidate_playbooks
+from observer.files import load_state, read_tail
 from observer.ops import Op
-from observer.playbooks import (
+from observer.pipelines.playbooks import (
     ConsolidateParameters,
     PlaybookState,
     build_playbook,
-    state_path,
 )
 from observer.settings import Settings
-from observer.store import load_state, read_tail
 from tests.fakes import FakeUpstream, Hang, Reply
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -30,11 +29,11 @@ Spec = tuple[str, float, bool]  # endpoint, duration_ms, success
 
 def _write(settings: Settings, specs: Iterable[Spec], *, append: bool = True) -> None:
     """Ops as ingestion writes them into ops.jsonl (one per line, in order)."""
-    path = settings.ops_path
+    path = settings.layout.ops_path
     path.parent.mkdir(parents=True, exist_ok=True)
     start = len(path.read_bytes().splitlines()) if append and path.exists() else 0
     lines = [
-        Op.build(
+        Op(
             timestamp=f"2026-04-23T10:{(start + i) // 60:02d}:{(start + i) % 60:02d}.000Z",
             endpoint=endpoint,
             input_summary=f"{endpoint} input {start + i}",
@@ -117,8 +116,8 @@ def test_bodies_match_the_original(settings: Settings) -> None:
     (2, 3, 2.5 → 3; 10, 11, 10.5 → 11; 0.1, 0.2, 0.3 → 0; a failure; an emoji name; 150-character
     inputs); `original_playbook_ops.jsonl` is the ops.jsonl it wrote, `original_playbook_posts.jsonl`
     the /log bodies it posted five cycles later."""
-    settings.ops_path.parent.mkdir(parents=True)
-    settings.ops_path.write_bytes((GOLDEN / "original_playbook_ops.jsonl").read_bytes())
+    settings.layout.ops_path.parent.mkdir(parents=True)
+    settings.layout.ops_path.write_bytes((GOLDEN / "original_playbook_ops.jsonl").read_bytes())
     expected = [json.loads(line) for line in (GOLDEN / "original_playbook_posts.jsonl").open()]
 
     planned = build_playbook(settings, ConsolidateParameters()).to_post
@@ -132,7 +131,7 @@ def test_bodies_match_the_original(settings: Settings) -> None:
 def test_pattern_is_cut_to_200_characters(settings: Settings) -> None:
     long = "é" * 150
     lines = [
-        Op.build(
+        Op(
             timestamp="t",
             endpoint="x",
             input_summary=long,
@@ -142,8 +141,8 @@ def test_pattern_is_cut_to_200_characters(settings: Settings) -> None:
         ).to_line()
         for _ in range(5)
     ]
-    settings.ops_path.parent.mkdir(parents=True)
-    settings.ops_path.write_bytes(b"\n".join(lines) + b"\n")
+    settings.layout.ops_path.parent.mkdir(parents=True)
+    settings.layout.ops_path.write_bytes(b"\n".join(lines) + b"\n")
 
     approach = build_playbook(settings, ConsolidateParameters()).entries[0].entry.approach
 
@@ -152,18 +151,18 @@ def test_pattern_is_cut_to_200_characters(settings: Settings) -> None:
 
 def test_window_is_the_tail_and_bad_lines_are_skipped(settings: Settings) -> None:
     _write(settings, _ok("old", 1, 1, 1, 1, 1))
-    with open(settings.ops_path, "ab") as handle:
+    with open(settings.layout.ops_path, "ab") as handle:
         handle.write(b'not json\nnull\n{"endpoint":"new","success":"false","duration_ms":"x"}\n')
     _write(settings, _ok("new", 1, 1, 1, 1, 1))
-    with open(settings.ops_path, "ab") as handle:
+    with open(settings.layout.ops_path, "ab") as handle:
         handle.write(b'{"endpoint":"torn"')  # not complete yet: left for the next run
 
     playbook = build_playbook(settings, ConsolidateParameters(window_ops=8))
 
     assert {p.evidence.endpoint: p.evidence.total for p in playbook.entries} == {"new": 6}
     assert (playbook.ops_in_window, playbook.malformed_lines) == (6, 2)
-    tail = read_tail(settings.ops_path, 8)
-    assert tail.end == settings.ops_path.stat().st_size - len(b'{"endpoint":"torn"')
+    tail = read_tail(settings.layout.ops_path, 8)
+    assert tail.end == settings.layout.ops_path.stat().st_size - len(b'{"endpoint":"torn"')
 
 
 def test_strange_endpoint_names(settings: Settings) -> None:
@@ -196,7 +195,7 @@ def test_posts_once_then_only_what_changed(gateway: FakeUpstream, settings: Sett
 
     assert set(_posted(gateway)) == {f"endpoint={n}" for n in names}
     assert first.status == dict.fromkeys(names, "posted")
-    assert set(load_state(state_path(settings), PlaybookState).endpoints) == set(names)
+    assert set(load_state(settings.layout.playbooks_state, PlaybookState).endpoints) == set(names)
     table = json.loads(_artifact("consolidate-playbooks"))
     assert {row["endpoint"]: row["status"] for row in table} == dict.fromkeys(names, "posted")
     assert r"\_\_proto\_\_" in _artifact("consolidate-playbooks-changes")
@@ -220,7 +219,7 @@ def test_dry_run_and_force(gateway: FakeUpstream, settings: Settings) -> None:
     _write(settings, _ok("a", 1, 1, 1) + _ok("b", 1, 1, 1))
     dry = consolidate_playbooks(ConsolidateParameters(dry_run=True))
     assert gateway.seen("/log") == [] and dry.status == {"a": "would post", "b": "would post"}
-    assert not state_path(settings).exists()
+    assert not settings.layout.playbooks_state.exists()
 
     consolidate_playbooks()
     forced = consolidate_playbooks(ConsolidateParameters(force=True))
@@ -245,7 +244,7 @@ def test_gateway_failure_fails_the_run_and_marks_nothing_undelivered(
 
     assert state.is_failed()
     assert len(gateway.seen("/log")) == 1 + 3  # one delivered, then 3 attempts at the second
-    remembered = load_state(state_path(settings), PlaybookState).endpoints
+    remembered = load_state(settings.layout.playbooks_state, PlaybookState).endpoints
     assert list(remembered) == ["first"]
     changes = _artifact("consolidate-playbooks-changes")
     assert "failed" in changes and "not attempted" in changes

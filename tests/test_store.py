@@ -5,24 +5,23 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from observer.ingest import drain_spool
-from observer.ingest_state import checkpoint_path, ids_path
+from observer.files import read_tail
 from observer.intake import record_ops
-from observer.ops import Op
-from observer.settings import Settings
-from observer.store import (
+from observer.intake.spool import (
     SpoolPosition,
     SpoolWriter,
     encode_record,
     list_segments,
     read_spool,
-    read_tail,
     segment_path,
 )
+from observer.ops import Op
+from observer.pipelines.ingest import drain_spool
+from observer.settings import Settings
 
 
 def make_op(marker: str, success: bool = True, source: str = "scenario") -> Op:
-    return Op.build(
+    return Op(
         timestamp="2026-04-23T10:00:00.000Z",
         endpoint="scenario:fill",
         input_summary=marker,
@@ -34,11 +33,11 @@ def make_op(marker: str, success: bool = True, source: str = "scenario") -> Op:
 
 
 def ops_markers(settings: Settings) -> list[str]:
-    if not settings.ops_path.exists():
+    if not settings.layout.ops_path.exists():
         return []
     return [
         Op.model_validate_json(line).input_summary
-        for line in settings.ops_path.read_bytes().splitlines()
+        for line in settings.layout.ops_path.read_bytes().splitlines()
     ]
 
 
@@ -48,12 +47,12 @@ def test_segments_rotate_and_ingestion_follows_them_in_order(
     small = settings.model_copy(update={"spool_segment_bytes": 600})
     for n in range(20):
         record_ops(small, [(None, make_op(f"op-{n:02d}"))])
-    assert len(list_segments(small.spool_dir)) > 3
+    assert len(list_segments(small.layout.spool_dir)) > 3
     report = drain_spool(small)
     assert report.ingested == 20
     assert ops_markers(small) == [f"op-{n:02d}" for n in range(20)]
     # drained segments are removed, the newest (still open for appends) stays
-    assert len(list_segments(small.spool_dir)) == 1
+    assert len(list_segments(small.layout.spool_dir)) == 1
 
 
 def test_a_crash_after_appending_before_the_checkpoint_neither_loses_nor_doubles(
@@ -61,15 +60,15 @@ def test_a_crash_after_appending_before_the_checkpoint_neither_loses_nor_doubles
 ) -> None:
     record_ops(settings, [(None, make_op("first"))])
     drain_spool(settings)
-    checkpoint = checkpoint_path(settings).read_bytes()
+    checkpoint = settings.layout.ingest_checkpoint.read_bytes()
     record_ops(settings, [(None, make_op("second")), ("id-3", make_op("third"))])
     drain_spool(settings)
     # Simulate dying after ops.jsonl and the id log were appended, before the checkpoint moved.
-    checkpoint_path(settings).write_bytes(checkpoint)
+    settings.layout.ingest_checkpoint.write_bytes(checkpoint)
     report = drain_spool(settings)
     assert report.repaired_crash
     assert ops_markers(settings) == ["first", "second", "third"]
-    assert ids_path(settings).read_text() == "id-3\n"
+    assert settings.layout.ingested_ids.read_text() == "id-3\n"
 
 
 def test_event_ids_are_ingested_once_even_across_runs(settings: Settings) -> None:
@@ -82,29 +81,29 @@ def test_event_ids_are_ingested_once_even_across_runs(settings: Settings) -> Non
 
 
 def test_an_existing_ops_file_is_adopted_not_truncated(settings: Settings) -> None:
-    settings.ops_path.parent.mkdir(parents=True)
-    settings.ops_path.write_bytes(b'{"old":1}\n{"torn":')
+    settings.layout.ops_path.parent.mkdir(parents=True)
+    settings.layout.ops_path.write_bytes(b'{"old":1}\n{"torn":')
     record_ops(settings, [(None, make_op("new"))])
     drain_spool(settings)
-    lines = settings.ops_path.read_bytes().splitlines()
+    lines = settings.layout.ops_path.read_bytes().splitlines()
     assert lines[:2] == [b'{"old":1}', b'{"torn":']
     assert Op.model_validate_json(lines[2]).input_summary == "new"
 
 
 def test_a_failed_write_leaves_nothing_behind(settings: Settings, tmp_path: Path) -> None:
-    writer = SpoolWriter(settings.spool_dir, settings.spool_segment_bytes)
+    writer = SpoolWriter(settings.layout.spool_dir, settings.spool_segment_bytes)
     writer.append(encode_record(None, make_op("kept").to_line()))
-    segment_path(settings.spool_dir, 2).symlink_to("/dev/full")  # a disk that is full
+    segment_path(settings.layout.spool_dir, 2).symlink_to("/dev/full")  # a disk that is full
     try:
         writer.append(encode_record(None, make_op("lost").to_line()))
     except OSError as exc:
         assert exc.errno == 28  # ENOSPC
     else:
         raise AssertionError("a write to a full disk must fail")
-    segment_path(settings.spool_dir, 2).unlink()
+    segment_path(settings.layout.spool_dir, 2).unlink()
     writer.append(encode_record(None, make_op("after").to_line()))
     writer.close()
-    chunk = read_spool(settings.spool_dir, SpoolPosition(0, 0))
+    chunk = read_spool(settings.layout.spool_dir, SpoolPosition(0, 0))
     assert [Op.model_validate_json(r.line).input_summary for r in chunk.records] == [
         "kept",
         "after",
@@ -114,13 +113,13 @@ def test_a_failed_write_leaves_nothing_behind(settings: Settings, tmp_path: Path
 def test_unterminated_records_wait_and_torn_ones_in_old_segments_are_skipped(
     settings: Settings,
 ) -> None:
-    settings.spool_dir.mkdir(parents=True)
+    settings.layout.spool_dir.mkdir(parents=True)
     line = encode_record(None, make_op("whole").to_line())
-    segment_path(settings.spool_dir, 1).write_bytes(line + b"\t{partial")
-    chunk = read_spool(settings.spool_dir, SpoolPosition(1, 0))
+    segment_path(settings.layout.spool_dir, 1).write_bytes(line + b"\t{partial")
+    chunk = read_spool(settings.layout.spool_dir, SpoolPosition(1, 0))
     assert chunk.end == SpoolPosition(1, len(line)) and chunk.torn_bytes == 0
-    segment_path(settings.spool_dir, 2).write_bytes(line)
-    chunk = read_spool(settings.spool_dir, SpoolPosition(1, 0))
+    segment_path(settings.layout.spool_dir, 2).write_bytes(line)
+    chunk = read_spool(settings.layout.spool_dir, SpoolPosition(1, 0))
     assert chunk.end == SpoolPosition(2, len(line))
     assert chunk.torn_bytes == len(b"\t{partial")
     assert len(list(chunk.records)) == 2

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import httpx
 
-from observer.intake import Intake, WriteFailed
+from observer.errors import WriteFailed
+from observer.intake.group_commit import Intake
+from observer.intake.spool import SpoolPosition, read_spool
+from observer.intake.syncer import Syncer
 from observer.settings import Settings
-from observer.store import SpoolPosition, read_spool
-from observer.syncer import Syncer
+from observer.webhook.ledger import Ledger
 from tests.fakes import WebhookProcess
 
 EVENT = {"input_summary": "x", "success": True, "source": "scenario"}
@@ -65,7 +67,7 @@ def test_the_helper_fsyncs_and_answers_each_errno(tmp_path: Path) -> None:
 class FailingDisk:
     """Stands in for the helper process and answers every fsync with EIO (a unit test's stub)."""
 
-    def __init__(self, intake: Intake) -> None:
+    def __init__(self, intake: Intake[int]) -> None:
         self.intake = intake
 
     def request(self, path: Path) -> None:
@@ -76,8 +78,8 @@ class FailingDisk:
 
 
 def test_a_failed_fsync_refuses_the_batch_and_keeps_nothing_of_it(settings: Settings) -> None:
-    async def scenario() -> Intake:
-        intake = Intake(settings)
+    async def scenario() -> Intake[int]:
+        intake = Intake(settings, Ledger(settings))
         intake.open()
         await intake.submit(None, {**EVENT, "input_summary": "kept"})
         helper, intake._syncer = intake._syncer, FailingDisk(intake)  # type: ignore[assignment]
@@ -96,14 +98,14 @@ def test_a_failed_fsync_refuses_the_batch_and_keeps_nothing_of_it(settings: Sett
 
     intake = asyncio.run(scenario())
     assert intake.write_errors == 1
-    records = read_spool(settings.spool_dir, SpoolPosition(0, 0)).records
+    records = read_spool(settings.layout.spool_dir, SpoolPosition(0, 0)).records
     assert [b'"refused"' in r.line for r in records] == [False, False]
 
 
 class HeldDisk:
     """Stands in for the helper process; answers an fsync only when the test says so."""
 
-    def __init__(self, intake: Intake) -> None:
+    def __init__(self, intake: Intake[int]) -> None:
         self.intake = intake
         self.asked: list[Path] = []
 
@@ -121,10 +123,10 @@ def test_what_arrives_during_an_fsync_waits_and_is_written_as_one_batch(
     settings: Settings,
 ) -> None:
     def spool_lines() -> int:
-        return len(list(read_spool(settings.spool_dir, SpoolPosition(0, 0)).records))
+        return len(list(read_spool(settings.layout.spool_dir, SpoolPosition(0, 0)).records))
 
     async def scenario() -> None:
-        intake = Intake(settings)
+        intake = Intake(settings, Ledger(settings))
         intake.open()
         disk = HeldDisk(intake)
         intake._syncer = disk  # type: ignore[assignment]
@@ -144,7 +146,7 @@ def test_what_arrives_during_an_fsync_waits_and_is_written_as_one_batch(
         assert (spool_lines(), len(disk.asked)) == (4, 2)  # one write, one fsync for all three
         disk.answer()
         await asyncio.sleep(0.01)
-        assert [f.result().ring_size for f in later] == [2, 3, 4]
+        assert [f.result() for f in later] == [2, 3, 4]
         assert intake.queued == 0
         intake._syncer = None
         intake.close()
@@ -161,7 +163,7 @@ def test_without_the_helper_the_webhook_still_acknowledges_durably(
     for n in range(5):
         answer = httpx.post(f"{webhook.url}/event", json={**EVENT, "input_summary": f"e{n}"})
         assert answer.status_code == 200, answer.text
-    records = list(read_spool(settings.spool_dir, SpoolPosition(0, 0)).records)
+    records = list(read_spool(settings.layout.spool_dir, SpoolPosition(0, 0)).records)
     assert len(records) == 5
     assert httpx.get(f"{webhook.url}/health").json()["write_errors"] == 0
 

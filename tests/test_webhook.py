@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 
-from observer.ingest import drain_spool
+from observer.intake.spool import list_segments, segment_path
+from observer.pipelines.ingest import drain_spool
 from observer.settings import Settings
-from observer.store import list_segments, segment_path
 from tests.fakes import WebhookProcess
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -19,8 +19,8 @@ SCENARIO = {"success": True, "event_kind": "fill", "role": "welder", "count": 2}
 def spool_lines(settings: Settings) -> list[bytes]:
     return [
         line
-        for segment in list_segments(settings.spool_dir)
-        for line in segment_path(settings.spool_dir, segment).read_bytes().splitlines()
+        for segment in list_segments(settings.layout.spool_dir)
+        for line in segment_path(settings.layout.spool_dir, segment).read_bytes().splitlines()
     ]
 
 
@@ -41,7 +41,7 @@ def test_golden_events_give_the_original_lines_and_stats(
     for body in (GOLDEN / "event_bodies.jsonl").read_bytes().splitlines():
         assert httpx.post(f"{webhook.url}/event", content=body).status_code == 200
     drain_spool(settings)
-    assert settings.ops_path.read_bytes() == (GOLDEN / "original_ops.jsonl").read_bytes()
+    assert settings.layout.ops_path.read_bytes() == (GOLDEN / "original_ops.jsonl").read_bytes()
     stats = httpx.get(f"{webhook.url}/stats").json()
     assert stats == json.loads((GOLDEN / "original_stats.json").read_text())
 
@@ -135,7 +135,7 @@ def test_ops_recorded_by_other_processes_count_in_stats(
     from observer.ops import Op
 
     httpx.post(f"{webhook.url}/event", json=SCENARIO)
-    correction = Op.build(
+    correction = Op(
         timestamp="2026-04-23T10:00:00.000Z",
         endpoint="overseer:gpt-oss:120b",
         input_summary="staffing.fill: drift",
@@ -154,7 +154,7 @@ def test_disk_full_is_a_503_with_retry_after_and_the_service_recovers(
     webhook: WebhookProcess, settings: Settings
 ) -> None:
     assert httpx.post(f"{webhook.url}/event", json=SCENARIO).status_code == 200
-    full = segment_path(settings.spool_dir, 2)
+    full = segment_path(settings.layout.spool_dir, 2)
     full.symlink_to("/dev/full")
     try:
         refused = httpx.post(f"{webhook.url}/event", json={**SCENARIO, "event_id": "later"})

@@ -10,7 +10,7 @@ Protocol, one request at a time: the parent writes a segment's path and a newlin
 stdin; the child fsyncs that file and answers the errno (0 on success) and a newline. It exits
 when its stdin closes, so it never outlives the webhook, even after a `kill -9`.
 
-The child is `observer/syncer_child.py`, run by path with `python -I -S`: no site, no package
+The child is `syncer_child.py` next to this module, run by path with `python -I -S`: no site, no package
 import, so it costs a few MB.
 """
 
@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-log = logging.getLogger("observer.syncer")
+log = logging.getLogger("observer.intake.syncer")
 
 STOP_TIMEOUT_S = 5.0
 CHILD = Path(__file__).with_name("syncer_child.py")

@@ -10,12 +10,9 @@ import socket
 
 import uvicorn
 
+from observer.errors import PortInUse
 from observer.settings import Settings
-from observer.webhook import WebhookApp
-
-
-class PortInUse(RuntimeError):
-    pass
+from observer.webhook.app import WebhookApp
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -10,10 +10,9 @@ import asyncio
 import contextlib
 from typing import Any
 
-from observer.ingest_state import IngestCheckpoint, checkpoint_path, spool_bytes_waiting
+from observer.intake.checkpoint import load_checkpoint, spool_bytes_waiting
 from observer.ops import now_timestamp
 from observer.settings import Settings
-from observer.store import load_state
 from observer.upstream import probe_gateway
 
 
@@ -37,7 +36,7 @@ class HealthProbe:
 
     def ingest_state(self) -> dict[str, Any]:
         """How far ingestion is: ops moved so far and spool bytes still waiting."""
-        checkpoint = load_state(checkpoint_path(self.settings), IngestCheckpoint)
+        checkpoint = load_checkpoint(self.settings)
         return {
             "ingested_total": checkpoint.ingested_total,
             "spool_bytes_waiting": spool_bytes_waiting(self.settings, checkpoint),

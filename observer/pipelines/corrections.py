@@ -19,29 +19,23 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Literal
+from typing import Annotated, Any, BinaryIO
 
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from observer.events import json_type_name
+from observer.errors import BadRow, QuarantineKind
+from observer.files import append_durably, file_lock, load_state, save_state
+from observer.identity import FileMark, has_fingerprint, line_fingerprint
 from observer.intake import record_lines
-from observer.lines import (
-    CHUNK_BYTES,
-    Line,
-    has_fingerprint,
-    head_fingerprint,
-    line_fingerprint,
-    read_lines,
-)
-from observer.ops import Op, cut, now_timestamp, op_line
+from observer.lines import CHUNK_BYTES, Line, read_lines
+from observer.ops import cut, now_timestamp, op_line
 from observer.settings import Settings
-from observer.store import append_durably, file_lock, load_state, save_state
+from observer.values import json_type_name
 
 BATCH_ROWS = 5000
 BATCH_BYTES = 8 * 1024 * 1024
 DEFAULT_MODEL = "gpt-oss:120b"
-QuarantineKind = Literal["invalid_utf8", "invalid_json", "not_object", "bad_field", "too_long"]
 
 
 # ── rows ────────────────────────────────────────────────────────────────────────────────────────
@@ -81,12 +75,9 @@ class CorrectionRow(BaseModel):
     applied_at_turn: JsonNumber | None = None
     usage: Usage | None = None
 
-    def to_op(self) -> Op:
-        """The op exactly as contract.md says (the original's `??` defaults: only null/absent)."""
-        return Op.build(**self.to_fields())
-
     def to_fields(self) -> dict[str, Any]:
-        """The op's present fields, validated: what `op_line` writes without building an `Op`."""
+        """The op's present fields as contract.md says (the original's `??` defaults: only
+        null/absent), validated: what `op_line` writes without building an `Op`."""
         correction = self.correction if self.correction is not None else ""
         latency = self.usage.latency_ms if self.usage is not None else None
         present = self.model_fields_set
@@ -105,14 +96,6 @@ class CorrectionRow(BaseModel):
             "correction": correction,
             "applied_at_turn": self.applied_at_turn if self.applied_at_turn is not None else 0,
         }
-
-
-class BadRow(ValueError):
-    """A line that cannot become an op; `kind` is counted, the message goes to the quarantine."""
-
-    def __init__(self, kind: QuarantineKind, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
 
 
 def parse_row(raw: bytes) -> CorrectionRow:
@@ -146,19 +129,37 @@ def row_event_id(fingerprint: str | None, offset: int, data: bytes) -> str:
 # ── checkpoint and report ───────────────────────────────────────────────────────────────────────
 
 
-class CorrectionsCheckpoint(BaseModel):
+class CorrectionsCheckpoint(FileMark):
     """Which file was read up to where; replaced atomically after what it covers is durable."""
 
-    dev: int | None = None
-    ino: int | None = None
-    fingerprint: str | None = None  # hash of the first line's first bytes, once it is complete…
-    fingerprint_bytes: int = 0  # …and how many bytes it covers
-    offset: int = 0
     pending_bytes: int = 0  # an unterminated last line at `offset`, this long when last seen…
     pending_since: float | None = None  # …since this wall-clock time (for the grace period)
     rows_total: int = 0
     quarantined_total: int = 0
     rotations_total: int = 0
+
+
+class TailParameters(BaseModel):
+    """Parameters of a tailing run (shown as a form in the Prefect UI); empty means the setting."""
+
+    from_offset: int | None = Field(
+        None,
+        ge=0,
+        description="re-read the current file from this byte (moved to the next line start);"
+        " rows already recorded are dropped as duplicates",
+    )
+    grace_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="take an unterminated last line as a row once it stayed unchanged this long"
+        " (default OBSERVER_CORRECTIONS_GRACE_SECONDS)",
+    )
+    max_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="read at most about this many bytes in this run; the rest waits for the next"
+        " (default OBSERVER_CORRECTIONS_MAX_BYTES_PER_RUN)",
+    )
 
 
 class TailReport(BaseModel):
@@ -183,17 +184,18 @@ class TailReport(BaseModel):
     events: list[str] = Field(default_factory=list)  # rotation, truncation, re-read, grace, …
     seconds: float = 0.0
 
-
-def checkpoint_path(settings: Settings) -> Path:
-    return settings.state_dir / "corrections.json"
-
-
-def quarantine_path(settings: Settings) -> Path:
-    return settings.observer_dir / "quarantine" / "corrections.jsonl"
-
-
-def _lock_path(settings: Settings) -> Path:
-    return settings.state_dir / "corrections.lock"
+    def rows(self) -> list[dict[str, Any]]:
+        """The report as (measure, value) rows for its table artifact."""
+        rows = [
+            {"measure": name, "value": value}
+            for name, value in self.model_dump(exclude={"quarantined_by_kind", "events"}).items()
+        ]
+        rows += [
+            {"measure": f"quarantined:{kind}", "value": n}
+            for kind, n in sorted(self.quarantined_by_kind.items())
+        ]
+        rows += [{"measure": "event", "value": text} for text in self.events]
+        return rows
 
 
 # ── one run ─────────────────────────────────────────────────────────────────────────────────────
@@ -268,7 +270,7 @@ class _Run:
         """Make the batch durable (quarantine, then ops), then move the checkpoint to `end`."""
         batch, report = self.batch, self.report
         if batch.quarantine:
-            append_durably(quarantine_path(self.settings), b"".join(batch.quarantine))
+            append_durably(self.settings.layout.corrections_quarantine, b"".join(batch.quarantine))
         if batch.entries:
             record_lines(self.settings, batch.entries)
         self.checkpoint = self.checkpoint.model_copy(
@@ -280,7 +282,7 @@ class _Run:
                 "quarantined_total": self.checkpoint.quarantined_total + len(batch.quarantine),
             }
         )
-        save_state(checkpoint_path(self.settings), self.checkpoint)
+        save_state(self.settings.layout.corrections_checkpoint, self.checkpoint)
         report.rows_read += len(batch.entries) + len(batch.quarantine)
         report.recorded += len(batch.entries)
         report.quarantined += len(batch.quarantine)
@@ -299,7 +301,7 @@ class _Run:
         self.checkpoint = checkpoint.model_copy(
             update={"pending_bytes": line.length, "pending_since": now}
         )
-        save_state(checkpoint_path(self.settings), self.checkpoint)
+        save_state(self.settings.layout.corrections_checkpoint, self.checkpoint)
 
     def grace_over(self, line: Line, now: float, grace_seconds: float) -> bool:
         checkpoint = self.checkpoint
@@ -370,11 +372,11 @@ def tail_corrections(
     grace = settings.corrections_grace_seconds if grace_seconds is None else grace_seconds
     budget = settings.corrections_max_bytes_per_run if max_bytes is None else max_bytes
     wall = time.time() if now is None else now
-    with file_lock(_lock_path(settings), blocking=False) as locked:
+    with file_lock(settings.layout.corrections_lock, blocking=False) as locked:
         if not locked:
             report.busy = True
             return report
-        checkpoint = load_state(checkpoint_path(settings), CorrectionsCheckpoint)
+        checkpoint = load_state(settings.layout.corrections_checkpoint, CorrectionsCheckpoint)
         report.offset = report.start_offset = checkpoint.offset
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -402,10 +404,10 @@ def _follow_identity(run: _Run, handle: BinaryIO, grace: float, budget: int, now
     """
     checkpoint = run.checkpoint
     stat = os.fstat(handle.fileno())
-    change = _change(checkpoint, stat, run.path)
+    change = checkpoint.change(run.path, stat)
     if change is None:
         if checkpoint.ino is None or checkpoint.fingerprint is None:
-            run.checkpoint = _identified(checkpoint, stat, handle)
+            run.checkpoint = checkpoint.identified(handle)
         return True
     consumed = checkpoint.offset > 0 or checkpoint.pending_bytes > 0
     if consumed:
@@ -429,34 +431,9 @@ def _follow_identity(run: _Run, handle: BinaryIO, grace: float, budget: int, now
         quarantined_total=run.checkpoint.quarantined_total,
         rotations_total=run.checkpoint.rotations_total + (1 if consumed else 0),
     )
-    run.checkpoint = _identified(fresh, stat, handle)
-    save_state(checkpoint_path(run.settings), run.checkpoint)
+    run.checkpoint = fresh.identified(handle)
+    save_state(run.settings.layout.corrections_checkpoint, run.checkpoint)
     return True
-
-
-def _identified(
-    checkpoint: CorrectionsCheckpoint, stat: os.stat_result, handle: BinaryIO
-) -> CorrectionsCheckpoint:
-    """The checkpoint with the file's inode, and its fingerprint once the first line is complete."""
-    update: dict[str, Any] = {"dev": stat.st_dev, "ino": stat.st_ino}
-    if checkpoint.fingerprint is None and (found := head_fingerprint(handle)) is not None:
-        update["fingerprint"], update["fingerprint_bytes"] = found
-    return checkpoint.model_copy(update=update)
-
-
-def _change(checkpoint: CorrectionsCheckpoint, stat: os.stat_result, path: Path) -> str | None:
-    """Why the file at the path is not the checkpoint's any more, or None if it still is."""
-    if checkpoint.ino is None:
-        return None
-    if (stat.st_dev, stat.st_ino) != (checkpoint.dev, checkpoint.ino):
-        return "rotated (new inode)"
-    if stat.st_size < checkpoint.offset:
-        return "truncated"
-    if checkpoint.fingerprint is not None and not has_fingerprint(
-        path, checkpoint.fingerprint, checkpoint.fingerprint_bytes
-    ):
-        return "copy-truncated (first line changed)"
-    return None
 
 
 def _find_rotated(path: Path, checkpoint: CorrectionsCheckpoint) -> Path | None:
@@ -501,17 +478,3 @@ def _rewind(run: _Run, handle: BinaryIO, offset: int) -> None:
     run.checkpoint = run.checkpoint.model_copy(
         update={"offset": target, "pending_bytes": 0, "pending_since": None}
     )
-
-
-def as_rows(report: TailReport) -> list[dict[str, Any]]:
-    """The report as (measure, value) rows for a table artifact."""
-    rows = [
-        {"measure": name, "value": value}
-        for name, value in report.model_dump(exclude={"quarantined_by_kind", "events"}).items()
-    ]
-    rows += [
-        {"measure": f"quarantined:{kind}", "value": n}
-        for kind, n in sorted(report.quarantined_by_kind.items())
-    ]
-    rows += [{"measure": "event", "value": text} for text in report.events]
-    return rows

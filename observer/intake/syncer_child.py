@@ -1,4 +1,4 @@
-"""The fsync helper process of `observer.syncer`: fsync each path asked for, answer its errno.
+"""The fsync helper process of `observer.intake.syncer`: fsync each path asked for, answer its errno.
 
 Run by path with `python -I -S` (no site, no package import), so it imports only what is here.
 It reads one path per line on stdin and writes one errno per line on stdout (0 on success), and

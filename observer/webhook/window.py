@@ -13,8 +13,6 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from observer.ops import Op
-
 WINDOW_SIZE = 2000
 RECENT_SCENARIO_OPS = 10
 
@@ -38,9 +36,6 @@ class StatsWindow:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def add_op(self, op: Op) -> None:
-        self.add_fields(op.fields())
 
     def add_line(self, line: bytes) -> None:
         """Count an op from its ops.jsonl line (written by another process, or before a restart)."""

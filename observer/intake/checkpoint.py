@@ -1,24 +1,18 @@
-"""Ingestion's durable state, readable without polars: its checkpoint, the ids it has ingested,
-and how much of the spool still waits. The webhook and `observed()` import this on their start-up
-path; the polars work itself is in `observer.ingest`."""
+"""How far ingestion has consumed the spool, readable without polars: its checkpoint, the event ids it
+has ingested, and how much of the spool still waits. The webhook reads this at start-up and for
+`/health`; the polars work itself is in `observer.pipelines.ingest`."""
 
 from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
 from collections.abc import Iterable
-from pathlib import Path
 
 from pydantic import BaseModel
 
+from observer.files import load_state, read_tail
+from observer.intake.spool import SpoolPosition, list_segments, segment_path
 from observer.settings import Settings
-from observer.store import (
-    SpoolPosition,
-    list_segments,
-    load_state,
-    read_tail,
-    segment_path,
-)
 
 
 class IngestCheckpoint(BaseModel):
@@ -57,32 +51,25 @@ class RecentIds:
             self._ids.popitem(last=False)
 
 
-def ids_path(settings: Settings) -> Path:
-    return settings.state_dir / "ingested-ids.txt"
-
-
-def checkpoint_path(settings: Settings) -> Path:
-    return settings.state_dir / "ingest.json"
-
-
-def lock_path(settings: Settings) -> Path:
-    return settings.state_dir / "ingest.lock"
-
-
 def spool_bytes_waiting(settings: Settings, checkpoint: IngestCheckpoint | None = None) -> int:
     """Spool bytes written but not ingested yet (by any producer): a few stat calls."""
     if checkpoint is None:
-        checkpoint = load_state(checkpoint_path(settings), IngestCheckpoint)
+        checkpoint = load_checkpoint(settings)
     waiting = 0
-    for segment in list_segments(settings.spool_dir):
+    for segment in list_segments(settings.layout.spool_dir):
         if segment < checkpoint.segment:
             continue
         with contextlib.suppress(FileNotFoundError):
-            size = segment_path(settings.spool_dir, segment).stat().st_size
+            size = segment_path(settings.layout.spool_dir, segment).stat().st_size
             waiting += size - (checkpoint.offset if segment == checkpoint.segment else 0)
     return waiting
 
 
 def load_recent_ids(settings: Settings) -> RecentIds:
-    lines = read_tail(ids_path(settings), settings.dedup_window).lines
+    lines = read_tail(settings.layout.ingested_ids, settings.dedup_window).lines
     return RecentIds(settings.dedup_window, (line.decode() for line in lines))
+
+
+def load_checkpoint(settings: Settings) -> IngestCheckpoint:
+    """The checkpoint as last written (the defaults before the first ingestion)."""
+    return load_state(settings.layout.ingest_checkpoint, IngestCheckpoint)

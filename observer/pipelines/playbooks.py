@@ -5,23 +5,25 @@ run costs what the window holds, not what the file holds. Evidence per endpoint 
 polars. The original re-posted identical entries every 5 cycles forever; here an endpoint's entry is
 posted only when it has a success newer than the one its last delivered entry covered. Ops are
 identified by their byte offset in the append-only ops.jsonl, so "newer" needs no trusted clock;
-a replaced file (new inode, or shorter than a remembered offset) forgets what was posted.
+a replaced file (another `FileMark`, or shorter than a remembered offset) forgets what was posted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 import polars as pl
 from pydantic import BaseModel, Field
 
+from observer.errors import NotDelivered, UpstreamError
+from observer.files import Tail, file_lock, load_state, read_tail, save_state
+from observer.identity import FileMark
 from observer.jsfmt import UNDEFINED, join_item, js_string, to_fixed_0
 from observer.ops import cut, now_timestamp
 from observer.settings import Settings
-from observer.store import Tail, load_state, read_tail, save_state
 from observer.upstream import LogEntry, Upstreams
 
 PATTERN_INPUTS = 3
@@ -76,8 +78,7 @@ class PlannedEntry(BaseModel):
     entry: LogEntry
     action: Action
     reason: str
-    ops_inode: int | None = None
-    ops_end: int = 0
+    ops: FileMark = Field(default_factory=FileMark)  # ops.jsonl and the window's end
 
 
 class Playbook(BaseModel):
@@ -105,10 +106,26 @@ class PostedMark(BaseModel):
 
 
 class PlaybookState(BaseModel):
-    """Persisted between runs: per endpoint, the last delivered entry."""
+    """Persisted between runs: per endpoint, the last delivered entry, and which ops.jsonl."""
 
-    ops_inode: int | None = None
+    ops: FileMark | None = None
     endpoints: dict[str, PostedMark] = Field(default_factory=dict)
+
+    def made_from(self, ops: FileMark) -> bool:
+        """Whether the remembered entries were made from this ops.jsonl: the same file, and no
+        offset past the window's end (a truncated file re-uses offsets: every mark is suspect)."""
+        if self.ops is not None and not self.ops.same_file(ops):
+            return False
+        return all(mark.last_success_offset < ops.offset for mark in self.endpoints.values())
+
+    def covers(self, planned: PlannedEntry) -> bool:
+        """Whether an entry covering this evidence was delivered already (by another run)."""
+        mark = self.endpoints.get(planned.evidence.endpoint)
+        return (
+            mark is not None
+            and self.made_from(planned.ops)
+            and mark.last_success_offset >= planned.evidence.last_success_offset
+        )
 
 
 # ── reading the window ──────────────────────────────────────────────────────────────────────────
@@ -232,20 +249,14 @@ def _percent(evidence: EndpointEvidence) -> str:
 # ── deciding, posting, remembering ──────────────────────────────────────────────────────────────
 
 
-def state_path(settings: Settings) -> Path:
-    return settings.state_dir / "consolidate-playbooks.json"
-
-
-def lock_path(settings: Settings) -> Path:
-    return settings.state_dir / "consolidate-playbooks.lock"
-
-
 def build_playbook(settings: Settings, params: ConsolidateParameters) -> Playbook:
     """Read the window, compute the evidence and decide, per endpoint, whether to post."""
-    tail = read_tail(settings.ops_path, params.window_ops)
+    layout = settings.layout
+    tail = read_tail(layout.ops_path, params.window_ops)
+    ops = FileMark.at(layout.ops_path, tail.end) if tail.inode is not None else FileMark()
     frame, malformed = window_frame(tail, params.max_age_hours)
-    state = load_state(state_path(settings), PlaybookState)
-    marks = state.endpoints if _made_from(state, tail.inode, tail.end) else {}
+    state = load_state(layout.playbooks_state, PlaybookState)
+    marks = state.endpoints if state.made_from(ops) else {}
     successes = int(frame["success"].sum())
     playbook = Playbook(
         ops_in_window=frame.height,
@@ -270,8 +281,7 @@ def build_playbook(settings: Settings, params: ConsolidateParameters) -> Playboo
                 entry=log_entry(evidence),
                 action=action,
                 reason=reason,
-                ops_inode=tail.inode,
-                ops_end=tail.end,
+                ops=ops,
             )
         )
     return playbook
@@ -297,14 +307,6 @@ def _decide(
     return "unchanged", f"no new success since the entry of {mark.posted_at}"
 
 
-def _made_from(state: PlaybookState, inode: int | None, end: int) -> bool:
-    """Whether the remembered entries were made from this ops.jsonl: same inode, and no offset past
-    its end (a truncated or replaced file re-uses offsets, so every mark is then suspect)."""
-    if state.ops_inode is not None and state.ops_inode != inode:
-        return False
-    return all(mark.last_success_offset < end for mark in state.endpoints.values())
-
-
 def _new_successes(frame: pl.DataFrame, marks: dict[str, PostedMark]) -> dict[str, int]:
     """Per endpoint, successes in the window after the one its last entry covered."""
     if not marks:
@@ -326,22 +328,29 @@ def _new_successes(frame: pl.DataFrame, marks: dict[str, PostedMark]) -> dict[st
     return dict(zip(fresh["endpoint"].to_list(), fresh["fresh"].to_list(), strict=True))
 
 
-def deliver(settings: Settings, planned: PlannedEntry, upstreams: Upstreams) -> None:
-    """Post one entry (timeout, retries, status checked by `Upstreams`), then remember it.
+def deliver(settings: Settings, planned: PlannedEntry, *, force: bool = False) -> str:
+    """Post one entry (timeout, retries, status checked by `Upstreams`), then remember it; under
+    the playbook lock, so two runs never post the same evidence. Returns what happened.
 
     Raises `UpstreamError` when the gateway did not take it; nothing is remembered then, so the
     next run tries again.
     """
-    upstreams.post_log(planned.entry)
-    mark_posted(settings, planned)
+    layout = settings.layout
+    with file_lock(layout.playbooks_lock):
+        if not force and load_state(layout.playbooks_state, PlaybookState).covers(planned):
+            return "posted by another run"
+        with Upstreams(settings) as upstreams:
+            upstreams.post_log(planned.entry)
+        _mark_posted(settings, planned)
+    return "posted"
 
 
-def mark_posted(settings: Settings, planned: PlannedEntry) -> None:
-    path = state_path(settings)
+def _mark_posted(settings: Settings, planned: PlannedEntry) -> None:
+    path = settings.layout.playbooks_state
     state = load_state(path, PlaybookState)
-    if not _made_from(state, planned.ops_inode, planned.ops_end):
+    if not state.made_from(planned.ops):
         state = PlaybookState()
-    state.ops_inode = planned.ops_inode
+    state.ops = planned.ops
     state.endpoints[planned.evidence.endpoint] = PostedMark(
         last_success_offset=planned.evidence.last_success_offset,
         successes=planned.evidence.successes,
@@ -349,3 +358,129 @@ def mark_posted(settings: Settings, planned: PlannedEntry) -> None:
         posted_at=now_timestamp(),
     )
     save_state(path, state)
+
+
+# ── the run's report ────────────────────────────────────────────────────────────────────────────
+
+
+class ConsolidationReport(BaseModel):
+    """What one run did, per endpoint: posted, failed, not attempted, unchanged, below threshold.
+    Renders its own artifacts: `rows()` (the playbook table) and `markdown()` (the changes)."""
+
+    dry_run: bool = False
+    ops_in_window: int = 0
+    successes_in_window: int = 0
+    malformed_lines: int = 0
+    note: str = ""
+    status: dict[str, str] = Field(default_factory=dict)
+    playbook: Playbook = Field(default_factory=Playbook, exclude=True)
+
+    @classmethod
+    def planned(cls, playbook: Playbook, *, dry_run: bool) -> ConsolidationReport:
+        """The report before any post: each endpoint's decision (`would post` in a dry run)."""
+        report = cls(
+            dry_run=dry_run,
+            ops_in_window=playbook.ops_in_window,
+            successes_in_window=playbook.successes_in_window,
+            malformed_lines=playbook.malformed_lines,
+            note=playbook.note,
+            status={p.evidence.endpoint: p.action for p in playbook.entries},
+            playbook=playbook,
+        )
+        if dry_run:
+            report.status.update({p.evidence.endpoint: "would post" for p in playbook.to_post})
+        return report
+
+    def count(self, prefix: str) -> int:
+        return sum(1 for value in self.status.values() if value.startswith(prefix))
+
+    def raise_for_delivery(self) -> None:
+        """Raise `NotDelivered` if an entry did not reach the gateway (after the artifacts)."""
+        failed = self.count("failed")
+        if failed:
+            raise NotDelivered(
+                f"{failed} entr(y/ies) not delivered, {self.count('not attempted')} not attempted;"
+                " they stay unposted and the next run tries again"
+            )
+
+    @property
+    def summary(self) -> str:
+        return (
+            f"Playbook: {len(self.playbook.entries)} endpoint(s) with successes in a window of"
+            f" {self.playbook.ops_in_window} op(s)"
+        )
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per endpoint with successes: its status and its entry."""
+        return [
+            {
+                "endpoint": p.evidence.endpoint,
+                "status": self.status.get(p.evidence.endpoint, p.action),
+                "successes": p.evidence.successes,
+                "ops": p.evidence.total,
+                "result": p.entry.result,
+                "approach": p.entry.approach,
+            }
+            for p in self.playbook.entries
+        ]
+
+    def markdown(self) -> str:
+        """A short account of the run: counts, then each endpoint whose entry was (to be) posted."""
+        verb = "would post" if self.dry_run else "posted"
+        lines = [
+            "# Playbook changes" + (" (dry run)" if self.dry_run else ""),
+            "",
+            f"- window: {self.playbook.ops_in_window} op(s), {self.playbook.successes_in_window} success(es)",
+            f"- {verb}: {self.count('posted') + self.count('would post')},"
+            f" failed: {self.count('failed')}, not attempted: {self.count('not attempted')},"
+            f" unchanged: {self.count('unchanged')}, below threshold: {self.count('below')}",
+        ]
+        if self.playbook.note:
+            lines.append(f"- {self.playbook.note}")
+        if self.playbook.malformed_lines:
+            lines.append(
+                f"- {self.playbook.malformed_lines} malformed line(s) in the window were skipped"
+            )
+        changed = self.playbook.to_post
+        lines += (
+            ["", "| endpoint | outcome | why | result |", "|---|---|---|---|"] if changed else []
+        )
+        for planned in changed:
+            cells = (
+                planned.evidence.endpoint,
+                self.status.get(planned.evidence.endpoint, ""),
+                planned.reason,
+                planned.entry.result,
+            )
+            lines.append("| " + " | ".join(_cell(text) for text in cells) + " |")
+        if not changed:
+            lines += ["", "Nothing changed since the last entries: nothing was posted."]
+        return "\n".join(lines) + "\n"
+
+
+def post_changed(
+    playbook: Playbook, report: ConsolidationReport, post: Callable[[PlannedEntry], str]
+) -> None:
+    """Post the changed entries in order with `post` (one delivery step each); after the gateway
+    proves down (a 5xx, a timeout, anything but a refusal of that one entry), attempt no more."""
+    gateway_down = ""
+    for planned in playbook.to_post:
+        endpoint = planned.evidence.endpoint
+        if gateway_down:
+            report.status[endpoint] = f"not attempted: {gateway_down}"
+            continue
+        try:
+            report.status[endpoint] = post(planned)
+        except Exception as error:  # any failure: not remembered, the next run posts it again
+            report.status[endpoint] = f"failed: {error}"
+            if not isinstance(error, UpstreamError) or error.status is None or error.status >= 500:
+                gateway_down = "the gateway failed on an earlier entry"
+
+
+_MARKDOWN_SPECIAL = frozenset("\\`*_[]<>|#~")
+
+
+def _cell(text: str) -> str:
+    """Text shown as written inside a markdown table cell (`__proto__` is not bold "proto")."""
+    flat = " ".join(text.splitlines())
+    return "".join("\\" + char if char in _MARKDOWN_SPECIAL else char for char in flat)

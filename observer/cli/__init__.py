@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from observer.settings import SettingsError, load_settings
+from observer.errors import CommandError, SettingsError
+from observer.settings import load_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -17,6 +18,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"observer: {exc}", file=sys.stderr)
         return 2
+    except CommandError as exc:
+        print(f"observer: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -72,14 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _webhook(_: argparse.Namespace) -> int:
-    from observer.serve import PortInUse, run_webhook
+    from observer.webhook.serve import run_webhook
 
-    settings = load_settings()
-    try:
-        run_webhook(settings)
-    except PortInUse as exc:
-        print(f"observer: {exc}", file=sys.stderr)
-        return 1
+    run_webhook(load_settings())
     return 0
 
 
@@ -95,16 +94,12 @@ def _deploy(_: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from observer.supervisor import run_everything
+    from observer.cli.supervisor import run_everything
 
     return run_everything(load_settings(), prefect_port=args.prefect_port)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from observer.runner import run_flow_command
+    from observer.cli.runner import run_flow_command
 
     return run_flow_command(args.flow, args.param, list_only=args.list)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,8 +1,9 @@
 """The webhook's HTTP layer: `POST /event`, `GET /health`, `GET /stats`, as a bare ASGI app.
 
 It stays thin on purpose (a framework costs ~3× on the hot path): routing, the body limit, the
-optional bearer token and JSON answers. Validation lives in `observer.events`, durability in
-`observer.intake`; nothing here decides what an op is or how it is stored.
+optional bearer token and JSON answers. Validation lives in `observer.webhook.events`, durability in
+`observer.intake`, what is stored (stats, idempotency) in `observer.webhook.ledger`; nothing here
+decides what an op is or how it is stored.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from typing import Any
 
 import orjson
 
-from observer.events import EventError, parse_event
-from observer.health import HealthProbe
-from observer.ingest_state import spool_bytes_waiting
-from observer.intake import Intake, Overloaded, WriteFailed
-from observer.notify import SpoolNotifier
+from observer.errors import EventError, IntakeError
+from observer.intake.checkpoint import spool_bytes_waiting
+from observer.intake.group_commit import Intake
 from observer.settings import Settings
+from observer.webhook.events import parse_event
+from observer.webhook.health import HealthProbe
+from observer.webhook.ledger import Ledger
+from observer.webhook.notify import SpoolNotifier
 
 log = logging.getLogger("observer.webhook")
 
@@ -37,10 +40,6 @@ ROUTES: dict[str, tuple[str, ...]] = {
 }
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class WebhookApp:
     """ASGI application; owns the Intake's life cycle through ASGI lifespan events."""
 
@@ -50,7 +49,8 @@ class WebhookApp:
         self.notifier = SpoolNotifier(
             settings.prefect_api_url, pending=lambda: spool_bytes_waiting(settings) > 0
         )
-        self.intake = Intake(settings, on_durable=self.notifier.poke)
+        self.ledger = Ledger(settings, on_durable=self.notifier.poke)
+        self.intake: Intake[int] = Intake(settings, self.ledger)
         self._token = settings.token.encode() if settings.token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -64,6 +64,7 @@ class WebhookApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    self.ledger.open()
                     self.intake.open()
                     self.notifier.start()
                     self.probe.start()
@@ -106,35 +107,32 @@ class WebhookApp:
         elif path == "/health":
             await respond(send, 200, await self._health(), head=head)
         else:
-            self.intake.catch_up()
-            await respond(send, 200, self.intake.window.stats(), head=head)
+            self.ledger.catch_up(self.intake.in_flight)
+            await respond(send, 200, self.ledger.window.stats(), head=head)
 
     async def _event(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.settings.max_body_bytes
+        ledger = self.ledger
         try:
-            body = await read_body(scope, receive, limit)
-        except BodyTooLarge:
-            await respond(
-                send, 413, {"error": f"request body larger than the limit of {limit} bytes"}
-            )
-            return
-        try:
+            body = await read_body(scope, receive, self.settings.max_body_bytes)
             event = parse_event(body)
-            accepted = await self.intake.submit(event.event_id, event.to_fields())
         except EventError as exc:
             await respond(send, exc.status, exc.to_json())
             return
-        except (Overloaded, WriteFailed) as exc:
+        event_id = event.event_id
+        if ledger.is_duplicate(event_id):
+            answer = {"accepted": True, "ring_size": len(ledger.window), "duplicate": True}
+            await respond(send, 200, answer)
+            return
+        ledger.expect(event_id)
+        try:
+            ring_size = await self.intake.submit(event_id, event.to_fields())
+        except IntakeError as exc:
+            ledger.refused_id(event_id)
             await respond(
                 send, 503, {"error": str(exc)}, extra=[(b"retry-after", RETRY_AFTER_SECONDS)]
             )
             return
-        if accepted.duplicate:
-            await respond(
-                send, 200, {"accepted": True, "ring_size": accepted.ring_size, "duplicate": True}
-            )
-            return
-        payload = b'{"accepted":true,"ring_size":%d}' % accepted.ring_size  # the hot path
+        payload = b'{"accepted":true,"ring_size":%d}' % ring_size  # the hot path
         await send(
             {
                 "type": "http.response.start",
@@ -145,10 +143,10 @@ class WebhookApp:
         await send({"type": "http.response.body", "body": payload})
 
     async def _health(self) -> dict[str, Any]:
-        self.intake.catch_up()
+        self.ledger.catch_up(self.intake.in_flight)
         return {
             "status": "ok",
-            "ops_in_ring": len(self.intake.window),
+            "ops_in_ring": len(self.ledger.window),
             "queued": self.intake.queued,
             "write_errors": self.intake.write_errors,
             "ingest": self.probe.ingest_state(),
@@ -168,14 +166,15 @@ class WebhookApp:
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing more than `limit` bytes before reading them all."""
+    """The whole request body; more than `limit` bytes is a 413 `EventError`, raised before the
+    rest is read."""
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise BodyTooLarge
+            raise _too_large(limit)
     message = await receive()
     body: bytes = message.get("body", b"")
     if len(body) > limit:
-        raise BodyTooLarge
+        raise _too_large(limit)
     if not message.get("more_body", False):
         return body  # the usual case: the whole body in one message
     chunks = [body]
@@ -185,10 +184,14 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge
+            raise _too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def _too_large(limit: int) -> EventError:
+    return EventError(f"request body larger than the limit of {limit} bytes", status=413)
 
 
 async def respond(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import sys
@@ -12,13 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-#: Flow name → "module:function". The flows are imported only when run (prefect is slow to import).
-FLOWS: dict[str, str] = {
-    "ingest-events": "flows.ingest_events:ingest_events",
-    "tail-corrections": "flows.tail_corrections:tail_corrections",
-    "analyze-errors": "flows.analyze_errors:analyze_errors",
-    "consolidate-playbooks": "flows.consolidate_playbooks:consolidate_playbooks",
-}
+from observer.catalog import FLOWS
 
 
 def parse_assignments(assignments: Sequence[str]) -> dict[str, Any]:
@@ -33,11 +26,6 @@ def parse_assignments(assignments: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             values[key] = raw
     return values
-
-
-def load_flow(name: str) -> Any:
-    module_name, _, attribute = FLOWS[name].partition(":")
-    return getattr(importlib.import_module(module_name), attribute)
 
 
 def flow_arguments(flow_obj: Any, values: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +48,7 @@ def run_flow_command(name: str | None, assignments: Sequence[str], *, list_only:
         print(f"observer: no flow named {name!r}; one of: {', '.join(FLOWS)}", file=sys.stderr)
         return 2
     try:
-        flow_obj = load_flow(name)
+        flow_obj = FLOWS[name].load()
         arguments = flow_arguments(flow_obj, parse_assignments(assignments))
     except (ValueError, ValidationError) as exc:
         print(f"observer: bad parameters for {name}: {exc}", file=sys.stderr)

@@ -16,11 +16,9 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-log = logging.getLogger("observer.notify")
+from observer.catalog import INGEST_EVENTS, SPOOL_APPENDED_EVENT, SPOOL_RESOURCE_ID
 
-EVENT_NAME = "observer.spool.appended"
-RESOURCE_ID = "observer.spool"
-INGEST_DEPLOYMENT = "ingest-events"
+log = logging.getLogger("observer.notify")
 
 
 def due_runs_query() -> dict[str, object]:
@@ -36,7 +34,7 @@ def due_runs_query() -> dict[str, object]:
                 "after_": (now - timedelta(minutes=10)).isoformat(),
             },
         },
-        "deployments": {"name": {"any_": [INGEST_DEPLOYMENT]}},
+        "deployments": {"name": {"any_": [INGEST_EVENTS.name]}},
         "limit": 1,
     }
 
@@ -117,8 +115,8 @@ class SpoolNotifier:
         event = {
             "id": str(uuid.uuid4()),
             "occurred": datetime.now(UTC).isoformat(),
-            "event": EVENT_NAME,
-            "resource": {"prefect.resource.id": RESOURCE_ID},
+            "event": SPOOL_APPENDED_EVENT,
+            "resource": {"prefect.resource.id": SPOOL_RESOURCE_ID},
             "payload": {},
         }
         try:

@@ -1,9 +1,9 @@
 """Failures out of ops.jsonl: the bytes after a persisted watermark, or a time window.
 
 ops.jsonl only grows, so a byte offset says what has been analysed: a scheduled run reads the bytes
-after it, and its cost follows the new data, not the file. The watermark also keeps a fingerprint
-(a hash of the file's first bytes and of the bytes just before the offset) so a replaced, rotated
-or truncated file is noticed and read afresh instead of from a stale offset in the middle of a line.
+after it, and its cost follows the new data, not the file. The watermark is a `FileMark` (inode and
+first-line fingerprint besides the offset), so a replaced, rotated or truncated file is noticed and
+read afresh instead of from a stale offset in the middle of a line.
 
 Lines are parsed with polars: a cheap substring test keeps failures only, then their fields are
 extracted. Lines polars cannot parse (the original escaped lone UTF-16 surrogates, which polars
@@ -12,25 +12,22 @@ refuses) fall back to Python's json and are repaired; what nobody can parse is c
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
-from pydantic import BaseModel
 
-from observer.grouping import clean_cut
-from observer.store import read_from, read_tail
+from observer.files import read_from, read_tail
+from observer.identity import FileMark
+from observer.pipelines.frames import lines_frame, scan_lines
+from observer.pipelines.grouping import clean_cut
 
 #: With no watermark yet, start this many lines before the end (the original's ring held 2000 ops).
 FIRST_RUN_LINES = 2000
 #: At most this much new data per run; what is left waits for the next run.
 MAX_READ_BYTES = 64 * 1024 * 1024
-HEAD_BYTES = 4096
-ANCHOR_BYTES = 256
 #: The fields a failure keeps; `error_text` is `error`, else `output_summary`, else "failed".
 FIELDS = ("timestamp", "endpoint", "input_summary", "error", "output_summary", "source", "success")
 FAILURE_SCHEMA = {
@@ -41,16 +38,6 @@ FAILURE_SCHEMA = {
     "error_text": pl.String,
 }
 _FAILURE_HINT = r'"success"\s*:\s*false'
-_LINE_SCHEMA = {"line": pl.String}
-
-
-class Watermark(BaseModel):
-    """Where analysis stands in ops.jsonl, and how to recognise the same file again."""
-
-    offset: int = 0
-    head_bytes: int = 0
-    head_sha256: str = ""
-    anchor_sha256: str = ""
 
 
 @dataclass
@@ -65,37 +52,9 @@ class Failures:
     note: str
 
 
-def _hash_range(handle: io.BufferedReader, start: int, length: int) -> str:
-    handle.seek(start)
-    return hashlib.sha256(handle.read(length)).hexdigest()
-
-
-def mark(path: Path, offset: int) -> Watermark:
-    """The watermark for `offset` in `path` as the file is now."""
-    with open(path, "rb") as handle:
-        head = min(HEAD_BYTES, offset)
-        anchor = min(ANCHOR_BYTES, offset)
-        return Watermark(
-            offset=offset,
-            head_bytes=head,
-            head_sha256=_hash_range(handle, 0, head),
-            anchor_sha256=_hash_range(handle, offset - anchor, anchor),
-        )
-
-
-def still_valid(path: Path, watermark: Watermark) -> bool:
-    """True if `path` is still the file the watermark was taken on (grown, not replaced)."""
-    try:
-        if path.stat().st_size < watermark.offset:
-            return False
-        return mark(path, watermark.offset) == watermark
-    except FileNotFoundError:
-        return False
-
-
-def start_offset(path: Path, watermark: Watermark | None) -> tuple[int, str]:
+def start_offset(path: Path, watermark: FileMark | None) -> tuple[int, str]:
     """Where a since-last read starts, and why (shown in the run)."""
-    if watermark is not None and still_valid(path, watermark):
+    if watermark is not None and watermark.still_at(path):
         return watermark.offset, "since the last analysis"
     start = read_tail(path, FIRST_RUN_LINES).start
     if watermark is None:
@@ -115,7 +74,7 @@ def read_complete_lines(path: Path, start: int, max_bytes: int = MAX_READ_BYTES)
 def read_since(path: Path, start: int, note: str, max_bytes: int = MAX_READ_BYTES) -> Failures:
     """Failures in the complete lines appended after `start`."""
     data = read_complete_lines(path, start, max_bytes)
-    lines = _lines_frame(data).lazy()
+    lines = lines_frame(data).lazy()
     frame, unreadable = extract_failures(lines)
     return Failures(frame, start, start + len(data), data.count(b"\n"), unreadable, note)
 
@@ -126,15 +85,7 @@ def read_window(path: Path, since_hours: float, now: datetime | None = None) -> 
     size = path.stat().st_size if path.exists() else 0
     if size == 0:
         return Failures(_empty_failures(), 0, 0, 0, 0, f"since {cutoff}")
-    lines = pl.scan_csv(
-        path,
-        has_header=False,
-        separator="\t",
-        quote_char=None,
-        schema=_LINE_SCHEMA,
-        encoding="utf8-lossy",
-    )
-    frame, unreadable = extract_failures(lines)
+    frame, unreadable = extract_failures(scan_lines(path))
     frame = frame.filter(pl.col("timestamp") >= cutoff)
     return Failures(frame, 0, size, -1, unreadable, f"since {cutoff}")
 
@@ -199,19 +150,6 @@ def _as_text(value: object) -> str | None:
         return "true" if value else "false"
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return clean_cut(text, len(text))
-
-
-def _lines_frame(data: bytes) -> pl.DataFrame:
-    if not data:
-        return pl.DataFrame(schema=_LINE_SCHEMA)
-    return pl.read_csv(
-        io.BytesIO(data),
-        has_header=False,
-        separator="\t",
-        quote_char=None,
-        schema=_LINE_SCHEMA,
-        encoding="utf8-lossy",
-    )
 
 
 def _empty_failures() -> pl.DataFrame:

@@ -19,21 +19,12 @@ from pathlib import Path
 
 import httpx
 
-from deployments.apply import (
-    WORK_POOL,
-    DeployFailed,
-    crash_orphaned_runs,
-    deploy,
-    prefect_environment,
-)
-from observer.serve import PortInUse, bind_socket
+from deployments.apply import WORK_POOL, crash_orphaned_runs, deploy, prefect_environment
+from observer.errors import CommandError, StartupFailed
 from observer.settings import Settings
+from observer.webhook.serve import bind_socket
 
 SERVER_START_TIMEOUT = 180.0
-
-
-class StartupFailed(RuntimeError):
-    pass
 
 
 @dataclass
@@ -119,7 +110,7 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200) -> int:
         )
         _say(
             f"up: UI http://127.0.0.1:{prefect_port}  webhook http://{settings.host}:{settings.port}"
-            f"  ops {settings.ops_path.resolve()}  (Ctrl-C stops everything)"
+            f"  ops {settings.layout.ops_path.resolve()}  (Ctrl-C stops everything)"
         )
         while not stopping:
             dead = [child.name for child in children if not child.alive()]
@@ -127,7 +118,7 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200) -> int:
                 raise StartupFailed(f"{', '.join(dead)} stopped unexpectedly")
             time.sleep(0.5)
         return 0
-    except (StartupFailed, DeployFailed, PortInUse, subprocess.CalledProcessError) as exc:
+    except CommandError as exc:
         print(f"observer: {exc}", file=sys.stderr)
         return 1
     finally:

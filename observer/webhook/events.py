@@ -14,26 +14,11 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from observer.ops import Op, now_timestamp
+from observer.errors import EventError
+from observer.ops import now_timestamp
+from observer.values import json_type_name
 
 MAX_EVENT_ID_LENGTH = 200
-
-
-class EventError(ValueError):
-    """A body that cannot become an op; `status` is the HTTP answer, `details` the field problems."""
-
-    def __init__(
-        self, message: str, *, status: int = 422, details: list[dict[str, str]] | None = None
-    ):
-        super().__init__(message)
-        self.status = status
-        self.details = details or []
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": str(self)}
-        if self.details:
-            body["details"] = self.details
-        return body
 
 
 #: Optional op keys the original copied only when the client sent them, in the line's order.
@@ -116,10 +101,6 @@ class EventIn(BaseModel):
         if isinstance(value, str) and any(ch in value for ch in "\t\n\r"):
             raise ValueError("must not contain tabs or line breaks")
         return value
-
-    def to_op(self) -> Op:
-        """The op to store, as a model (for callers off the hot path)."""
-        return Op.build(**self.to_fields())
 
     def to_fields(self) -> dict[str, Any]:
         """Apply the original's defaults (contract.md): the op's present fields, validated, in the
@@ -218,16 +199,3 @@ def _reason(error: Any) -> str:
     if error["type"] == "string_type":
         return "must be a string"
     return message
-
-
-def json_type_name(value: object) -> str:
-    """How an error message names a JSON value's type ("an array", "null", …)."""
-    if value is None:
-        return "null"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    return "a number"

@@ -9,33 +9,28 @@ retries, and a corrections tailer that re-records after a crash).
 
 from __future__ import annotations
 
-import io
 import time
+from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, Field
 
-from observer.ingest_state import (
-    IngestCheckpoint,
-    RecentIds,
-    checkpoint_path,
-    ids_path,
-    load_recent_ids,
-    lock_path,
-)
+from observer.files import append_durably, file_lock, load_state, save_state, truncate_to
+from observer.intake.checkpoint import IngestCheckpoint, RecentIds, load_recent_ids
+from observer.intake.spool import SpoolPosition, delete_segments_before, read_spool
+from observer.pipelines.frames import frame_lines, spool_frame
 from observer.settings import Settings
-from observer.store import (
-    SpoolPosition,
-    append_durably,
-    delete_segments_before,
-    file_lock,
-    load_state,
-    read_spool,
-    save_state,
-    truncate_to,
-)
 
 DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
+
+
+class IngestParameters(BaseModel):
+    """Parameters of an ingestion run (shown as a form in the Prefect UI)."""
+
+    reason: str = Field("manual", description="why this run started: event, schedule or manual")
+    max_seconds: float = Field(
+        60.0, gt=0, description="stop draining after this long; the rest waits for the next run"
+    )
 
 
 class IngestReport(BaseModel):
@@ -54,6 +49,15 @@ class IngestReport(BaseModel):
     ops_bytes: int = 0
     seconds: float = 0.0
 
+    def rows(self) -> list[dict[str, Any]]:
+        """The report as (measure, value) rows for its table artifact, counts per source last."""
+        rows = [
+            {"measure": name, "value": value}
+            for name, value in self.model_dump(exclude={"by_source"}).items()
+        ]
+        rows += [{"measure": f"source:{s}", "value": n} for s, n in sorted(self.by_source.items())]
+        return rows
+
 
 def drain_spool(
     settings: Settings,
@@ -68,19 +72,20 @@ def drain_spool(
     """
     started = time.monotonic()
     report = IngestReport()
-    with file_lock(lock_path(settings)):
+    layout = settings.layout
+    with file_lock(layout.ingest_lock):
         checkpoint = _load_checkpoint(settings)
-        report.repaired_crash = truncate_to(settings.ops_path, checkpoint.ops_bytes) | truncate_to(
-            ids_path(settings), checkpoint.ids_bytes
+        report.repaired_crash = truncate_to(layout.ops_path, checkpoint.ops_bytes) | truncate_to(
+            layout.ingested_ids, checkpoint.ids_bytes
         )
         seen = load_recent_ids(settings)
         while max_seconds is None or time.monotonic() - started < max_seconds:
-            chunk = read_spool(settings.spool_dir, checkpoint.position, max_bytes=batch_bytes)
+            chunk = read_spool(layout.spool_dir, checkpoint.position, max_bytes=batch_bytes)
             if chunk.end == checkpoint.position:
                 break
             checkpoint = _ingest_batch(settings, checkpoint, chunk.data, chunk.end, seen, report)
             report.torn_bytes += chunk.torn_bytes
-            delete_segments_before(settings.spool_dir, checkpoint.segment)
+            delete_segments_before(layout.spool_dir, checkpoint.segment)
         report.ingested_total = checkpoint.ingested_total
         report.ops_bytes = checkpoint.ops_bytes
     report.seconds = round(time.monotonic() - started, 4)
@@ -89,22 +94,22 @@ def drain_spool(
 
 def _load_checkpoint(settings: Settings) -> IngestCheckpoint:
     """The checkpoint; on first use an existing ops.jsonl (e.g. the original's) is adopted as is."""
-    path = checkpoint_path(settings)
-    if path.exists():
-        return load_state(path, IngestCheckpoint)
+    layout = settings.layout
+    if layout.ingest_checkpoint.exists():
+        return load_state(layout.ingest_checkpoint, IngestCheckpoint)
     ops_bytes = 0
-    if settings.ops_path.exists():
-        with open(settings.ops_path, "rb") as handle:
+    if layout.ops_path.exists():
+        with open(layout.ops_path, "rb") as handle:
             ops_bytes = handle.seek(0, 2)
             if ops_bytes:
                 handle.seek(ops_bytes - 1)
                 if handle.read(1) != b"\n":  # the original could leave a torn last line
-                    ops_bytes = append_durably(settings.ops_path, b"\n")
-    ids = ids_path(settings)
+                    ops_bytes = append_durably(layout.ops_path, b"\n")
+    ids = layout.ingested_ids
     checkpoint = IngestCheckpoint(
         ops_bytes=ops_bytes, ids_bytes=ids.stat().st_size if ids.exists() else 0
     )
-    save_state(path, checkpoint)
+    save_state(layout.ingest_checkpoint, checkpoint)
     return checkpoint
 
 
@@ -120,10 +125,12 @@ def _ingest_batch(
     fresh = drop_duplicates(frame, seen)
     ops_bytes, ids_bytes = checkpoint.ops_bytes, checkpoint.ids_bytes
     if fresh.height:
-        ops_bytes = append_durably(settings.ops_path, frame_lines(fresh, "line"))
+        ops_bytes = append_durably(settings.layout.ops_path, frame_lines(fresh, "line"))
         new_ids = fresh.filter(pl.col("event_id").is_not_null())
         if new_ids.height:
-            ids_bytes = append_durably(ids_path(settings), frame_lines(new_ids, "event_id"))
+            ids_bytes = append_durably(
+                settings.layout.ingested_ids, frame_lines(new_ids, "event_id")
+            )
             for event_id in new_ids["event_id"]:
                 seen.add(event_id)
         _count_into(report, fresh)
@@ -140,22 +147,8 @@ def _ingest_batch(
         ingested_total=checkpoint.ingested_total + fresh.height,
         duplicates_total=checkpoint.duplicates_total + duplicates,
     )
-    save_state(checkpoint_path(settings), new_checkpoint)
+    save_state(settings.layout.ingest_checkpoint, new_checkpoint)
     return new_checkpoint
-
-
-def spool_frame(data: bytes) -> pl.DataFrame:
-    """Spool records as a frame of (event_id, line); an empty id becomes null."""
-    if not data:
-        return pl.DataFrame(schema={"event_id": pl.String, "line": pl.String})
-    return pl.read_csv(
-        io.BytesIO(data),
-        has_header=False,
-        separator="\t",
-        quote_char=None,
-        schema={"event_id": pl.String, "line": pl.String},
-        empty_string_is_null=True,
-    )
 
 
 def drop_duplicates(frame: pl.DataFrame, seen: RecentIds) -> pl.DataFrame:
@@ -167,13 +160,6 @@ def drop_duplicates(frame: pl.DataFrame, seen: RecentIds) -> pl.DataFrame:
     return frame.filter(
         has_id.not_() | (pl.col("event_id").is_first_distinct() & ~pl.col("event_id").is_in(known))
     )
-
-
-def frame_lines(frame: pl.DataFrame, column: str) -> bytes:
-    """One column written as raw lines, exactly as stored (no quoting, no header)."""
-    buffer = io.BytesIO()
-    frame.select(column).write_csv(buffer, include_header=False, quote_style="never")
-    return buffer.getvalue()
 
 
 def _count_into(report: IngestReport, fresh: pl.DataFrame) -> None:

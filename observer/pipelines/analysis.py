@@ -1,8 +1,8 @@
 """Error analysis: which failures to report, the LLM prompt, the `/log` entry, and what is remembered.
 
 The original re-sent the last 10 failures to the LLM and re-posted its answer every cycle. Here:
-- a scheduled run reads only failures after the watermark (`observer.failures`), grouped
-  (`observer.grouping`); a group the LLM already analysed recently is *known*: counted, not re-sent,
+- a scheduled run reads only failures after the watermark (`observer.pipelines.failures`), grouped
+  (`observer.pipelines.grouping`); a group the LLM already analysed recently is *known*: counted, not re-sent,
   not re-posted (unless `force`);
 - LLM answers are cached per model + prompt version + group signature, so a run that failed to
   post does not pay the LLM again on its retry;
@@ -19,26 +19,25 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from observer.failures import (
+from observer.errors import UpstreamError
+from observer.files import file_lock, load_state, save_state
+from observer.identity import FileMark
+from observer.ops import now_timestamp
+from observer.pipelines.failures import (
     Failures,
-    Watermark,
     filter_failures,
-    mark,
     read_since,
     read_window,
     start_offset,
-    still_valid,
     window_start,
 )
-from observer.grouping import Group, clean_cut, group_failures
-from observer.ops import now_timestamp
+from observer.pipelines.grouping import Group, clean_cut, group_failures
 from observer.settings import Settings
-from observer.store import file_lock, load_state, save_state
-from observer.upstream import GenerateRequest, LogEntry, UpstreamError, Upstreams
+from observer.upstream import GenerateRequest, LogEntry, Upstreams
 
 #: Bump when the prompt's wording or layout changes: cached answers to the old prompt stop counting.
 PROMPT_VERSION = "groups-v1"
@@ -69,8 +68,8 @@ MAX_SELECTED_GROUPS = 500
 Kind = Literal["nothing", "llm", "cached", "degraded"]
 
 
-class AnalysisQuery(BaseModel):
-    """What to analyse; the flow's parameters extend it (shown as a form in the Prefect UI)."""
+class AnalyzeParameters(BaseModel):
+    """What to analyse and whether to post (the flow's form in the Prefect UI)."""
 
     since_hours: float | None = Field(
         None, gt=0, description="analyse failures of the last N hours; empty = since last analysis"
@@ -83,11 +82,24 @@ class AnalysisQuery(BaseModel):
     reanalyse_after_hours: float = Field(
         24.0, gt=0, description="a known group recurring after this long is analysed again"
     )
+    dry_run: bool = Field(False, description="build and show the analysis, post nothing")
 
     @property
     def moves_watermark(self) -> bool:
         """Only an unfiltered since-last run may say "everything up to here is analysed"."""
         return self.since_hours is None and self.endpoint is None and self.source is None
+
+    @property
+    def label(self) -> str:
+        """What the run covers, for its name in the UI's run list."""
+        parts = [f"last {self.since_hours:g}h" if self.since_hours else "since last"]
+        parts += [
+            f"{name}={value}"
+            for name, value in (("endpoint", self.endpoint), ("source", self.source))
+            if value
+        ]
+        parts += [flag for flag in ("force", "dry_run") if getattr(self, flag)]
+        return ", ".join(parts)
 
 
 class GroupRecord(BaseModel):
@@ -102,7 +114,7 @@ class GroupRecord(BaseModel):
 
 
 class AnalysisState(BaseModel):
-    watermark: Watermark | None = None
+    watermark: FileMark | None = None
     last_batch_start: int | None = None
     groups: dict[str, GroupRecord] = Field(default_factory=dict)
 
@@ -130,7 +142,7 @@ class Selection(BaseModel):
     fresh_groups: int = 0
     fresh_failures: int = 0
     known_failures: int = 0
-    watermark: Watermark | None = None
+    watermark: FileMark | None = None
 
     @property
     def unlisted_fresh(self) -> tuple[int, int]:
@@ -139,7 +151,7 @@ class Selection(BaseModel):
         return self.fresh_groups - len(self.fresh), self.fresh_failures - listed
 
 
-class Report(BaseModel):
+class Diagnosis(BaseModel):
     """The outcome of diagnosis: the entry to post (None when there is nothing to report)."""
 
     kind: Kind
@@ -151,19 +163,110 @@ class Report(BaseModel):
     llm_error: str | None = None
 
 
+class AnalysisReport(BaseModel):
+    """One run: what was read and grouped, what diagnosis it got, and what became of the entry.
+    Renders its own artifacts: `markdown()` (the report) and `rows()` (the groups table)."""
+
+    selection: Selection
+    diagnosis: Diagnosis
+    delivery: str
+
+    @property
+    def summary(self) -> str:
+        return f"{self.diagnosis.message} — {self.delivery}"
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per group carried by the run (biggest first), then one row totalling the rest."""
+        selection, diagnosis = self.selection, self.diagnosis
+        rows: list[dict[str, Any]] = []
+        for status, groups in (("new", selection.fresh), ("known", selection.known)):
+            for group in groups:
+                if status == "known":
+                    handling = "known: analysed before, not re-sent"
+                elif group.signature in diagnosis.shown:
+                    handling = "named in the analysis"
+                else:
+                    handling = "counted in '… and N more'"
+                rows.append(
+                    {
+                        "endpoint": group.endpoint,
+                        "pattern": group.pattern,
+                        "count": group.count,
+                        "first_seen": group.first_seen,
+                        "last_seen": group.last_seen,
+                        "sources": ", ".join(group.sources),
+                        "sample_error": clean_cut(group.sample_error, 200),
+                        "handling": handling,
+                        "signature": group.signature,
+                    }
+                )
+        more_groups, more_failures = selection.unlisted_fresh
+        if more_groups:
+            rows.append(
+                {
+                    "endpoint": "…",
+                    "pattern": f"{more_groups} more new group(s), not listed",
+                    "count": more_failures,
+                    "handling": "counted in '… and N more'",
+                }
+            )
+        return rows
+
+    def markdown(self) -> str:
+        """The run's report: what was read, what the LLM said (or why not), and what was posted."""
+        selection, diagnosis = self.selection, self.diagnosis
+        lines = [
+            "# Error analysis",
+            "",
+            f"- **Outcome:** {diagnosis.message}",
+            f"- **Delivery:** {self.delivery}",
+            f"- **Read:** {selection.note}; bytes {selection.start}–{selection.end}"
+            + (f", {selection.lines} line(s)" if selection.lines >= 0 else ""),
+            f"- **Failures:** {selection.failures}: {selection.fresh_failures} in "
+            f"{selection.fresh_groups} new group(s), {selection.known_failures} in known ones",
+        ]
+        if selection.unreadable:
+            lines.append(f"- **Unreadable lines skipped:** {selection.unreadable}")
+        if diagnosis.kind == "degraded":
+            lines += [
+                "",
+                f"> **Degraded report — not made by the LLM** (`{DEGRADED_APPROACH}`).",
+                f"> LLM error: {diagnosis.llm_error}",
+            ]
+        if diagnosis.text:
+            title = "Diagnosis" if diagnosis.kind != "degraded" else "Degraded report (counts only)"
+            lines += ["", f"## {title}", "", diagnosis.text]
+        if diagnosis.entry is not None:
+            lines += [
+                "",
+                "## `/log` entry",
+                "",
+                "```json",
+                diagnosis.entry.model_dump_json(indent=2),
+                "```",
+            ]
+        groups = selection.fresh + selection.known
+        if groups:
+            lines += [
+                "",
+                "## Groups",
+                "",
+                "| endpoint | pattern | count | last seen |",
+                "|---|---|---|---|",
+            ]
+            lines += [_table_line(group) for group in groups[:50]]
+            if len(groups) > 50:
+                lines.append(f"| … | {len(groups) - 50} more in the table artifact | | |")
+        return "\n".join(lines) + "\n"
+
+
+def _table_line(group: Group) -> str:
+    pattern = clean_cut(group.pattern, 120).replace("|", "\\|")
+    endpoint = group.endpoint.replace("|", "\\|")
+    return f"| {endpoint} | `{pattern}` | {group.count} | {group.last_seen} |"
+
+
 # ── state files ──────────────────────────────────────────────────────────────────────────────────
-
-
-def state_path(settings: Settings) -> Path:
-    return settings.state_dir / "analyze-errors.json"
-
-
-def cache_path(settings: Settings) -> Path:
-    return settings.state_dir / "analyze-errors-cache.json"
-
-
-def _lock_path(settings: Settings) -> Path:
-    return settings.state_dir / "analyze-errors.lock"
 
 
 def cache_key(model: str, group_signature: str) -> str:
@@ -173,18 +276,18 @@ def cache_key(model: str, group_signature: str) -> str:
 # ── selection ────────────────────────────────────────────────────────────────────────────────────
 
 
-def select(settings: Settings, query: AnalysisQuery, now: datetime | None = None) -> Selection:
+def select(settings: Settings, query: AnalyzeParameters, now: datetime | None = None) -> Selection:
     """Read, filter and group the failures this run is about; split known from fresh groups."""
     now = now or datetime.now(UTC)
-    state = load_state(state_path(settings), AnalysisState)
-    path = settings.ops_path
+    state = load_state(settings.layout.analysis_state, AnalysisState)
+    path = settings.layout.ops_path
     if query.since_hours is not None:
         read = read_window(path, query.since_hours, now)
     elif (
         query.force
         and state.last_batch_start is not None
         and state.watermark is not None
-        and still_valid(path, state.watermark)
+        and state.watermark.still_at(path)
     ):
         read = read_since(path, state.last_batch_start, "the last analysed batch, again (force)")
     else:
@@ -217,8 +320,8 @@ def select(settings: Settings, query: AnalysisQuery, now: datetime | None = None
     )
 
 
-def _next_watermark(path: Path, read: Failures) -> Watermark | None:
-    return mark(path, read.end) if path.exists() else None
+def _next_watermark(path: Path, read: Failures) -> FileMark | None:
+    return FileMark.at(path, read.end) if path.exists() else None
 
 
 # ── prompt and entries ───────────────────────────────────────────────────────────────────────────
@@ -302,7 +405,7 @@ def failure_reason(error: UpstreamError) -> str:
 # ── diagnosis ────────────────────────────────────────────────────────────────────────────────────
 
 
-def diagnose(settings: Settings, selection: Selection, query: AnalysisQuery) -> Report:
+def diagnose(settings: Settings, selection: Selection, query: AnalyzeParameters) -> Diagnosis:
     """Turn the fresh groups into an entry: cached answers, else the LLM, else a degraded report."""
     if not selection.fresh:
         known = selection.known_failures
@@ -311,16 +414,16 @@ def diagnose(settings: Settings, selection: Selection, query: AnalysisQuery) -> 
             if selection.failures
             else "no new failures"
         )
-        return Report(kind="nothing", message=message)
+        return Diagnosis(kind="nothing", message=message)
     summary, shown = summarise(selection, query.max_groups)
     prompt = build_prompt(summary)
     names = [g.signature for g in shown]
-    cache = load_state(cache_path(settings), AnalysisCache)
+    cache = load_state(settings.layout.analysis_cache, AnalysisCache)
     cached = None if query.force else _cached_text(cache, query.model, shown)
     if cached is not None:
         entry = log_entry(selection, LLM_APPROACH, cached, summary)
         message = f"posted the cached LLM analysis of {len(shown)} group(s) (the LLM was not asked)"
-        return Report(
+        return Diagnosis(
             kind="cached", message=message, entry=entry, prompt=prompt, text=cached, shown=names
         )
     try:
@@ -333,7 +436,7 @@ def diagnose(settings: Settings, selection: Selection, query: AnalysisQuery) -> 
             f"degraded: LLM unavailable ({reason}); "
             f"counts of {selection.fresh_groups} group(s) posted instead"
         )
-        return Report(
+        return Diagnosis(
             kind="degraded",
             message=message,
             entry=entry,
@@ -345,7 +448,9 @@ def diagnose(settings: Settings, selection: Selection, query: AnalysisQuery) -> 
     remember_answer(settings, query.model, shown, text)
     entry = log_entry(selection, LLM_APPROACH, text, summary)
     message = f"LLM analysis of {len(shown)} group(s), {selection.fresh_failures} failure(s)"
-    return Report(kind="llm", message=message, entry=entry, prompt=prompt, text=text, shown=names)
+    return Diagnosis(
+        kind="llm", message=message, entry=entry, prompt=prompt, text=text, shown=names
+    )
 
 
 def ask_llm(settings: Settings, request: GenerateRequest) -> str:
@@ -368,8 +473,8 @@ def _cached_text(cache: AnalysisCache, model: str, groups: list[Group]) -> str |
 
 def remember_answer(settings: Settings, model: str, groups: list[Group], text: str) -> None:
     """Cache an LLM answer for each group it covered (before posting: a failed post is not re-paid)."""
-    with file_lock(_lock_path(settings)):
-        cache = load_state(cache_path(settings), AnalysisCache)
+    with file_lock(settings.layout.analysis_lock):
+        cache = load_state(settings.layout.analysis_cache, AnalysisCache)
         stamp = now_timestamp()
         for group in groups:
             cache.entries[cache_key(model, group.signature)] = CacheEntry(
@@ -377,16 +482,16 @@ def remember_answer(settings: Settings, model: str, groups: list[Group], text: s
             )
         newest = sorted(cache.entries.items(), key=lambda kv: kv[1].created_at, reverse=True)
         cache.entries = dict(newest[:MAX_CACHE_ENTRIES])
-        save_state(cache_path(settings), cache)
+        save_state(settings.layout.analysis_cache, cache)
 
 
 # ── after delivery ───────────────────────────────────────────────────────────────────────────────
 
 
-def commit(settings: Settings, selection: Selection, report: Report) -> None:
+def commit(settings: Settings, selection: Selection, report: Diagnosis) -> None:
     """Remember what was delivered, and move the watermark over what was read (post succeeded)."""
-    with file_lock(_lock_path(settings)):
-        state = load_state(state_path(settings), AnalysisState)
+    with file_lock(settings.layout.analysis_lock):
+        state = load_state(settings.layout.analysis_state, AnalysisState)
         stamp = now_timestamp()
         llm_made = report.kind in ("llm", "cached")
         for group in selection.fresh if report.entry else []:
@@ -408,7 +513,7 @@ def commit(settings: Settings, selection: Selection, report: Report) -> None:
             if selection.end > selection.start:
                 state.last_batch_start = selection.start
             state.watermark = selection.watermark
-        save_state(state_path(settings), state)
+        save_state(settings.layout.analysis_state, state)
 
 
 def _later(current: str, seen: str) -> str:

@@ -1,0 +1,53 @@
+"""The table of Observer's flows: each flow's name (also its deployment's) and where it is defined.
+
+The `@flow` decorators, `prefect.yaml` (checked against this table by a test), the `observer run`
+command, the webhook's wake-up of ingestion and the deployment tooling all read their names here, so
+a flow is named in one place. Loading a flow imports prefect; reading the table does not.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FlowEntry:
+    """One flow: `name` is the flow's and its deployment's; `module:function` defines it."""
+
+    name: str
+    module: str
+    function: str
+
+    @property
+    def entrypoint(self) -> str:
+        """The entrypoint as prefect.yaml writes it (a path relative to the project)."""
+        return f"{self.module.replace('.', '/')}.py:{self.function}"
+
+    @property
+    def deployment(self) -> str:
+        """`flow/deployment`, as `prefect deployment run` and `run_deployment` name it."""
+        return f"{self.name}/{self.name}"
+
+    def load(self) -> Any:
+        """The flow object (imports prefect and the flow's module)."""
+        return getattr(importlib.import_module(self.module), self.function)
+
+
+INGEST_EVENTS = FlowEntry("ingest-events", "flows.ingest_events", "ingest_events")
+TAIL_CORRECTIONS = FlowEntry("tail-corrections", "flows.tail_corrections", "tail_corrections")
+ANALYZE_ERRORS = FlowEntry("analyze-errors", "flows.analyze_errors", "analyze_errors")
+CONSOLIDATE_PLAYBOOKS = FlowEntry(
+    "consolidate-playbooks", "flows.consolidate_playbooks", "consolidate_playbooks"
+)
+
+#: The Prefect event that wakes ingestion (the `ingest-events` deployment's trigger in prefect.yaml):
+#: sent by the webhook after durable batches and by tail-corrections after recording rows.
+SPOOL_APPENDED_EVENT = "observer.spool.appended"
+SPOOL_RESOURCE_ID = "observer.spool"
+
+FLOWS: dict[str, FlowEntry] = {
+    entry.name: entry
+    for entry in (INGEST_EVENTS, TAIL_CORRECTIONS, ANALYZE_ERRORS, CONSOLIDATE_PLAYBOOKS)
+}

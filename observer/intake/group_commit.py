@@ -1,0 +1,227 @@
+"""The webhook's door onto the spool: group commit, with the fsync in a helper process.
+
+Requests queue their record and await it; what is queued is written as one batch and fsync'd once by
+a child process (`observer.intake.syncer`), and what arrives during that fsync queues for the next
+one. Each request is answered, in spool order, only once its batch is durable.
+
+The intake only writes and makes durable. Whoever keeps state about what is stored (the webhook's
+stats window and idempotency ids) follows it through a `DurableListener`: told of each durable
+batch, in spool order, with the positions it took, and of each refused one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from observer.errors import Overloaded, WriteFailed
+from observer.intake.spool import SpoolPosition, SpoolWriter, encode_record
+from observer.intake.syncer import Syncer
+from observer.ops import op_line
+from observer.settings import Settings
+
+log = logging.getLogger("observer.intake")
+
+MAX_PENDING_BYTES = 64 * 1024 * 1024
+
+Answer = TypeVar("Answer")
+
+
+@dataclass
+class Queued(Generic[Answer]):
+    """One op waiting for the disk: its id, its validated fields, its spool record."""
+
+    event_id: str | None
+    fields: dict[str, Any]
+    record: bytes
+    future: asyncio.Future[Answer]
+
+
+@dataclass
+class DurableBatch(Generic[Answer]):
+    """A batch written to the spool: from `start` to `end` in one segment (a batch is one write)."""
+
+    start: SpoolPosition
+    end: SpoolPosition
+    items: list[Queued[Answer]]
+
+    @property
+    def size(self) -> int:
+        return self.end.offset - self.start.offset
+
+
+class DurableListener(Protocol[Answer]):
+    """What follows the intake: told of every batch once durable, and of every refused op."""
+
+    def durable(self, batch: DurableBatch[Answer]) -> Sequence[Answer]:
+        """The batch is on disk: return each item's answer, in order."""
+        ...
+
+    def refused(self, items: Sequence[Queued[Answer]]) -> None:
+        """These ops were not kept (their requests get a 503)."""
+        ...
+
+
+class Intake(Generic[Answer]):
+    """Group commit onto the spool; `submit` returns once the op is durable.
+
+    The first op queued schedules a flush with `call_soon`, which runs once the loop has handled
+    every request that was ready in the same turn. The flush writes the batch and asks the fsync
+    child to make it durable. While that fsync runs the loop keeps serving, and what it queues
+    meanwhile is written as one batch when the fsync answers. Without the child (it could not
+    start, or died) the flush fsyncs on the loop's thread.
+    """
+
+    def __init__(self, settings: Settings, listener: DurableListener[Answer]) -> None:
+        self.settings = settings
+        self._listener = listener
+        self._writer = SpoolWriter(settings.layout.spool_dir, settings.spool_segment_bytes)
+        self._syncer: Syncer | None = None
+        self._queue: list[Queued[Answer]] = []
+        self._unsynced: deque[DurableBatch[Answer]] = deque()  # written, fsync not answered yet
+        self._syncing_to: SpoolPosition | None = None  # the end the child is fsyncing up to
+        self._waiting_events = 0  # queued or written, not yet durable
+        self._waiting_bytes = 0
+        self._flush_scheduled = False
+        self.write_errors = 0
+
+    # ── life cycle ──────────────────────────────────────────────────────────────────────────────
+
+    def open(self) -> None:
+        """Start the fsync child when running on an event loop (else fsync inline)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        syncer = Syncer(on_synced=self._synced, on_lost=self._syncer_lost)
+        try:
+            syncer.start(loop)
+        except OSError as exc:
+            log.warning("cannot start the fsync helper process (%s); fsyncing inline", exc)
+            return
+        self._syncer = syncer
+
+    def close(self) -> None:
+        """Write and fsync what is still waiting, then release the spool and the child."""
+        syncer, self._syncer = self._syncer, None
+        self._syncing_to = None
+        if syncer is not None:
+            syncer.stop()
+        self._flush()
+        self._writer.shutdown()
+
+    # ── the request path ────────────────────────────────────────────────────────────────────────
+
+    async def submit(self, event_id: str | None, fields: dict[str, Any]) -> Answer:
+        """Queue one op (its validated fields); return the listener's answer once it is durable,
+        or raise Overloaded / WriteFailed (nothing of it kept)."""
+        record = encode_record(event_id, op_line(fields))
+        if (
+            self._waiting_events >= self.settings.max_pending_events
+            or self._waiting_bytes + len(record) > MAX_PENDING_BYTES
+        ):
+            raise Overloaded("the intake queue is full")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Answer] = loop.create_future()
+        self._queue.append(Queued(event_id, fields, record, future))
+        self._waiting_events += 1
+        self._waiting_bytes += len(record)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    @property
+    def queued(self) -> int:
+        """Events accepted and not durable yet."""
+        return self._waiting_events
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a batch is written and not yet durable (its records are in the spool already)."""
+        return bool(self._unsynced)
+
+    # ── write, then fsync ───────────────────────────────────────────────────────────────────────
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._syncing_to is not None:
+            return  # an fsync is running: what is queued meanwhile is written when it answers
+        batch, self._queue = self._queue, []
+        if batch:
+            payload = b"".join(item.record for item in batch)
+            try:
+                start, end = self._writer.write(payload)
+            except OSError as exc:
+                self._refuse([batch], len(payload), exc)
+            else:
+                self._unsynced.append(DurableBatch(start, end, batch))
+        self._sync_next()
+
+    def _sync_next(self) -> None:
+        """Start the fsync of everything written so far, unless one is already running."""
+        if self._syncing_to is not None or not self._unsynced:
+            return
+        end = self._unsynced[-1].end
+        if self._syncer is not None:
+            self._syncing_to = end
+            self._syncer.request(self._writer.segment_file(end))
+            return
+        try:
+            self._writer.sync()
+        except OSError as exc:
+            self._refuse_unsynced(exc)
+            return
+        self._complete_through(end)
+
+    def _synced(self, error: int) -> None:
+        """The child's answer for the fsync up to `_syncing_to`."""
+        end, self._syncing_to = self._syncing_to, None
+        if end is None:
+            return
+        if error:
+            self._refuse_unsynced(OSError(error, os.strerror(error)))
+        else:
+            self._complete_through(end)
+        self._flush()
+
+    def _syncer_lost(self) -> None:
+        self._syncer, self._syncing_to = None, None
+        self._flush()
+
+    def _complete_through(self, end: SpoolPosition) -> None:
+        """Every batch up to `end` is durable: tell the listener, answer the requests."""
+        while self._unsynced and self._unsynced[0].end <= end:
+            batch = self._unsynced.popleft()
+            self._waiting_events -= len(batch.items)
+            self._waiting_bytes -= batch.size
+            answers = self._listener.durable(batch)
+            for item, answer in zip(batch.items, answers, strict=True):
+                if not item.future.done():  # a client that went away cancelled its wait
+                    item.future.set_result(answer)
+
+    def _refuse_unsynced(self, exc: OSError) -> None:
+        """An fsync failed: no batch still waiting can be called durable. Remove them from the spool
+        when no other writer appended after them (else ingestion will still see them)."""
+        batches = list(self._unsynced)
+        self._unsynced.clear()
+        if not self._writer.cut_back(batches[0].start, batches[-1].end):
+            log.error("could not remove %d refused batch(es) from the spool", len(batches))
+        self._refuse([b.items for b in batches], sum(b.size for b in batches), exc)
+
+    def _refuse(self, batches: list[list[Queued[Answer]]], size: int, exc: OSError) -> None:
+        self.write_errors += 1
+        items = [item for batch in batches for item in batch]
+        log.error("spool write failed, %d event(s) refused: %s", len(items), exc)
+        failure = WriteFailed(f"cannot write the spool: {exc.strerror or exc}")
+        self._waiting_events -= len(items)
+        self._waiting_bytes -= size
+        self._listener.refused(items)
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(failure)

@@ -1,0 +1,104 @@
+"""Where everything lives under the data dir: the one module that knows the paths.
+
+data/                              OBSERVER_DATA_DIR
+├── _observer/
+│   ├── ops.jsonl                  every op (written by ingestion only)
+│   ├── spool/NNNNNNNNNNNN.jsonl   acknowledged ops not ingested yet (+ .lock)
+│   ├── state/                     each flow's checkpoint, watermark or cache, and its lock
+│   └── quarantine/                corrections lines that could not become ops
+└── _prefect/                      PREFECT_HOME of `observer up`: the Prefect database
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """Every path under one data dir; built once per `Settings` (`settings.layout`)."""
+
+    data_dir: Path
+
+    @cached_property
+    def observer_dir(self) -> Path:
+        return self.data_dir / "_observer"
+
+    @cached_property
+    def prefect_home(self) -> Path:
+        return self.data_dir / "_prefect"
+
+    @cached_property
+    def ops_path(self) -> Path:
+        return self.observer_dir / "ops.jsonl"
+
+    @cached_property
+    def spool_dir(self) -> Path:
+        return self.observer_dir / "spool"
+
+    @cached_property
+    def spool_lock(self) -> Path:
+        return self.spool_dir / ".lock"
+
+    @cached_property
+    def state_dir(self) -> Path:
+        return self.observer_dir / "state"
+
+    # ── ingestion ───────────────────────────────────────────────────────────────────────────────
+
+    @cached_property
+    def ingest_checkpoint(self) -> Path:
+        """Spool position and ops.jsonl size ingestion has reached."""
+        return self.state_dir / "ingest.json"
+
+    @cached_property
+    def ingested_ids(self) -> Path:
+        """Event ids already ingested, one a line: the idempotency memory."""
+        return self.state_dir / "ingested-ids.txt"
+
+    @cached_property
+    def ingest_lock(self) -> Path:
+        return self.state_dir / "ingest.lock"
+
+    # ── corrections ─────────────────────────────────────────────────────────────────────────────
+
+    @cached_property
+    def corrections_checkpoint(self) -> Path:
+        return self.state_dir / "corrections.json"
+
+    @cached_property
+    def corrections_quarantine(self) -> Path:
+        return self.observer_dir / "quarantine" / "corrections.jsonl"
+
+    @cached_property
+    def corrections_lock(self) -> Path:
+        return self.state_dir / "corrections.lock"
+
+    # ── analysis ────────────────────────────────────────────────────────────────────────────────
+
+    @cached_property
+    def analysis_state(self) -> Path:
+        """Watermark and delivered groups."""
+        return self.state_dir / "analyze-errors.json"
+
+    @cached_property
+    def analysis_cache(self) -> Path:
+        """LLM answers by model, prompt version and group."""
+        return self.state_dir / "analyze-errors-cache.json"
+
+    @cached_property
+    def analysis_lock(self) -> Path:
+        return self.state_dir / "analyze-errors.lock"
+
+    # ── playbooks ───────────────────────────────────────────────────────────────────────────────
+
+    @cached_property
+    def playbooks_state(self) -> Path:
+        """What each endpoint's last delivered entry covered."""
+        return self.state_dir / "consolidate-playbooks.json"
+
+    @cached_property
+    def playbooks_lock(self) -> Path:
+        return self.state_dir / "consolidate-playbooks.lock"

@@ -1,0 +1,103 @@
+"""What the webhook knows about stored ops: the `/stats` window and the ids for idempotency.
+
+The ledger follows the intake (it is its `DurableListener`): every durable batch is counted in spool
+order, and records other processes appended (the corrections tailer, `observed()`, another webhook)
+are read back from the spool and counted where they stand, before the next own batch. At start it
+is rebuilt from the durable files: the tail of ops.jsonl, the ingested ids, then what the spool
+holds beyond the ingestion checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from observer.files import file_lock, read_tail
+from observer.intake.checkpoint import RecentIds, load_checkpoint, load_recent_ids
+from observer.intake.group_commit import DurableBatch, Queued
+from observer.intake.spool import SpoolPosition, read_spool
+from observer.settings import Settings
+from observer.webhook.window import WINDOW_SIZE, StatsWindow
+
+
+class Ledger:
+    """The stats window and the recent event ids, in step with the spool.
+
+    An answer is the window's size once the op is counted (`ring_size`).
+    """
+
+    def __init__(self, settings: Settings, on_durable: Callable[[], None] | None = None) -> None:
+        """`on_durable` runs after each durable batch (the webhook wakes ingestion)."""
+        self.settings = settings
+        self.window = StatsWindow(WINDOW_SIZE)
+        self._ids = RecentIds(settings.dedup_window)
+        self._pending_ids: set[str] = set()  # accepted, not yet durable
+        self._position = SpoolPosition(0, 0)  # how far the window has read the spool
+        self._on_durable = on_durable
+
+    def open(self) -> None:
+        """Rebuild the window and ids from the durable files (ops.jsonl's tail, then the spool)."""
+        layout = self.settings.layout
+        with file_lock(layout.ingest_lock):
+            checkpoint = load_checkpoint(self.settings)
+            for line in read_tail(layout.ops_path, WINDOW_SIZE).lines:
+                self.window.add_line(line)
+            self._ids = load_recent_ids(self.settings)
+            self._position = checkpoint.position
+            self._read_spool_until(None)
+
+    # ── idempotency ─────────────────────────────────────────────────────────────────────────────
+
+    def is_duplicate(self, event_id: str | None) -> bool:
+        """Whether an op with this id is stored, or accepted and on its way to the disk."""
+        return event_id is not None and (event_id in self._ids or event_id in self._pending_ids)
+
+    def expect(self, event_id: str | None) -> None:
+        """An op with this id is on its way: a retry arriving meanwhile is a duplicate."""
+        if event_id is not None:
+            self._pending_ids.add(event_id)
+
+    def refused_id(self, event_id: str | None) -> None:
+        """The op with this id was not kept: a retry is a new op again."""
+        if event_id is not None:
+            self._pending_ids.discard(event_id)
+
+    # ── following the intake ────────────────────────────────────────────────────────────────────
+
+    def durable(self, batch: DurableBatch[int]) -> Sequence[int]:
+        """Count a durable batch (after what others appended before it); answer each ring size."""
+        if self._position < batch.start:
+            self._read_spool_until(batch.start)  # other writers' records come first
+        answers = []
+        for item in batch.items:
+            if item.event_id is not None:
+                self._pending_ids.discard(item.event_id)
+                self._ids.add(item.event_id)
+            self.window.add_fields(item.fields)
+            answers.append(len(self.window))
+        self._position = batch.end
+        if self._on_durable is not None:
+            self._on_durable()
+        return answers
+
+    def refused(self, items: Sequence[Queued[int]]) -> None:
+        for item in items:
+            self.refused_id(item.event_id)
+
+    def catch_up(self, in_flight: bool) -> None:
+        """Count records other processes appended since the last look (for /stats and /health);
+        not while an own batch is in flight, whose records would otherwise be read first."""
+        if not in_flight:
+            self._read_spool_until(None)
+
+    def _read_spool_until(self, until: SpoolPosition | None) -> None:
+        while True:
+            chunk = read_spool(self.settings.layout.spool_dir, self._position, until=until)
+            for record in chunk.records:
+                if record.event_id is not None:
+                    if record.event_id in self._ids:
+                        continue
+                    self._ids.add(record.event_id)
+                self.window.add_line(record.line)
+            if chunk.end == self._position:
+                return
+            self._position = chunk.end
