@@ -39,10 +39,6 @@ class DataLayout:
         return self.observer_dir / "spool"
 
     @cached_property
-    def spool_lock(self) -> Path:
-        return self.spool_dir / ".lock"
-
-    @cached_property
     def state_dir(self) -> Path:
         return self.observer_dir / "state"
 

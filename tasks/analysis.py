@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from observer.pipelines import analysis
 from observer.pipelines.analysis import AnalysisReport, AnalyzeParameters, Diagnosis, Selection
 from observer.settings import load_settings
 from observer.upstream import LogEntry, Upstreams
+from tasks.publish import publish
 
 
 @task(name="select-failures", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -55,11 +55,4 @@ def commit_analysis(selection: Selection, diagnosis: Diagnosis) -> None:
 @task(name="publish-analysis", cache_policy=NO_CACHE)
 def publish_analysis(report: AnalysisReport) -> None:
     """Leave the report (markdown) and the groups (table) on the run page, whatever happened."""
-    create_markdown_artifact(
-        key="analyze-errors-report", markdown=report.markdown(), description=report.summary
-    )
-    create_table_artifact(
-        key="analyze-errors-groups",
-        table=report.rows() or [{"endpoint": "", "pattern": "(no failures)", "count": 0}],
-        description=f"{report.selection.failures} failure(s) grouped ({report.selection.note})",
-    )
+    publish(report)

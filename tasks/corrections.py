@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from observer.catalog import SPOOL_APPENDED_EVENT, SPOOL_RESOURCE_ID
 from observer.pipelines.corrections import TailReport, tail_corrections
 from observer.settings import load_settings
+from tasks.publish import publish
 
 
 @task(name="tail-corrections-file", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -67,11 +67,4 @@ def report_tailing(report: TailReport) -> None:
         )
     if report.budget_reached:
         logger.info("stopped at the per-run byte budget; the next run continues")
-    create_table_artifact(
-        key="tail-corrections",
-        table=report.rows(),
-        description=(
-            f"Corrections tailing: {report.recorded} op(s) recorded, {report.quarantined}"
-            f" quarantined, lag {report.lag_bytes} byte(s)"
-        ),
-    )
+    publish(report)

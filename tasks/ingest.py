@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from observer.pipelines.ingest import IngestReport, drain_spool
 from observer.settings import load_settings
+from tasks.publish import publish
 
 
 @task(name="drain-spool", retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
-def drain_spool_into_ops(max_seconds: float) -> IngestReport:
+def drain_spool_into_ops(max_seconds: float, reason: str) -> IngestReport:
     """Move every complete spooled record into ops.jsonl (safe to retry: checkpointed per batch)."""
-    return drain_spool(load_settings(), max_seconds=max_seconds)
+    return drain_spool(load_settings(), max_seconds=max_seconds, reason=reason)
 
 
 @task(name="report-ingestion", cache_policy=NO_CACHE)
-def report_ingestion(report: IngestReport, reason: str) -> None:
+def report_ingestion(report: IngestReport) -> None:
     """Log the counts and leave them as a table artifact: the run page is the audit trail."""
     logger = get_run_logger()
     logger.info(
@@ -26,14 +26,10 @@ def report_ingestion(report: IngestReport, reason: str) -> None:
         report.batches,
         report.duplicates,
         report.bytes_read,
-        reason,
+        report.reason,
     )
     if report.repaired_crash:
         logger.warning("an earlier run stopped mid-batch; ops.jsonl was cut back to its checkpoint")
     if report.torn_bytes:
         logger.warning("skipped %d byte(s) of a torn record in the spool", report.torn_bytes)
-    create_table_artifact(
-        key="ingest-events",
-        table=report.rows(),
-        description=f"Ingestion run ({reason}): {report.ingested} op(s) into ops.jsonl",
-    )
+    publish(report)

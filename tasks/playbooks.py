@@ -7,7 +7,6 @@ endpoint, and the entries delivered before it stay remembered.
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from observer.pipelines.playbooks import (
@@ -19,6 +18,7 @@ from observer.pipelines.playbooks import (
     deliver,
 )
 from observer.settings import load_settings
+from tasks.publish import publish
 
 
 @task(name="build-playbook", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
@@ -59,11 +59,4 @@ def post_entry(planned: PlannedEntry, force: bool) -> str:
 @task(name="report-playbook", cache_policy=NO_CACHE)
 def report_playbook(report: ConsolidationReport) -> None:
     """The playbook as a table artifact and the run's changes as a markdown artifact."""
-    create_table_artifact(
-        key="consolidate-playbooks", table=report.rows(), description=report.summary
-    )
-    create_markdown_artifact(
-        key="consolidate-playbooks-changes",
-        markdown=report.markdown(),
-        description="What this consolidation run posted, or would have, and what failed",
-    )
+    publish(report)

@@ -76,24 +76,27 @@ def settings(observer_env: dict[str, str]) -> Settings:
     return load_settings()
 
 
+def _upstream(
+    variable: str, observer_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FakeUpstream]:
+    """A fake upstream on loopback, named by `variable` in the environment and `observer_env`."""
+    fake = FakeUpstream()
+    monkeypatch.setenv(variable, fake.url)
+    observer_env[variable] = fake.url
+    yield fake
+    fake.close()
+
+
 @pytest.fixture
 def gateway(
     observer_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[FakeUpstream]:
-    fake = FakeUpstream()
-    monkeypatch.setenv("GATEWAY_URL", fake.url)
-    observer_env["GATEWAY_URL"] = fake.url
-    yield fake
-    fake.close()
+    yield from _upstream("GATEWAY_URL", observer_env, monkeypatch)
 
 
 @pytest.fixture
 def llm(observer_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeUpstream]:
-    fake = FakeUpstream()
-    monkeypatch.setenv("LAKEHOUSE_URL", fake.url)
-    observer_env["LAKEHOUSE_URL"] = fake.url
-    yield fake
-    fake.close()
+    yield from _upstream("LAKEHOUSE_URL", observer_env, monkeypatch)
 
 
 @pytest.fixture

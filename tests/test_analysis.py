@@ -158,10 +158,10 @@ def test_scheduled_reads_only_new_bytes_and_notices_a_replaced_file(settings: Se
 
 # ── the flow ─────────────────────────────────────────────────────────────────────────────────────
 
-pytestmark_flow = pytest.mark.usefixtures("prefect_server")
+needs_prefect = pytest.mark.usefixtures("prefect_server")
 
 
-@pytestmark_flow
+@needs_prefect
 def test_posts_once_then_only_new_groups(
     settings: Settings, answering_llm: FakeUpstream, gateway: FakeUpstream
 ) -> None:
@@ -196,7 +196,7 @@ def test_posts_once_then_only_new_groups(
     assert posts(gateway)[1]["operation"] == "error_analysis: 1 failures"
 
 
-@pytestmark_flow
+@needs_prefect
 def test_force_reposts_and_dry_run_posts_nothing(
     settings: Settings, answering_llm: FakeUpstream, gateway: FakeUpstream
 ) -> None:
@@ -217,7 +217,7 @@ def test_force_reposts_and_dry_run_posts_nothing(
     assert len(prompts(answering_llm)) == 2  # force asks the LLM again, not the cache
 
 
-@pytestmark_flow
+@needs_prefect
 def test_window_and_filters_do_not_move_the_watermark(
     settings: Settings, answering_llm: FakeUpstream, gateway: FakeUpstream
 ) -> None:
@@ -244,7 +244,7 @@ LLM_FAULTS = {
 }
 
 
-@pytestmark_flow
+@needs_prefect
 @pytest.mark.parametrize("fault", list(LLM_FAULTS))
 def test_llm_faults_give_a_degraded_report(
     fault: str,
@@ -280,7 +280,7 @@ def test_llm_faults_give_a_degraded_report(
     assert run().is_completed() and len(posts(gateway)) == 1  # reported: not re-posted
 
 
-@pytestmark_flow
+@needs_prefect
 def test_a_slow_llm_within_the_timeout_is_used(
     settings: Settings, llm: FakeUpstream, gateway: FakeUpstream
 ) -> None:
@@ -291,7 +291,7 @@ def test_a_slow_llm_within_the_timeout_is_used(
     assert posts(gateway)[0]["result"] == DIAGNOSIS
 
 
-@pytestmark_flow
+@needs_prefect
 def test_gateway_down_fails_the_run_then_the_next_run_delivers(
     settings: Settings, answering_llm: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -314,7 +314,7 @@ def test_gateway_down_fails_the_run_then_the_next_run_delivers(
         gateway.close()
 
 
-@pytestmark_flow
+@needs_prefect
 def test_emoji_and_surrogates_are_cut_safely(
     settings: Settings, llm: FakeUpstream, gateway: FakeUpstream
 ) -> None:
@@ -334,7 +334,7 @@ def test_emoji_and_surrogates_are_cut_safely(
     assert entry["operation"] == "error_analysis: 2 failures"
 
 
-@pytestmark_flow
+@needs_prefect
 def test_ten_thousand_failures_make_a_bounded_prompt(
     settings: Settings, answering_llm: FakeUpstream, gateway: FakeUpstream
 ) -> None:
@@ -355,7 +355,7 @@ def test_ten_thousand_failures_make_a_bounded_prompt(
     assert posts(gateway)[0]["operation"] == "error_analysis: 10000 failures"
 
 
-@pytestmark_flow
+@needs_prefect
 def test_every_run_leaves_a_report_and_a_groups_table(
     settings: Settings, gateway: FakeUpstream
 ) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.apply import SCHEDULE_VARIABLES, render_prefect_yaml
+from deployments.apply import SCHEDULE_VARIABLES, catalog_mismatches, render_prefect_yaml
 from observer.catalog import FLOWS
 from observer.errors import SettingsError
 from observer.settings import load_settings
@@ -91,6 +91,22 @@ def test_prefect_yaml_deploys_every_flow_with_valid_schedules() -> None:
         assert (ROOT / module).exists()
         assert deployment["concurrency_limit"]["limit"] == 1
         assert [s["interval"] for s in deployment["schedules"]] == [30]
+    assert catalog_mismatches(text) == []
+
+
+def test_a_prefect_yaml_that_drifts_from_the_table_of_flows_is_refused() -> None:
+    text = (ROOT / "prefect.yaml").read_text()
+    drifted = text.replace("flows/analyze_errors.py:analyze_errors", "flows/other.py:analyze")
+    assert catalog_mismatches(drifted) == [
+        "deployment 'analyze-errors': entrypoint 'flows/other.py:analyze',"
+        " expected 'flows/analyze_errors.py:analyze_errors'"
+    ]
+    renamed = text.replace("- name: tail-corrections", "- name: tail-overseer")
+    assert sorted(catalog_mismatches(renamed)) == [
+        "deployment 'tail-corrections': entrypoint None, expected"
+        " 'flows/tail_corrections.py:tail_corrections'",
+        "deployment 'tail-overseer' is not in the table of flows",
+    ]
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -36,6 +36,7 @@ from observer.pipelines.failures import (
     window_start,
 )
 from observer.pipelines.grouping import Group, clean_cut, group_failures
+from observer.pipelines.report import Artifact
 from observer.settings import Settings
 from observer.upstream import GenerateRequest, LogEntry, Upstreams
 
@@ -171,9 +172,21 @@ class AnalysisReport(BaseModel):
     diagnosis: Diagnosis
     delivery: str
 
-    @property
-    def summary(self) -> str:
-        return f"{self.diagnosis.message} — {self.delivery}"
+    def artifacts(self) -> list[Artifact]:
+        """The report (markdown) and the groups (table)."""
+        selection = self.selection
+        return [
+            Artifact(
+                "analyze-errors-report",
+                f"{self.diagnosis.message} — {self.delivery}",
+                markdown=self.markdown(),
+            ),
+            Artifact(
+                "analyze-errors-groups",
+                f"{selection.failures} failure(s) grouped ({selection.note})",
+                table=self.rows() or [{"endpoint": "", "pattern": "(no failures)", "count": 0}],
+            ),
+        ]
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per group carried by the run (biggest first), then one row totalling the rest."""

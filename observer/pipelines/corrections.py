@@ -30,6 +30,7 @@ from observer.identity import FileMark, has_fingerprint, line_fingerprint
 from observer.intake import record_lines
 from observer.lines import CHUNK_BYTES, Line, read_lines
 from observer.ops import cut, now_timestamp, op_line
+from observer.pipelines.report import Artifact, measures
 from observer.settings import Settings
 from observer.values import json_type_name
 
@@ -184,18 +185,18 @@ class TailReport(BaseModel):
     events: list[str] = Field(default_factory=list)  # rotation, truncation, re-read, grace, …
     seconds: float = 0.0
 
-    def rows(self) -> list[dict[str, Any]]:
-        """The report as (measure, value) rows for its table artifact."""
-        rows = [
-            {"measure": name, "value": value}
-            for name, value in self.model_dump(exclude={"quarantined_by_kind", "events"}).items()
-        ]
-        rows += [
-            {"measure": f"quarantined:{kind}", "value": n}
-            for kind, n in sorted(self.quarantined_by_kind.items())
-        ]
+    def artifacts(self) -> list[Artifact]:
+        """A table of (measure, value) rows: counts, quarantine kinds, then what happened."""
+        rows = measures(self.model_dump(exclude={"quarantined_by_kind", "events"}))
+        rows += measures(
+            {f"quarantined:{k}": n for k, n in sorted(self.quarantined_by_kind.items())}
+        )
         rows += [{"measure": "event", "value": text} for text in self.events]
-        return rows
+        description = (
+            f"Corrections tailing: {self.recorded} op(s) recorded, {self.quarantined}"
+            f" quarantined, lag {self.lag_bytes} byte(s)"
+        )
+        return [Artifact("tail-corrections", description, table=rows)]
 
 
 # ── one run ─────────────────────────────────────────────────────────────────────────────────────

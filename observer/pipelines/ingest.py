@@ -10,7 +10,6 @@ retries, and a corrections tailer that re-records after a crash).
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, Field
@@ -19,6 +18,7 @@ from observer.files import append_durably, file_lock, load_state, save_state, tr
 from observer.intake.checkpoint import IngestCheckpoint, RecentIds, load_recent_ids
 from observer.intake.spool import SpoolPosition, delete_segments_before, read_spool
 from observer.pipelines.frames import frame_lines, spool_frame
+from observer.pipelines.report import Artifact, measures
 from observer.settings import Settings
 
 DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
@@ -36,6 +36,7 @@ class IngestParameters(BaseModel):
 class IngestReport(BaseModel):
     """What one ingestion run did, for its logs and its table artifact."""
 
+    reason: str = Field("manual", exclude=True)  # why the run started (in the description only)
     ingested: int = 0
     duplicates: int = 0
     batches: int = 0
@@ -49,14 +50,12 @@ class IngestReport(BaseModel):
     ops_bytes: int = 0
     seconds: float = 0.0
 
-    def rows(self) -> list[dict[str, Any]]:
-        """The report as (measure, value) rows for its table artifact, counts per source last."""
-        rows = [
-            {"measure": name, "value": value}
-            for name, value in self.model_dump(exclude={"by_source"}).items()
-        ]
-        rows += [{"measure": f"source:{s}", "value": n} for s, n in sorted(self.by_source.items())]
-        return rows
+    def artifacts(self) -> list[Artifact]:
+        """A table of (measure, value) rows, counts per source last."""
+        rows = measures(self.model_dump(exclude={"by_source"}))
+        rows += measures({f"source:{s}": n for s, n in sorted(self.by_source.items())})
+        description = f"Ingestion run ({self.reason}): {self.ingested} op(s) into ops.jsonl"
+        return [Artifact("ingest-events", description, table=rows)]
 
 
 def drain_spool(
@@ -64,6 +63,7 @@ def drain_spool(
     *,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     max_seconds: float | None = None,
+    reason: str = "manual",
 ) -> IngestReport:
     """Move every complete spooled record into ops.jsonl; batch by batch, each one checkpointed.
 
@@ -71,7 +71,7 @@ def drain_spool(
     `max_seconds` bounds a run under a constant stream of events: what is left waits for the next.
     """
     started = time.monotonic()
-    report = IngestReport()
+    report = IngestReport(reason=reason)
     layout = settings.layout
     with file_lock(layout.ingest_lock):
         checkpoint = _load_checkpoint(settings)

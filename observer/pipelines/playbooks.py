@@ -23,6 +23,7 @@ from observer.files import Tail, file_lock, load_state, read_tail, save_state
 from observer.identity import FileMark
 from observer.jsfmt import UNDEFINED, join_item, js_string, to_fixed_0
 from observer.ops import cut, now_timestamp
+from observer.pipelines.report import Artifact
 from observer.settings import Settings
 from observer.upstream import LogEntry, Upstreams
 
@@ -403,12 +404,22 @@ class ConsolidationReport(BaseModel):
                 " they stay unposted and the next run tries again"
             )
 
-    @property
-    def summary(self) -> str:
-        return (
-            f"Playbook: {len(self.playbook.entries)} endpoint(s) with successes in a window of"
-            f" {self.playbook.ops_in_window} op(s)"
-        )
+    def artifacts(self) -> list[Artifact]:
+        """The playbook (table) and what this run changed (markdown)."""
+        playbook = self.playbook
+        return [
+            Artifact(
+                "consolidate-playbooks",
+                f"Playbook: {len(playbook.entries)} endpoint(s) with successes in a window of"
+                f" {playbook.ops_in_window} op(s)",
+                table=self.rows(),
+            ),
+            Artifact(
+                "consolidate-playbooks-changes",
+                "What this consolidation run posted, or would have, and what failed",
+                markdown=self.markdown(),
+            ),
+        ]
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per endpoint with successes: its status and its entry."""
