@@ -98,6 +98,27 @@ def deploy(env: dict[str, str]) -> None:
     rendered.write_text(render_prefect_yaml(text, env))
     _prefect(env, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
     _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", str(rendered), cwd=project)
+    enforce_closed_parameters(env["PREFECT_API_URL"])
+
+
+def enforce_closed_parameters(api_url: str) -> None:
+    """Make the server refuse runs with unknown parameter names, at every door.
+
+    Prefect's schema of a flow's signature leaves extra top-level names open (the parameters
+    models inside it already forbid theirs); closing it and enforcing it makes the server answer
+    409 to `{"dryrun": true}` as to `{"params": {"dryrun": true}}`, before any run exists.
+    """
+    for entry in FLOWS.values():
+        url = f"{api_url}/deployments/name/{entry.name}/{entry.name}"
+        deployment = httpx.get(url, timeout=30)
+        if deployment.status_code != 200:
+            raise DeployFailed(f"deployment {entry.deployment} is missing after deploy")
+        schema = {**deployment.json()["parameter_openapi_schema"], "additionalProperties": False}
+        httpx.patch(
+            f"{api_url}/deployments/{deployment.json()['id']}",
+            json={"parameter_openapi_schema": schema, "enforce_parameter_schema": True},
+            timeout=30,
+        ).raise_for_status()
 
 
 def crash_orphaned_runs(api_url: str) -> int:

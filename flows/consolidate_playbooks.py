@@ -15,7 +15,7 @@ from observer.pipelines.playbooks import ConsolidateParameters, ConsolidationRep
 from tasks.playbooks import post_entry, read_playbook, report_playbook
 
 
-@flow(name=CONSOLIDATE_PLAYBOOKS.name, flow_run_name="consolidate-playbooks")
+@flow(name=CONSOLIDATE_PLAYBOOKS.name, flow_run_name="consolidate-playbooks ({params.label})")
 def consolidate_playbooks(
     params: ConsolidateParameters = ConsolidateParameters(),
 ) -> ConsolidationReport:

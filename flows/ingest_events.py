@@ -13,7 +13,7 @@ from observer.pipelines.ingest import IngestParameters, IngestReport
 from tasks.ingest import drain_spool_into_ops, report_ingestion
 
 
-@flow(name=INGEST_EVENTS.name, flow_run_name="ingest-events ({params.reason})")
+@flow(name=INGEST_EVENTS.name, flow_run_name="ingest-events ({params.label})")
 def ingest_events(params: IngestParameters = IngestParameters()) -> IngestReport:
     report = drain_spool_into_ops(params.max_seconds, params.reason)
     report_ingestion(report)

@@ -13,7 +13,7 @@ from observer.pipelines.corrections import TailParameters, TailReport
 from tasks.corrections import announce_spool, report_tailing, tail_corrections_file
 
 
-@flow(name=TAIL_CORRECTIONS.name)
+@flow(name=TAIL_CORRECTIONS.name, flow_run_name="tail-corrections ({params.label})")
 def tail_corrections(params: TailParameters = TailParameters()) -> TailReport:
     report = tail_corrections_file(params.from_offset, params.grace_seconds, params.max_bytes)
     if report.recorded:

@@ -14,11 +14,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class FlowEntry:
-    """One flow: `name` is the flow's and its deployment's; `module:function` defines it."""
+    """One flow: `name` is the flow's and its deployment's; `module:function` defines it, and
+    `parameters` names its parameters model (`module:Class`, importable without prefect)."""
 
     name: str
     module: str
     function: str
+    parameters: str
 
     @property
     def entrypoint(self) -> str:
@@ -34,12 +36,35 @@ class FlowEntry:
         """The flow object (imports prefect and the flow's module)."""
         return getattr(importlib.import_module(self.module), self.function)
 
+    def parameters_model(self) -> Any:
+        """The flow's parameters model (a `FlowParameters` subclass)."""
+        module, _, name = self.parameters.partition(":")
+        return getattr(importlib.import_module(module), name)
 
-INGEST_EVENTS = FlowEntry("ingest-events", "flows.ingest_events", "ingest_events")
-TAIL_CORRECTIONS = FlowEntry("tail-corrections", "flows.tail_corrections", "tail_corrections")
-ANALYZE_ERRORS = FlowEntry("analyze-errors", "flows.analyze_errors", "analyze_errors")
+
+INGEST_EVENTS = FlowEntry(
+    "ingest-events",
+    "flows.ingest_events",
+    "ingest_events",
+    "observer.pipelines.ingest:IngestParameters",
+)
+TAIL_CORRECTIONS = FlowEntry(
+    "tail-corrections",
+    "flows.tail_corrections",
+    "tail_corrections",
+    "observer.pipelines.corrections:TailParameters",
+)
+ANALYZE_ERRORS = FlowEntry(
+    "analyze-errors",
+    "flows.analyze_errors",
+    "analyze_errors",
+    "observer.pipelines.analysis:AnalyzeParameters",
+)
 CONSOLIDATE_PLAYBOOKS = FlowEntry(
-    "consolidate-playbooks", "flows.consolidate_playbooks", "consolidate_playbooks"
+    "consolidate-playbooks",
+    "flows.consolidate_playbooks",
+    "consolidate_playbooks",
+    "observer.pipelines.playbooks:ConsolidateParameters",
 )
 
 #: The Prefect event that wakes ingestion (the `ingest-events` deployment's trigger in prefect.yaml):

@@ -192,3 +192,16 @@ def read_from(path: Path, offset: int, limit: int, *, whole_line: bool = False) 
             return data
     except FileNotFoundError:
         return b""
+
+
+def count_lines(path: Path, offset: int = 0) -> int:
+    """Newlines in `path` from `offset` on, read in chunks (0 if the file does not exist)."""
+    lines = 0
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            while chunk := handle.read(READ_CHUNK_BYTES):
+                lines += chunk.count(b"\n")
+    except FileNotFoundError:
+        return 0
+    return lines

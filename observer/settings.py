@@ -7,11 +7,17 @@ value means the same thing everywhere. A bad value stops start-up with a message
 from __future__ import annotations
 
 import math
+import tomllib
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from observer.errors import SettingsError
 from observer.layout import DataLayout
@@ -54,6 +60,19 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("PREFECT_API_URL", "OBSERVER_PREFECT_API_URL")
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment first; then the checkout's prefect.toml, where Prefect itself finds
+        # the API of the server `observer up` starts (so a second terminal needs no export).
+        return init_settings, env_settings, _PrefectToml(settings_cls)
+
     @field_validator("cycle_seconds", mode="before")
     @classmethod
     def _cycle_is_a_positive_number(cls, value: object) -> float:
@@ -73,15 +92,29 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with http:// or https://, got {value!r}")
         return value.rstrip("/")
 
-    @field_validator("token", mode="before")
+    @field_validator("token", "prefect_api_url", mode="before")
     @classmethod
-    def _empty_token_is_none(cls, value: object) -> object:
+    def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
     @cached_property
     def layout(self) -> DataLayout:
         """Every path under the data dir (ops.jsonl, the spool, each flow's state)."""
         return DataLayout(self.data_dir)
+
+
+class _PrefectToml(PydanticBaseSettingsSource):
+    """`[api] url` of ./prefect.toml, the file Prefect reads in the working directory."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ answers for the whole source
+
+    def __call__(self) -> dict[str, Any]:
+        try:
+            url = tomllib.loads(Path("prefect.toml").read_text()).get("api", {}).get("url")
+        except (OSError, tomllib.TOMLDecodeError):
+            return {}
+        return {"PREFECT_API_URL": url} if isinstance(url, str) else {}
 
 
 def load_settings(**overrides: object) -> Settings:

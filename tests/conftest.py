@@ -4,6 +4,8 @@ the webhook as a real process."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +18,12 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="observer-prefect-home-")
 os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
-os.environ.pop("PREFECT_API_URL", None)
+os.environ["PREFECT_API_URL"] = ""  # not the checkout's prefect.toml: tests name their server
 
 from observer.settings import Settings, load_settings
 from tests.fakes import FakeUpstream, WebhookProcess
+
+ROOT = Path(__file__).resolve().parent.parent
 
 OBSERVER_VARIABLES = (
     "GATEWAY_URL",
@@ -104,3 +108,29 @@ def webhook(observer_env: dict[str, str], tmp_path: Path) -> Iterator[WebhookPro
     process = WebhookProcess(observer_env, cwd=tmp_path)
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def deployed_api(prefect_server: None, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The session's Prefect server with Observer's work pool and four deployments applied by the
+    real `observer deploy`; returns its API URL."""
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = PREFECT_API_URL.value()
+    data_dir = tmp_path_factory.mktemp("deploy") / "data"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "OBSERVER_DATA_DIR": str(data_dir),
+        "OBSERVER_PROJECT_DIR": str(ROOT),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "observer.cli", "deploy"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return api_url

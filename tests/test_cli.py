@@ -107,30 +107,3 @@ def test_a_prefect_yaml_that_drifts_from_the_table_of_flows_is_refused() -> None
         " 'flows/tail_corrections.py:tail_corrections'",
         "deployment 'tail-overseer' is not in the table of flows",
     ]
-
-
-@pytest.mark.usefixtures("prefect_server")
-def test_observer_run_runs_a_flow_against_the_prefect_api(
-    observer_env: dict[str, str], settings
-) -> None:
-    from prefect.settings import PREFECT_API_URL
-
-    from observer.intake import record_ops
-    from observer.ops import Op
-
-    op = Op(
-        timestamp="2026-04-23T10:00:00.000Z",
-        endpoint="e",
-        input_summary="via cli",
-        success=True,
-        duration_ms=1,
-        output_summary="o",
-    )
-    record_ops(settings, [(None, op)])
-    env = {**observer_env, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    result = observer("run", "ingest-events", "-p", "reason=cli", "-p", "max_seconds=5", env=env)
-    assert result.returncode == 0, result.stderr
-    assert '"ingested": 1' in result.stdout and "Completed" in result.stderr
-    assert settings.layout.ops_path.read_bytes() == op.to_line() + b"\n"
-    bad = observer("run", "ingest-events", "-p", "max_seconds=-1", env=env)
-    assert bad.returncode == 2 and "max_seconds" in bad.stderr

@@ -44,6 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--prefect-port", type=int, default=4200, help="Prefect server port")
     up.set_defaults(handler=_up)
 
+    status = commands.add_parser(
+        "status",
+        help="how the product is doing: webhook, Prefect server, worker, runs, backlog, files",
+        description=(
+            "Show the webhook, the Prefect server and its worker (up or not), each deployment's"
+            " last and next run, the spool backlog, ops.jsonl, the corrections tailer's lag and"
+            " the Prefect database size. Exit status 1 when the webhook, the server or the worker"
+            " is down."
+        ),
+    )
+    status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    status.set_defaults(handler=_status)
+
     deploy = commands.add_parser(
         "deploy",
         help="create the work pool and apply prefect.yaml to the Prefect server at PREFECT_API_URL",
@@ -63,14 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="run one flow now, in this process, against the configured Prefect API",
-        description="Run one flow now in this process; parameters as -p key=value (JSON values).",
+        help="run one deployment now on the Prefect server and follow it until it ends",
+        description=(
+            "Create a run of FLOW's deployment on the Prefect server (PREFECT_API_URL, or the"
+            " checkout's prefect.toml), like the UI's Run button, and follow it until it ends."
+            " Parameters as -p key=value (JSON values); an unknown name or a bad value is"
+            " refused before anything starts. With no server answering it stops with an error"
+            " unless --ephemeral asks to run here on a temporary server."
+        ),
     )
     run.add_argument("flow", help="flow to run (see `observer run --list`)", nargs="?")
     run.add_argument(
         "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a parameter"
     )
     run.add_argument("--list", action="store_true", help="list the flows that can be run")
+    run.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="run the flow in this process on a temporary Prefect server (not in the history)",
+    )
     run.set_defaults(handler=_run)
     return parser
 
@@ -80,6 +104,12 @@ def _webhook(_: argparse.Namespace) -> int:
 
     run_webhook(load_settings())
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from observer.cli.status import show_status
+
+    return show_status(load_settings(), as_json=args.json)
 
 
 def _deploy(_: argparse.Namespace) -> int:
@@ -102,4 +132,6 @@ def _up(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from observer.cli.runner import run_flow_command
 
-    return run_flow_command(args.flow, args.param, list_only=args.list)
+    return run_flow_command(
+        load_settings(), args.flow, args.param, list_only=args.list, ephemeral=args.ephemeral
+    )

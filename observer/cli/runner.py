@@ -1,17 +1,31 @@
-"""`observer run FLOW -p key=value`: one flow run now, in this process, against the Prefect API."""
+"""`observer run FLOW -p key=value`: one run of a deployment now, followed until it ends.
+
+The run is made on the Prefect server like any manual run (the UI's "Run", `prefect deployment
+run`): it waits for a run already going, appears in the deployment's history with its parameters,
+logs and artifacts, and is executed by the worker. Parameters are checked here first, so a
+misspelt name is refused before anything starts. No server answering is an error, never a silent
+throw-away one; `--ephemeral` asks for exactly that (the flow runs in this process, on a temporary
+server, and its result is printed).
+"""
 
 from __future__ import annotations
 
-import inspect
 import json
+import os
 import sys
-import typing
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+import httpx
 
-from observer.catalog import FLOWS
+from observer.catalog import FLOWS, FlowEntry
+from observer.errors import CommandError
+from observer.pipelines.parameters import FlowParameters
+from observer.settings import Settings
+
+POLL_SECONDS = 0.5
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
 
 def parse_assignments(assignments: Sequence[str]) -> dict[str, Any]:
@@ -28,36 +42,118 @@ def parse_assignments(assignments: Sequence[str]) -> dict[str, Any]:
     return values
 
 
-def flow_arguments(flow_obj: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """Map `-p` values onto the flow: into its single parameters model, or as keyword arguments."""
-    names = list(inspect.signature(flow_obj.fn).parameters)
-    hints = typing.get_type_hints(flow_obj.fn)
-    if len(names) == 1 and names[0] not in values:
-        model = hints.get(names[0])
-        if inspect.isclass(model) and issubclass(model, BaseModel):
-            return {names[0]: model.model_validate(values)}
-    return values
-
-
-def run_flow_command(name: str | None, assignments: Sequence[str], *, list_only: bool) -> int:
+def run_flow_command(
+    settings: Settings,
+    name: str | None,
+    assignments: Sequence[str],
+    *,
+    list_only: bool = False,
+    ephemeral: bool = False,
+) -> int:
     if list_only or not name:
         for flow_name in FLOWS:
             print(flow_name)
         return 0 if list_only else 2
-    if name not in FLOWS:
+    entry = FLOWS.get(name)
+    if entry is None:
         print(f"observer: no flow named {name!r}; one of: {', '.join(FLOWS)}", file=sys.stderr)
         return 2
     try:
-        flow_obj = FLOWS[name].load()
-        arguments = flow_arguments(flow_obj, parse_assignments(assignments))
-    except (ValueError, ValidationError) as exc:
+        params = entry.parameters_model().from_values(parse_assignments(assignments))
+    except ValueError as exc:
         print(f"observer: bad parameters for {name}: {exc}", file=sys.stderr)
         return 2
-    state = flow_obj(**arguments, return_state=True)
+    if ephemeral:
+        return _run_here(entry, params)
+    api = _answering_api(settings)
+    return _run_deployment(entry, params, api)
+
+
+def _answering_api(settings: Settings) -> str:
+    """The Prefect API to use, once it answers; a `CommandError` saying what to do otherwise."""
+    api = settings.prefect_api_url
+    if not api:
+        raise CommandError(
+            "no Prefect server is configured: start the product (`make up`), set"
+            " PREFECT_API_URL, or run with --ephemeral on a temporary server"
+        )
+    try:
+        httpx.get(f"{api.rstrip('/')}/health", timeout=3).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise CommandError(
+            f"no Prefect server answers at {api} ({type(exc).__name__}): start the product"
+            " (`make up`), or run with --ephemeral on a temporary server"
+        ) from None
+    return api.rstrip("/")
+
+
+def _run_deployment(entry: FlowEntry, params: FlowParameters, api: str) -> int:
+    os.environ["PREFECT_API_URL"] = api  # before prefect is imported: its client reads it
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    try:
+        run = run_deployment(
+            entry.deployment,
+            parameters={"params": params.model_dump(mode="json")},
+            flow_run_name=params.run_name(entry.name),
+            timeout=0,
+        )
+    except ObjectNotFound:
+        raise CommandError(
+            f"the server at {api} has no deployment {entry.deployment!r}: run `observer deploy`"
+        ) from None
+    except PrefectHTTPStatusError as exc:
+        detail = exc.response.json().get("detail", exc.response.text)
+        raise CommandError(f"the server refused the run: {detail}") from None
+    url = f"{api.removesuffix('/api')}/runs/flow-run/{run.id}"
+    _say(f"{entry.name}: run {run.name!r} created: {url}")
+    seen = ""
+    with get_client(sync_client=True) as client:
+        try:
+            while True:
+                run = client.read_flow_run(run.id)
+                state = run.state
+                if state is not None and state.name != seen:
+                    seen = state.name
+                    _say(
+                        f"{entry.name}: {state.name}"
+                        + (f": {state.message}" if state.message else "")
+                    )
+                if state is not None and state.type.value in FINAL_STATES:
+                    break
+                time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:
+            _say(f"stopped following; the run goes on: {url}")
+            return 130
+        for artifact in _artifacts(client, run.id):
+            _say(f"  artifact {artifact.key}: {artifact.description}")
+    return 0 if state.is_completed() else 1
+
+
+def _artifacts(client: Any, flow_run_id: Any) -> list[Any]:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    flow_run_filter = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    return [a for a in client.read_artifacts(artifact_filter=flow_run_filter) if a.key]
+
+
+def _run_here(entry: FlowEntry, params: FlowParameters) -> int:
+    """The flow in this process, on a temporary Prefect server (asked for with --ephemeral)."""
+    os.environ["PREFECT_API_URL"] = ""
+    os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "true"
+    from pydantic import BaseModel
+
+    state = entry.load()(params, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseModel):
         print(result.model_dump_json(indent=2))
     elif result is not None and not isinstance(result, Exception):
         print(result)
-    print(f"{name}: {state.name}", file=sys.stderr)
+    _say(f"{entry.name}: {state.name}" + (f": {state.message}" if state.message else ""))
     return 0 if state.is_completed() else 1
+
+
+def _say(message: str) -> None:
+    print(f"observer: {message}", file=sys.stderr, flush=True)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Iterable
+from pathlib import Path
 
 from pydantic import BaseModel
 
-from observer.files import load_state, read_tail
+from observer.files import count_lines, load_state, read_tail
 from observer.intake.spool import SpoolPosition, list_segments, segment_path
 from observer.settings import Settings
 
@@ -51,18 +52,33 @@ class RecentIds:
             self._ids.popitem(last=False)
 
 
+def _waiting_segments(settings: Settings, checkpoint: IngestCheckpoint) -> list[tuple[Path, int]]:
+    """The spool segments ingestion has not finished, each with where its unread part starts."""
+    spool_dir = settings.layout.spool_dir
+    return [
+        (
+            segment_path(spool_dir, segment),
+            checkpoint.offset if segment == checkpoint.segment else 0,
+        )
+        for segment in list_segments(spool_dir)
+        if segment >= checkpoint.segment
+    ]
+
+
 def spool_bytes_waiting(settings: Settings, checkpoint: IngestCheckpoint | None = None) -> int:
     """Spool bytes written but not ingested yet (by any producer): a few stat calls."""
-    if checkpoint is None:
-        checkpoint = load_checkpoint(settings)
     waiting = 0
-    for segment in list_segments(settings.layout.spool_dir):
-        if segment < checkpoint.segment:
-            continue
+    for path, start in _waiting_segments(settings, checkpoint or load_checkpoint(settings)):
         with contextlib.suppress(FileNotFoundError):
-            size = segment_path(settings.layout.spool_dir, segment).stat().st_size
-            waiting += size - (checkpoint.offset if segment == checkpoint.segment else 0)
+            waiting += path.stat().st_size - start
     return waiting
+
+
+def spool_backlog(settings: Settings, checkpoint: IngestCheckpoint) -> tuple[int, int]:
+    """Records and bytes written to the spool but not ingested yet (reads what waits)."""
+    segments = _waiting_segments(settings, checkpoint)
+    records = sum(count_lines(path, start) for path, start in segments)
+    return records, spool_bytes_waiting(settings, checkpoint)
 
 
 def load_recent_ids(settings: Settings) -> RecentIds:

@@ -36,6 +36,7 @@ from observer.pipelines.failures import (
     window_start,
 )
 from observer.pipelines.grouping import Group, clean_cut, group_failures
+from observer.pipelines.parameters import FlowParameters
 from observer.pipelines.report import Artifact
 from observer.settings import Settings
 from observer.upstream import GenerateRequest, LogEntry, Upstreams
@@ -69,7 +70,7 @@ MAX_SELECTED_GROUPS = 500
 Kind = Literal["nothing", "llm", "cached", "degraded"]
 
 
-class AnalyzeParameters(BaseModel):
+class AnalyzeParameters(FlowParameters):
     """What to analyse and whether to post (the flow's form in the Prefect UI)."""
 
     since_hours: float | None = Field(

@@ -30,6 +30,7 @@ from observer.identity import FileMark, has_fingerprint, line_fingerprint
 from observer.intake import record_lines
 from observer.lines import CHUNK_BYTES, Line, read_lines
 from observer.ops import cut, now_timestamp, op_line
+from observer.pipelines.parameters import FlowParameters
 from observer.pipelines.report import Artifact, measures
 from observer.settings import Settings
 from observer.values import json_type_name
@@ -140,7 +141,7 @@ class CorrectionsCheckpoint(FileMark):
     rotations_total: int = 0
 
 
-class TailParameters(BaseModel):
+class TailParameters(FlowParameters):
     """Parameters of a tailing run (shown as a form in the Prefect UI); empty means the setting."""
 
     from_offset: int | None = Field(
@@ -161,6 +162,15 @@ class TailParameters(BaseModel):
         description="read at most about this many bytes in this run; the rest waits for the next"
         " (default OBSERVER_CORRECTIONS_MAX_BYTES_PER_RUN)",
     )
+
+    @property
+    def label(self) -> str:
+        parts = ["new rows" if self.from_offset is None else f"from byte {self.from_offset}"]
+        if self.grace_seconds is not None:
+            parts.append(f"grace {self.grace_seconds:g}s")
+        if self.max_bytes is not None:
+            parts.append(f"at most {self.max_bytes} bytes")
+        return ", ".join(parts)
 
 
 class TailReport(BaseModel):

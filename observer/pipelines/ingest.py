@@ -18,19 +18,24 @@ from observer.files import append_durably, file_lock, load_state, save_state, tr
 from observer.intake.checkpoint import IngestCheckpoint, RecentIds, load_recent_ids
 from observer.intake.spool import SpoolPosition, delete_segments_before, read_spool
 from observer.pipelines.frames import frame_lines, spool_frame
+from observer.pipelines.parameters import FlowParameters
 from observer.pipelines.report import Artifact, measures
 from observer.settings import Settings
 
 DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
 
 
-class IngestParameters(BaseModel):
+class IngestParameters(FlowParameters):
     """Parameters of an ingestion run (shown as a form in the Prefect UI)."""
 
     reason: str = Field("manual", description="why this run started: event, schedule or manual")
     max_seconds: float = Field(
         60.0, gt=0, description="stop draining after this long; the rest waits for the next run"
     )
+
+    @property
+    def label(self) -> str:
+        return self.reason
 
 
 class IngestReport(BaseModel):

@@ -23,6 +23,7 @@ from observer.files import Tail, file_lock, load_state, read_tail, save_state
 from observer.identity import FileMark
 from observer.jsfmt import UNDEFINED, join_item, js_string, to_fixed_0
 from observer.ops import cut, now_timestamp
+from observer.pipelines.parameters import FlowParameters
 from observer.pipelines.report import Artifact
 from observer.settings import Settings
 from observer.upstream import LogEntry, Upstreams
@@ -34,7 +35,7 @@ EVIDENCE_SEPARATOR = " | "
 Action = Literal["post", "unchanged", "below-threshold"]
 
 
-class ConsolidateParameters(BaseModel):
+class ConsolidateParameters(FlowParameters):
     """What a consolidation run looks at and when it posts (the flow's UI form)."""
 
     window_ops: int = Field(
@@ -51,6 +52,14 @@ class ConsolidateParameters(BaseModel):
     )
     dry_run: bool = Field(False, description="compute and report, post nothing, remember nothing")
     force: bool = Field(False, description="post every qualifying endpoint, changed or not")
+
+    @property
+    def label(self) -> str:
+        parts = [f"last {self.window_ops} ops"]
+        if self.max_age_hours is not None:
+            parts.append(f"≤ {self.max_age_hours:g}h old")
+        parts += [flag for flag in ("force", "dry_run") if getattr(self, flag)]
+        return ", ".join(parts)
 
 
 class EndpointEvidence(BaseModel):

@@ -1,0 +1,366 @@
+"""`observer status`: how the product is doing, in one look (or one JSON document for scripts).
+
+It asks the parts that answer over HTTP (the webhook's `/health`, the Prefect server, its workers,
+each deployment's last and next run) concurrently with short timeouts, and reads the files that say
+the rest (the spool backlog, ops.jsonl, the corrections tailer's checkpoint, the Prefect database).
+It imports neither prefect nor polars, so it answers in well under two seconds. The exit status is
+non-zero when the webhook, the Prefect server or the worker is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, Field
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+
+from deployments.apply import WORK_POOL
+from observer.catalog import FLOWS
+from observer.files import count_lines, load_state
+from observer.intake.checkpoint import load_checkpoint, spool_backlog
+from observer.pipelines.corrections import CorrectionsCheckpoint
+from observer.settings import Settings
+
+TIMEOUT_SECONDS = 1.5
+
+
+class Service(BaseModel):
+    """A part that answers over HTTP: up or not, and what it said."""
+
+    name: str
+    url: str
+    up: bool
+    detail: str = ""
+
+
+class RunSummary(BaseModel):
+    name: str
+    state: str
+    when: str | None
+    message: str = ""
+    url: str = ""
+
+
+class DeploymentStatus(BaseModel):
+    name: str
+    last_run: RunSummary | None = None
+    next_run: str | None = None
+
+
+class Backlog(BaseModel):
+    """Acknowledged events not yet moved into ops.jsonl."""
+
+    events: int
+    bytes: int
+
+
+class FileStatus(BaseModel):
+    path: str
+    exists: bool
+    bytes: int = 0
+    lines: int | None = None
+    last_write: str | None = None
+
+
+class CorrectionsStatus(BaseModel):
+    path: str
+    exists: bool
+    offset: int
+    size: int
+    lag_bytes: int
+
+
+class DatabaseStatus(BaseModel):
+    kind: str
+    bytes: int | None = None
+
+
+class ProductStatus(BaseModel):
+    """Everything `observer status` shows; `healthy` decides its exit status."""
+
+    checked_at: str
+    webhook: Service
+    prefect: Service
+    worker: Service
+    deployments: list[DeploymentStatus] = Field(default_factory=list)
+    spool: Backlog
+    ops: FileStatus
+    corrections: CorrectionsStatus
+    prefect_db: DatabaseStatus
+
+    @property
+    def healthy(self) -> bool:
+        return self.webhook.up and self.prefect.up and self.worker.up
+
+    def __rich__(self) -> RenderableType:
+        services = Table(title="Observer", title_justify="left", show_edge=False)
+        for column in ("part", "state", "where", "detail"):
+            services.add_column(column)
+        for service in (self.webhook, self.prefect, self.worker):
+            state = "[green]up[/]" if service.up else "[red]DOWN[/]"
+            services.add_row(service.name, state, service.url, service.detail)
+        runs = Table(title="Deployments", title_justify="left", show_edge=False)
+        for column in ("deployment", "last run", "state", "when", "message", "next run"):
+            runs.add_column(column, overflow="fold")
+        for deployment in self.deployments:
+            last = deployment.last_run
+            runs.add_row(
+                deployment.name,
+                last.name if last else "-",
+                _state_markup(last.state) if last else "-",
+                last.when or "-" if last else "-",
+                (last.message[:80] if last else ""),
+                deployment.next_run or "-",
+            )
+        data = Table(title="Data", title_justify="left", show_edge=False)
+        for column in ("what", "state"):
+            data.add_column(column)
+        data.add_row("spool backlog", f"{self.spool.events} event(s), {self.spool.bytes} byte(s)")
+        ops = self.ops
+        data.add_row(
+            "ops.jsonl",
+            f"{ops.lines} line(s), {ops.bytes} byte(s), last write {ops.last_write or '-'}"
+            if ops.exists
+            else "not written yet",
+        )
+        corrections = self.corrections
+        data.add_row(
+            "corrections",
+            f"at byte {corrections.offset} of {corrections.size}, lag {corrections.lag_bytes} byte(s)"
+            if corrections.exists
+            else f"{corrections.path} does not exist yet",
+        )
+        database = self.prefect_db
+        size = f", {database.bytes} byte(s)" if database.bytes is not None else ""
+        data.add_row("Prefect database", database.kind + size)
+        return Group(services, "", runs, "", data)
+
+
+def _state_markup(state: str) -> str:
+    colour = {"COMPLETED": "green", "FAILED": "red", "CRASHED": "red", "CANCELLED": "yellow"}
+    return f"[{colour.get(state.upper(), 'white')}]{state}[/]"
+
+
+# ── gathering ───────────────────────────────────────────────────────────────────────────────────
+
+
+def gather(settings: Settings) -> ProductStatus:
+    """Ask every part, concurrently where it is over HTTP."""
+    webhook, prefect, worker, deployments = asyncio.run(_ask_services(settings))
+    return ProductStatus(
+        checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        webhook=webhook,
+        prefect=prefect,
+        worker=worker,
+        deployments=deployments,
+        spool=_spool(settings),
+        ops=_ops_file(settings.layout.ops_path),
+        corrections=_corrections(settings),
+        prefect_db=_database(settings),
+    )
+
+
+async def _ask_services(
+    settings: Settings,
+) -> tuple[Service, Service, Service, list[DeploymentStatus]]:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    webhook_url = f"http://{host}:{settings.port}"
+    api = (settings.prefect_api_url or "").rstrip("/")
+    async with httpx.AsyncClient(timeout=TIMEOUT_SECONDS) as client:
+        webhook_task = _webhook(client, webhook_url)
+        if not api:
+            webhook = await webhook_task
+            missing = "PREFECT_API_URL is not set (and no prefect.toml here)"
+            return (
+                webhook,
+                Service(name="Prefect server", url="-", up=False, detail=missing),
+                Service(name="worker", url="-", up=False, detail=missing),
+                [DeploymentStatus(name=name) for name in FLOWS],
+            )
+        results = await asyncio.gather(
+            webhook_task,
+            _prefect(client, api),
+            _worker(client, api),
+            *(_deployment(client, api, name) for name in FLOWS),
+        )
+    webhook, prefect, worker, *deployments = results
+    return webhook, prefect, worker, deployments  # type: ignore[return-value]
+
+
+async def _webhook(client: httpx.AsyncClient, url: str) -> Service:
+    try:
+        health = (await client.get(f"{url}/health")).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return Service(name="webhook", url=url, up=False, detail=_why(exc))
+    gateway = health.get("gateway", {}).get("reachable")
+    detail = (
+        f"{health.get('queued', 0)} queued, {health.get('write_errors', 0)} write error(s),"
+        f" gateway {'reachable' if gateway else 'not reachable' if gateway is False else '?'}"
+    )
+    return Service(name="webhook", url=url, up=health.get("status") == "ok", detail=detail)
+
+
+async def _prefect(client: httpx.AsyncClient, api: str) -> Service:
+    ui = api.removesuffix("/api")
+    try:
+        response = await client.get(f"{api}/health")
+        up = response.status_code == 200
+        detail = "" if up else f"HTTP {response.status_code}"
+    except httpx.HTTPError as exc:
+        up, detail = False, _why(exc)
+    return Service(name="Prefect server", url=ui, up=up, detail=detail)
+
+
+async def _worker(client: httpx.AsyncClient, api: str) -> Service:
+    url = f"{api}/work_pools/{WORK_POOL}/workers/filter"
+    try:
+        response = await client.post(url, json={"limit": 10})
+        response.raise_for_status()
+        workers = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return Service(name="worker", url=f"pool {WORK_POOL}", up=False, detail=_why(exc))
+    online = [w for w in workers if w.get("status") == "ONLINE"]
+    detail = ", ".join(f"{w['name']} (beat {_ago(w.get('last_heartbeat_time'))})" for w in online)
+    return Service(
+        name="worker",
+        url=f"pool {WORK_POOL}",
+        up=bool(online),
+        detail=detail or f"no worker online ({len(workers)} known)",
+    )
+
+
+async def _deployment(client: httpx.AsyncClient, api: str, name: str) -> DeploymentStatus:
+    ui = api.removesuffix("/api")
+
+    def query(states: list[str], sort: str) -> dict[str, Any]:
+        return {
+            "flow_runs": {"state": {"type": {"any_": states}}},
+            "deployments": {"name": {"any_": [name]}},
+            "sort": sort,
+            "limit": 1,
+        }
+
+    finished = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED", "RUNNING", "PENDING", "CANCELLING"]
+    try:
+        last, upcoming = await asyncio.gather(
+            client.post(f"{api}/flow_runs/filter", json=query(finished, "START_TIME_DESC")),
+            client.post(
+                f"{api}/flow_runs/filter", json=query(["SCHEDULED"], "EXPECTED_START_TIME_ASC")
+            ),
+        )
+        last_runs, next_runs = last.json(), upcoming.json()
+    except (httpx.HTTPError, ValueError):
+        return DeploymentStatus(name=name)
+    summary = None
+    if last_runs:
+        run = last_runs[0]
+        state = run.get("state") or {}
+        summary = RunSummary(
+            name=run.get("name", ""),
+            state=state.get("name") or state.get("type", "?"),
+            when=_short_time(run.get("end_time") or run.get("start_time")),
+            message=(state.get("message") or "").replace("\n", " "),
+            url=f"{ui}/runs/flow-run/{run['id']}",
+        )
+    next_run = _short_time(next_runs[0].get("expected_start_time")) if next_runs else None
+    return DeploymentStatus(name=name, last_run=summary, next_run=next_run)
+
+
+# ── files ───────────────────────────────────────────────────────────────────────────────────────
+
+
+def _spool(settings: Settings) -> Backlog:
+    events, size = spool_backlog(settings, load_checkpoint(settings))
+    return Backlog(events=events, bytes=size)
+
+
+def _ops_file(path: Path) -> FileStatus:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return FileStatus(path=str(path), exists=False)
+    return FileStatus(
+        path=str(path),
+        exists=True,
+        bytes=stat.st_size,
+        lines=count_lines(path),
+        last_write=_short_time(datetime.fromtimestamp(stat.st_mtime, UTC).isoformat()),
+    )
+
+
+def _corrections(settings: Settings) -> CorrectionsStatus:
+    path = settings.corrections_path
+    checkpoint = load_state(settings.layout.corrections_checkpoint, CorrectionsCheckpoint)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return CorrectionsStatus(path=str(path), exists=False, offset=0, size=0, lag_bytes=0)
+    return CorrectionsStatus(
+        path=str(path),
+        exists=True,
+        offset=checkpoint.offset,
+        size=size,
+        lag_bytes=max(0, size - checkpoint.offset),
+    )
+
+
+def _database(settings: Settings) -> DatabaseStatus:
+    url = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "")
+    if url.startswith("postgresql"):
+        return DatabaseStatus(kind="PostgreSQL")
+    home = settings.layout.prefect_home
+    size = 0
+    for name in ("prefect.db", "prefect.db-wal", "prefect.db-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            size += (home / name).stat().st_size
+    return DatabaseStatus(kind=f"SQLite ({home / 'prefect.db'})", bytes=size)
+
+
+# ── wording ─────────────────────────────────────────────────────────────────────────────────────
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "not answering (connection refused)"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer within {TIMEOUT_SECONDS:g} s"
+    return f"{type(exc).__name__}: {exc}"[:120]
+
+
+def _short_time(value: str | None) -> str | None:
+    """An API timestamp as `2026-12-02 10:31:05Z` (UTC, seconds)."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return value
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _ago(value: str | None) -> str:
+    if not value:
+        return "never"
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    seconds = (datetime.now(UTC) - moment).total_seconds()
+    return f"{seconds:.0f} s ago"
+
+
+def show_status(settings: Settings, *, as_json: bool) -> int:
+    """Print the status (a table, or JSON with `as_json`); 0 when everything is up, else 1."""
+    status = gather(settings)
+    if as_json:
+        print(status.model_dump_json(indent=2))
+    else:
+        Console().print(status)
+    return 0 if status.healthy else 1

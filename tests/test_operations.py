@@ -1,0 +1,205 @@
+"""Operating the product: unknown parameter names refused at every door, `observer run` against a
+real server and worker (or none), and `observer status` against a running and a stopped product."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments.apply import WORK_POOL, prefect_environment
+from observer.catalog import ANALYZE_ERRORS, FLOWS
+from observer.intake import record_ops
+from observer.ops import Op
+from observer.settings import load_settings
+from tests.conftest import ROOT
+from tests.fakes import WebhookProcess
+
+
+def observer(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "observer.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+# ── unknown parameter names ─────────────────────────────────────────────────────────────────────
+
+
+def test_observer_run_refuses_an_unknown_name_before_asking_any_server(
+    observer_env: dict[str, str],
+) -> None:
+    result = observer("run", "analyze-errors", "-p", "dryrun=true", env=observer_env)
+    assert result.returncode == 2
+    assert "unknown parameter(s) 'dryrun'" in result.stderr
+    assert "valid: since_hours, endpoint, source" in result.stderr and "dry_run" in result.stderr
+
+
+def test_observer_run_refuses_a_bad_value_naming_the_field(observer_env: dict[str, str]) -> None:
+    result = observer("run", "ingest-events", "-p", "max_seconds=-1", env=observer_env)
+    assert result.returncode == 2
+    assert "max_seconds: Input should be greater than 0" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{"params": {"dryrun": True}}, {"dryrun": True}],
+    ids=["inside-params", "top-level"],
+)
+def test_the_server_refuses_unknown_names_before_a_run_exists(
+    deployed_api: str, parameters: dict[str, object]
+) -> None:
+    deployment = httpx.get(f"{deployed_api}/deployments/name/{ANALYZE_ERRORS.deployment}").json()
+    runs_before = _run_count(deployed_api, deployment["id"])
+    answer = httpx.post(
+        f"{deployed_api}/deployments/{deployment['id']}/create_flow_run",
+        json={"parameters": parameters},
+    )
+    assert answer.status_code == 409, answer.text
+    assert "dryrun" in answer.json()["detail"]
+    assert _run_count(deployed_api, deployment["id"]) == runs_before
+
+
+def test_prefect_deployment_run_with_an_unknown_name_is_refused(deployed_api: str) -> None:
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "prefect", "deployment", "run", ANALYZE_ERRORS.deployment),
+            *("--params", '{"params": {"dryrun": true}}'),
+        ],
+        env={**os.environ, "PREFECT_API_URL": deployed_api},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "dryrun" in result.stdout + result.stderr
+
+
+def _run_count(api_url: str, deployment_id: str) -> int:
+    query = {"deployments": {"id": {"any_": [deployment_id]}}}
+    return httpx.post(f"{api_url}/flow_runs/count", json=query).json()
+
+
+# ── observer run ────────────────────────────────────────────────────────────────────────────────
+
+
+def test_observer_run_without_a_server_says_so_and_fails(observer_env: dict[str, str]) -> None:
+    env = {**observer_env, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    result = observer("run", "ingest-events", env=env)
+    assert result.returncode == 1
+    assert "no Prefect server answers at http://127.0.0.1:9/api" in result.stderr
+    assert "--ephemeral" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def worker_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("worker") / "data"
+
+
+@pytest.fixture(scope="module")
+def worker(deployed_api: str, worker_data: Path) -> Iterator[dict[str, str]]:
+    """A real worker of Observer's pool, started the way `observer up` starts it; yields the
+    environment its runs see."""
+    env = prefect_environment(load_settings(data_dir=worker_data), deployed_api)
+    env.update(
+        {
+            "GATEWAY_URL": "http://127.0.0.1:9",
+            "LAKEHOUSE_URL": "http://127.0.0.1:9",
+            "OBSERVER_HTTP_TIMEOUT": "1",
+            "OBSERVER_HTTP_ATTEMPTS": "1",
+        }
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            WORK_POOL,
+            "--name",
+            "test-worker",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        process_group=0,
+    )
+    yield env
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def test_observer_run_runs_the_deployment_and_follows_it(
+    worker: dict[str, str], worker_data: Path
+) -> None:
+    settings = load_settings(data_dir=worker_data)
+    op = Op(
+        timestamp="2026-04-23T10:00:00.000Z",
+        endpoint="e",
+        input_summary="via observer run",
+        success=True,
+        duration_ms=1,
+        output_summary="o",
+    )
+    record_ops(settings, [(None, op)])
+    result = observer("run", "ingest-events", "-p", "reason=cli", env=worker, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "run 'ingest-events (cli)' created" in result.stderr
+    assert "ingest-events: Completed" in result.stderr
+    assert "artifact ingest-events: Ingestion run (cli): 1 op(s) into ops.jsonl" in result.stderr
+    assert settings.layout.ops_path.read_bytes() == op.to_line() + b"\n"
+
+
+# ── observer status ─────────────────────────────────────────────────────────────────────────────
+
+
+def test_status_of_a_stopped_product_says_what_is_down(observer_env: dict[str, str]) -> None:
+    env = {**observer_env, "OBSERVER_PORT": "9", "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    result = observer("status", "--json", env=env)
+    assert result.returncode == 1
+    status = json.loads(result.stdout)
+    assert (status["webhook"]["up"], status["prefect"]["up"], status["worker"]["up"]) == (
+        False,
+        False,
+        False,
+    )
+    assert "connection refused" in status["webhook"]["detail"]
+    assert [d["name"] for d in status["deployments"]] == list(FLOWS)
+    human = observer("status", env=env)
+    assert human.returncode == 1 and "DOWN" in human.stdout
+
+
+def test_status_of_a_running_product(
+    worker: dict[str, str], worker_data: Path, tmp_path: Path
+) -> None:
+    webhook = WebhookProcess({**worker, "OBSERVER_DATA_DIR": str(worker_data)}, cwd=tmp_path)
+    try:
+        event = {"input_summary": "waiting", "success": True}
+        assert httpx.post(f"{webhook.url}/event", json=event).status_code == 200
+        port = webhook.url.rsplit(":", 1)[1]
+        result = observer("status", "--json", env={**worker, "OBSERVER_PORT": port})
+    finally:
+        webhook.stop()
+    status = json.loads(result.stdout)
+    assert result.returncode == 0, status
+    assert status["webhook"]["up"] and status["prefect"]["up"] and status["worker"]["up"]
+    assert "test-worker" in status["worker"]["detail"]
+    assert status["spool"]["events"] >= 1 and status["spool"]["bytes"] > 0
+    assert [d["name"] for d in status["deployments"]] == list(FLOWS)
