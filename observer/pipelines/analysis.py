@@ -236,8 +236,13 @@ class AnalysisReport(BaseModel):
             f"- **Delivery:** {self.delivery}",
             f"- **Read:** {selection.note}; bytes {selection.start}–{selection.end}"
             + (f", {selection.lines} line(s)" if selection.lines >= 0 else ""),
-            f"- **Failures:** {selection.failures}: {selection.fresh_failures} in "
-            f"{selection.fresh_groups} new group(s), {selection.known_failures} in known ones",
+            "- **Failures:** "
+            + (
+                f"{selection.failures}: {selection.fresh_failures} in {selection.fresh_groups}"
+                f" new group(s), {selection.known_failures} in groups analysed before"
+                if selection.failures
+                else "none"
+            ),
         ]
         if selection.unreadable:
             lines.append(f"- **Unreadable lines skipped:** {selection.unreadable}")
@@ -448,7 +453,7 @@ def diagnose(settings: Settings, selection: Selection, query: AnalyzeParameters)
         entry = log_entry(selection, DEGRADED_APPROACH, text, summary)
         message = (
             f"degraded: LLM unavailable ({reason}); "
-            f"counts of {selection.fresh_groups} group(s) posted instead"
+            f"a counts-only report of {selection.fresh_groups} group(s) instead"
         )
         return Diagnosis(
             kind="degraded",
