@@ -7,6 +7,7 @@ clean-up of runs a previous stop left behind. Used by `observer deploy` and `obs
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -149,13 +150,26 @@ def crash_orphaned_runs(api_url: str) -> int:
 
 
 def _prefect(env: dict[str, str], *args: str, cwd: Path | None = None) -> None:
-    try:
-        subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=cwd, check=True)
-    except subprocess.CalledProcessError as exc:
+    """Run a Prefect command quietly: its output (hints to start a worker in another terminal,
+    which `observer up` already does) is shown only when it fails."""
+    result = subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise DeployFailed(
-            f"`prefect {' '.join(args[:3])}` failed (exit {exc.returncode})"
-        ) from None
+            f"`prefect {' '.join(args[:3])}` failed (exit {result.returncode}):\n{tail}"
+        )
 
 
 def _seconds(value: float) -> str:
+    """A schedule length for prefect.yaml. Above a minute it is rounded up to whole minutes: the
+    UI's deployment list shows "Every 3 minutes" but has no room for "Every 2 minutes 30 seconds"
+    (it showed a bare "+1" for consolidate-playbooks' 5 × 30 s)."""
+    if value > 60 and value % 60:
+        value = math.ceil(value / 60) * 60
     return str(int(value)) if float(value).is_integer() else str(value)

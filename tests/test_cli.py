@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.apply import SCHEDULE_VARIABLES, catalog_mismatches, render_prefect_yaml
+from deployments.apply import (
+    SCHEDULE_VARIABLES,
+    catalog_mismatches,
+    prefect_environment,
+    render_prefect_yaml,
+)
 from observer.catalog import FLOWS
 from observer.errors import SettingsError
 from observer.settings import load_settings
@@ -107,3 +112,15 @@ def test_a_prefect_yaml_that_drifts_from_the_table_of_flows_is_refused() -> None
         " 'flows/tail_corrections.py:tail_corrections'",
         "deployment 'tail-overseer' is not in the table of flows",
     ]
+
+
+@pytest.mark.parametrize(
+    ("cycle", "every_cycle", "every_5_cycles"),
+    [("30", "30", "180"), ("0.5", "0.5", "2.5"), ("12", "12", "60"), ("90", "120", "480")],
+)
+def test_schedule_lengths_above_a_minute_are_whole_minutes(
+    observer_env: dict[str, str], cycle: str, every_cycle: str, every_5_cycles: str
+) -> None:
+    env = prefect_environment(load_settings(cycle_seconds=cycle), "http://127.0.0.1:9/api")
+    assert env["OBSERVER_CYCLE_SECONDS"] == every_cycle
+    assert env["OBSERVER_CONSOLIDATE_SECONDS"] == every_5_cycles

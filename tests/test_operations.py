@@ -86,6 +86,21 @@ def test_prefect_deployment_run_with_an_unknown_name_is_refused(deployed_api: st
     assert "dryrun" in result.stdout + result.stderr
 
 
+def test_run_forms_are_closed_and_show_plain_optional_fields(deployed_api: str) -> None:
+    """What the UI's run form is built from: no unknown names, and no `null` type or default
+    (the form would offer a "None" type, then refuse its own empty field as not a number)."""
+    for entry in FLOWS.values():
+        url = f"{deployed_api}/deployments/name/{entry.deployment}"
+        schema = httpx.get(url).json()["parameter_openapi_schema"]
+        assert schema["additionalProperties"] is False
+        assert None not in schema["properties"]["params"]["default"].values()
+        [model] = schema["definitions"].values()
+        assert model["additionalProperties"] is False
+        for name, field in model["properties"].items():
+            assert "anyOf" not in field, (entry.name, name)
+            assert field.get("default", "unset") is not None, (entry.name, name)
+
+
 def _run_count(api_url: str, deployment_id: str) -> int:
     query = {"deployments": {"id": {"any_": [deployment_id]}}}
     return httpx.post(f"{api_url}/flow_runs/count", json=query).json()

@@ -114,12 +114,14 @@ def _status(args: argparse.Namespace) -> int:
 
 def _deploy(_: argparse.Namespace) -> int:
     from deployments.apply import deploy, prefect_environment
+    from observer.catalog import FLOWS
 
     settings = load_settings()
     if not settings.prefect_api_url:
         print("observer: set PREFECT_API_URL to the Prefect server's API", file=sys.stderr)
         return 2
     deploy(prefect_environment(settings, settings.prefect_api_url))
+    print(f"observer: applied prefect.yaml to {settings.prefect_api_url}: {', '.join(FLOWS)}")
     return 0
 
 
