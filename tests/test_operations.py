@@ -218,3 +218,36 @@ def test_status_of_a_running_product(
     assert "test-worker" in status["worker"]["detail"]
     assert status["spool"]["events"] >= 1 and status["spool"]["bytes"] > 0
     assert [d["name"] for d in status["deployments"]] == list(FLOWS)
+
+
+# ── the console of observer up ──────────────────────────────────────────────────────────────────
+
+
+def test_a_run_that_ends_badly_is_one_console_line_once(deployed_api: str) -> None:
+    from observer.cli.console import RunWatcher
+
+    lines: list[str] = []
+    watcher = RunWatcher(deployed_api, lines.append)
+    deployment = httpx.get(f"{deployed_api}/deployments/name/{ANALYZE_ERRORS.deployment}").json()
+
+    def run_ending(state: str, message: str) -> str:
+        run = httpx.post(
+            f"{deployed_api}/deployments/{deployment['id']}/create_flow_run",
+            json={"name": f"console {state.lower()}", "parameters": {"params": {}}},
+        ).json()
+        final = {"type": state, "name": state.title(), "message": message}
+        httpx.post(
+            f"{deployed_api}/flow_runs/{run['id']}/set_state",
+            json={"state": final, "force": True},
+        ).raise_for_status()
+        return run["id"]
+
+    failed = run_ending("FAILED", "gateway: cannot reach http://127.0.0.1:9/log\n  Traceback …")
+    run_ending("COMPLETED", "posted")
+    assert watcher.check() == 1
+    assert lines == [
+        "analyze-errors: run 'console failed' Failed: gateway: cannot reach"
+        f" http://127.0.0.1:9/log Traceback … — {deployed_api.removesuffix('/api')}"
+        f"/runs/flow-run/{failed}"
+    ]
+    assert watcher.check() == 0  # said once
