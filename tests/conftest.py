@@ -22,6 +22,7 @@ os.environ["PREFECT_API_URL"] = ""  # not the checkout's prefect.toml: tests nam
 
 from observer.settings import Settings, load_settings
 from tests.fakes import FakeUpstream, WebhookProcess
+from tests.postgres import PostgresServer, PostgresUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +51,19 @@ def prefect_server() -> Iterator[None]:
         temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         yield
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the session's own on 127.0.0.1; skipped only where none is installed."""
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
 
 
 @pytest.fixture
