@@ -18,9 +18,9 @@ import yaml
 
 from observer.catalog import FLOWS
 from observer.errors import DeployFailed
+from observer.instance import Instance, rename_deployments
 from observer.settings import Settings
 
-WORK_POOL = "observer-process"
 SCHEDULE_VARIABLES = (
     "OBSERVER_CYCLE_SECONDS",
     "OBSERVER_CONSOLIDATE_SECONDS",
@@ -53,6 +53,7 @@ def prefect_environment(settings: Settings, api_url: str) -> dict[str, str]:
         "PREFECT_WORKER_PREFETCH_SECONDS": os.environ.get("PREFECT_WORKER_PREFETCH_SECONDS", "5"),
         "OBSERVER_DATA_DIR": str(layout.data_dir.resolve()),
         "OBSERVER_PROJECT_DIR": str(project_dir()),
+        "OBSERVER_INSTANCE": settings.instance or "",
         "OBSERVER_CYCLE_SECONDS": cycle,
         "OBSERVER_CONSOLIDATE_SECONDS": _seconds(settings.cycle_seconds * 5),
         # The webhook wakes ingestion itself (and again while records wait); this schedule only
@@ -62,14 +63,21 @@ def prefect_environment(settings: Settings, api_url: str) -> dict[str, str]:
 
 
 def render_prefect_yaml(text: str, env: dict[str, str]) -> str:
-    """prefect.yaml with the schedule lengths filled in.
+    """prefect.yaml with the schedule lengths filled in, and the names of this instance.
 
     `prefect deploy` validates schedules before it resolves `{{ $VAR }}` templates, so an interval
     taken from OBSERVER_CYCLE must be written in as a number first.
     """
     for name in SCHEDULE_VARIABLES:
         text = text.replace(f'"{{{{ ${name} }}}}"', env[name])
-    return text
+    instance = instance_from(env)
+    if not instance.name:
+        return text
+    return yaml.safe_dump(rename_deployments(yaml.safe_load(text), instance), sort_keys=False)
+
+
+def instance_from(env: dict[str, str]) -> Instance:
+    return Instance(env.get("OBSERVER_INSTANCE") or None)
 
 
 def catalog_mismatches(text: str) -> list[str]:
@@ -97,7 +105,8 @@ def deploy(env: dict[str, str]) -> None:
     rendered = Path(env["PREFECT_HOME"]) / "prefect.rendered.yaml"
     rendered.parent.mkdir(parents=True, exist_ok=True)
     rendered.write_text(render_prefect_yaml(text, env))
-    _prefect(env, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
+    pool = instance_from(env).work_pool
+    _prefect(env, "work-pool", "create", pool, "--type", "process", "--overwrite")
     _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", str(rendered), cwd=project)
     enforce_closed_parameters(env["PREFECT_API_URL"])
 
@@ -122,7 +131,7 @@ def enforce_closed_parameters(api_url: str) -> None:
         ).raise_for_status()
 
 
-def crash_orphaned_runs(api_url: str) -> int:
+def crash_orphaned_runs(api_url: str, work_pool: str) -> int:
     """Mark runs a previous stop left pending or running as Crashed, before the worker starts.
 
     A worker stopped while it was starting a run leaves it `Pending` for ever; with concurrency 1
@@ -131,7 +140,7 @@ def crash_orphaned_runs(api_url: str) -> int:
     """
     query = {
         "flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}},
-        "work_pools": {"name": {"any_": [WORK_POOL]}},
+        "work_pools": {"name": {"any_": [work_pool]}},
         "limit": 200,
     }
     orphans = httpx.post(f"{api_url}/flow_runs/filter", json=query, timeout=30).json()

@@ -16,7 +16,9 @@ message is for the console), or `ObserverError` for all of them.
     └── CommandError           the `observer` command cannot go on
         ├── PortInUse
         ├── StartupFailed
-        └── DeployFailed
+        ├── DeployFailed
+        ├── DatabaseUnusable   the PostgreSQL named for Prefect does not take us
+        └── PrefectApiUnusable the Prefect server to join does not answer, or must not be joined
 """
 
 from __future__ import annotations
@@ -104,3 +106,11 @@ class StartupFailed(CommandError):
 
 class DeployFailed(CommandError):
     """prefect.yaml could not be applied to the Prefect server."""
+
+
+class DatabaseUnusable(CommandError):
+    """The PostgreSQL configured for Prefect cannot be used; the message names the variable."""
+
+
+class PrefectApiUnusable(CommandError):
+    """The Prefect API to join does not answer, or this host must not join it as configured."""

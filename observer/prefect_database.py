@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from observer.settings import SettingsError
+from observer.errors import DatabaseUnusable, SettingsError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -33,10 +33,6 @@ DIALECT_ONLY_QUERY = frozenset(
         "default_transaction_isolation",
     }
 )
-
-
-class DatabaseUnusable(RuntimeError):
-    """The configured PostgreSQL cannot be used; the message says why and names the variable."""
 
 
 def check_prefect_database(env: Mapping[str, str], timeout: float = CONNECT_TIMEOUT) -> str:

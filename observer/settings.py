@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     prefect_api_url: str | None = Field(
         None, validation_alias=AliasChoices("PREFECT_API_URL", "OBSERVER_PREFECT_API_URL")
     )
+    # Several hosts on one Prefect server: each names itself (see observer/instance.py).
+    instance: str | None = Field(
+        None,
+        validation_alias="OBSERVER_INSTANCE",
+        pattern=r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -92,7 +98,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with http:// or https://, got {value!r}")
         return value.rstrip("/")
 
-    @field_validator("token", "prefect_api_url", mode="before")
+    @field_validator("token", "prefect_api_url", "instance", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -6,7 +6,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from observer.catalog import SPOOL_APPENDED_EVENT, SPOOL_RESOURCE_ID
+from observer.catalog import SPOOL_APPENDED_EVENT
+from observer.instance import instance_of
 from observer.pipelines.corrections import TailReport, tail_corrections
 from observer.settings import load_settings
 from tasks.publish import publish
@@ -28,7 +29,7 @@ def announce_spool(recorded: int) -> None:
     """Ask for an ingestion run now (the `ingest-events` trigger) instead of at its safety schedule."""
     emit_event(
         event=SPOOL_APPENDED_EVENT,
-        resource={"prefect.resource.id": SPOOL_RESOURCE_ID},
+        resource={"prefect.resource.id": instance_of(load_settings()).spool_resource},
         payload={"producer": "tail-corrections", "records": recorded},
     )
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from observer.catalog import SPOOL_APPENDED_EVENT, SPOOL_RESOURCE_ID
+from observer.instance import Instance
 from observer.webhook.notify import due_runs_query
 from tests.fakes import WebhookProcess
 
@@ -47,5 +48,7 @@ def test_an_acknowledged_event_wakes_ingestion_through_prefect(
 def test_the_due_run_query_is_one_the_prefect_api_accepts() -> None:
     from prefect.settings import PREFECT_API_URL
 
-    answer = httpx.post(f"{PREFECT_API_URL.value()}/flow_runs/filter", json=due_runs_query())
+    answer = httpx.post(
+        f"{PREFECT_API_URL.value()}/flow_runs/filter", json=due_runs_query(Instance())
+    )
     assert answer.status_code == 200 and answer.json() == []

@@ -36,12 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
         "up",
         help="start everything: Prefect server + UI, worker, deployments, webhook",
         description=(
-            "Start a local Prefect server (SQLite, UI on 127.0.0.1:4200), a process work pool and"
-            " worker, the deployments of prefect.yaml and the webhook on OBSERVER_PORT."
+            "Start a local Prefect server (SQLite, or the PostgreSQL named by"
+            " PREFECT_SERVER_DATABASE_CONNECTION_URL; UI on 127.0.0.1:4200), a process work pool"
+            " and worker, the deployments of prefect.yaml and the webhook on OBSERVER_PORT."
             " Ctrl-C stops all of it; a second start reuses the same data."
         ),
     )
     up.add_argument("--prefect-port", type=int, default=4200, help="Prefect server port")
+    up.add_argument(
+        "--no-server",
+        action="store_true",
+        help="join the Prefect server at PREFECT_API_URL instead of starting one (a second host)",
+    )
     up.set_defaults(handler=_up)
 
     status = commands.add_parser(
@@ -128,7 +134,9 @@ def _deploy(_: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from observer.cli.supervisor import run_everything
 
-    return run_everything(load_settings(), prefect_port=args.prefect_port)
+    return run_everything(
+        load_settings(), prefect_port=args.prefect_port, server=not args.no_server
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
 """`observer up`: the whole product on embedded defaults, in the foreground, until Ctrl-C.
 
-Starts a local Prefect server (SQLite under the data dir, UI on 127.0.0.1), creates the process
+Starts a local Prefect server (SQLite under the data dir, or the PostgreSQL that Prefect's
+`PREFECT_SERVER_DATABASE_CONNECTION_URL` names, checked first; UI on 127.0.0.1), creates the process
 work pool, applies prefect.yaml, starts a worker and the webhook. Everything lives under
-`OBSERVER_DATA_DIR`, so a second start reuses the same runs, schedules and ops. Ctrl-C (or SIGTERM)
+`OBSERVER_DATA_DIR`, so a second start reuses the same runs, schedules and ops. `--no-server` starts
+all but the Prefect server and joins the one at PREFECT_API_URL (another host's). Ctrl-C (or SIGTERM)
 stops the children in reverse order, each with the signal it obeys (a Prefect worker ignores its
 first SIGTERM, so it gets SIGINT).
 """
@@ -19,8 +21,11 @@ from pathlib import Path
 
 import httpx
 
-from deployments.apply import WORK_POOL, crash_orphaned_runs, deploy, prefect_environment
-from observer.errors import CommandError, StartupFailed
+from deployments.apply import crash_orphaned_runs, deploy, prefect_environment
+from observer.errors import CommandError, SettingsError, StartupFailed
+from observer.instance import instance_of
+from observer.prefect_api import check_prefect_api, refuse_another_hosts_pool, worker_name
+from observer.prefect_database import check_prefect_database
 from observer.settings import Settings
 from observer.webhook.serve import bind_socket
 
@@ -47,9 +52,19 @@ class Child:
             self.process.wait(timeout=10)
 
 
-def run_everything(settings: Settings, *, prefect_port: int = 4200) -> int:
-    api_url = f"http://127.0.0.1:{prefect_port}/api"
+def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool = True) -> int:
+    """Everything; with `server=False` all but the Prefect server, which runs at PREFECT_API_URL."""
+    if server:
+        api_url = f"http://127.0.0.1:{prefect_port}/api"
+    elif settings.prefect_api_url:
+        api_url = settings.prefect_api_url
+    else:
+        raise SettingsError(
+            "--no-server needs PREFECT_API_URL, the API of the Prefect server to join"
+            " (http://HOST:4200/api)"
+        )
     env = prefect_environment(settings, api_url)
+    instance = instance_of(settings)
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     children: list[Child] = []
     stopping = False
@@ -61,33 +76,42 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        for port, variable in ((prefect_port, "--prefect-port"), (settings.port, "OBSERVER_PORT")):
+        ports = ((prefect_port, "--prefect-port"),) if server else ()
+        for port, variable in (*ports, (settings.port, "OBSERVER_PORT")):
             if port:
                 bind_socket(
                     "127.0.0.1" if variable != "OBSERVER_PORT" else settings.host, port
                 ).close()
-        _say(
-            f"starting the Prefect server on {api_url.removesuffix('/api')} (data in {env['PREFECT_HOME']})"
-        )
-        children.append(
-            _start(
-                "prefect server",
-                env,
-                signal.SIGTERM,
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(prefect_port),
+        if server:
+            database = check_prefect_database(env)
+            _say(
+                f"starting the Prefect server on {api_url.removesuffix('/api')}"
+                f" (database: {database}; home {env['PREFECT_HOME']})"
             )
+            children.append(
+                _start(
+                    "prefect server",
+                    env,
+                    signal.SIGTERM,
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(prefect_port),
+                )
+            )
+            _wait_until_healthy(
+                f"{api_url}/health", children[-1], "the Prefect server", lambda: stopping
+            )
+        else:
+            _say(f"joining the Prefect server at {api_url} ({check_prefect_api(api_url)})")
+        refuse_another_hosts_pool(api_url, instance.work_pool, "OBSERVER_INSTANCE")
+        _say(
+            f"applying prefect.yaml (work pool {instance.work_pool}, deployments, schedules, triggers)"
         )
-        _wait_until_healthy(
-            f"{api_url}/health", children[-1], "the Prefect server", lambda: stopping
-        )
-        _say("applying prefect.yaml (work pool, deployments, schedules, triggers)")
         deploy(env)
-        orphans = crash_orphaned_runs(api_url)
+        orphans = crash_orphaned_runs(api_url, instance.work_pool)
         if orphans:
             _say(f"marked {orphans} run(s) left unfinished by the previous stop as Crashed")
         children.append(
@@ -98,9 +122,9 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200) -> int:
                 "worker",
                 "start",
                 "--pool",
-                WORK_POOL,
+                instance.work_pool,
                 "--name",
-                "observer-worker",
+                worker_name(),
             )
         )
         webhook = _spawn([sys.executable, "-m", "observer.cli", "webhook"], env)
@@ -109,7 +133,7 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200) -> int:
             f"http://{settings.host}:{settings.port}/health", children[-1], "the webhook"
         )
         _say(
-            f"up: UI http://127.0.0.1:{prefect_port}  webhook http://{settings.host}:{settings.port}"
+            f"up: UI {api_url.removesuffix('/api')}  webhook http://{settings.host}:{settings.port}"
             f"  ops {settings.layout.ops_path.resolve()}  (Ctrl-C stops everything)"
         )
         while not stopping:

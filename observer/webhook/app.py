@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from observer.errors import EventError, IntakeError
+from observer.instance import instance_of
 from observer.intake.checkpoint import spool_bytes_waiting
 from observer.intake.group_commit import Intake
 from observer.settings import Settings
@@ -47,7 +48,9 @@ class WebhookApp:
         self.settings = settings
         self.probe = HealthProbe(settings)
         self.notifier = SpoolNotifier(
-            settings.prefect_api_url, pending=lambda: spool_bytes_waiting(settings) > 0
+            settings.prefect_api_url,
+            pending=lambda: spool_bytes_waiting(settings) > 0,
+            instance=instance_of(settings),
         )
         self.ledger = Ledger(settings, on_durable=self.notifier.poke)
         self.intake: Intake[int] = Intake(settings, self.ledger)

@@ -16,14 +16,15 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from observer.catalog import INGEST_EVENTS, SPOOL_APPENDED_EVENT, SPOOL_RESOURCE_ID
+from observer.catalog import SPOOL_APPENDED_EVENT
+from observer.instance import Instance
 
 log = logging.getLogger("observer.notify")
 
 
-def due_runs_query() -> dict[str, object]:
-    """`POST /flow_runs/filter` body: ingest-events runs pending, running or starting within 5 s
-    (and due for less than 10 minutes)."""
+def due_runs_query(instance: Instance) -> dict[str, object]:
+    """`POST /flow_runs/filter` body: this instance's ingest-events runs pending, running or
+    starting within 5 s (and due for less than 10 minutes)."""
     now = datetime.now(UTC)
     return {
         "flow_runs": {
@@ -34,7 +35,7 @@ def due_runs_query() -> dict[str, object]:
                 "after_": (now - timedelta(minutes=10)).isoformat(),
             },
         },
-        "deployments": {"name": {"any_": [INGEST_EVENTS.name]}},
+        "deployments": {"name": {"any_": [instance.ingest_deployment]}},
         "limit": 1,
     }
 
@@ -52,10 +53,12 @@ class SpoolNotifier:
         prefect_api_url: str | None,
         pending: Callable[[], bool],
         *,
+        instance: Instance,
         min_interval: float = 1.0,
         renotify_interval: float = 3.0,
     ) -> None:
         self.api_url = prefect_api_url.rstrip("/") if prefect_api_url else None
+        self.instance = instance
         self.min_interval = min_interval
         self.renotify_interval = renotify_interval
         self.sent = 0
@@ -105,7 +108,9 @@ class SpoolNotifier:
         When Prefect cannot be asked, the event is sent: a spare run is cheaper than a late one.
         """
         try:
-            response = await client.post(f"{self.api_url}/flow_runs/filter", json=due_runs_query())
+            response = await client.post(
+                f"{self.api_url}/flow_runs/filter", json=due_runs_query(self.instance)
+            )
             response.raise_for_status()
             return bool(response.json())
         except (httpx.HTTPError, ValueError):
@@ -116,7 +121,7 @@ class SpoolNotifier:
             "id": str(uuid.uuid4()),
             "occurred": datetime.now(UTC).isoformat(),
             "event": SPOOL_APPENDED_EVENT,
-            "resource": {"prefect.resource.id": SPOOL_RESOURCE_ID},
+            "resource": {"prefect.resource.id": self.instance.spool_resource},
             "payload": {},
         }
         try:
