@@ -24,24 +24,25 @@ def worker_name() -> str:
 
 
 def check_prefect_api(api_url: str) -> str:
-    """The server's version, once `GET {api_url}/health` answers; else why it cannot be used."""
-    base = api_url.rstrip("/")
-    answers = []
-    for path in ("/health", "/admin/version"):
-        try:
-            answer = httpx.get(f"{base}{path}", timeout=TIMEOUT)
-        except httpx.HTTPError as exc:
-            raise PrefectApiUnusable(
-                f"{API_VARIABLE}={api_url} does not answer ({type(exc).__name__}: {exc});"
-                " start the Prefect server there first"
-            ) from None
-        if answer.status_code != 200:
-            raise PrefectApiUnusable(
-                f"{API_VARIABLE}={api_url} is not a Prefect API (GET …{path} answered"
-                f" {answer.status_code}); it ends in /api, e.g. http://HOST:4200/api"
-            )
-        answers.append(answer)
-    return f"Prefect {answers[-1].json()}"
+    """The server's version (`GET …/admin/version`, a JSON string); else why it cannot be used."""
+    path = f"{api_url.rstrip('/')}/admin/version"
+    try:
+        answer = httpx.get(path, timeout=TIMEOUT)
+    except httpx.HTTPError as exc:
+        raise PrefectApiUnusable(
+            f"{API_VARIABLE}={api_url} does not answer ({type(exc).__name__}: {exc});"
+            " start the Prefect server there first"
+        ) from None
+    try:
+        version = answer.json() if answer.status_code == 200 else None
+    except ValueError:
+        version = None
+    if not isinstance(version, str):
+        raise PrefectApiUnusable(
+            f"{API_VARIABLE}={api_url} is not a Prefect API (GET {path} answered"
+            f" {answer.status_code} {answer.text[:60]!r}); it ends in /api, e.g. http://HOST:4200/api"
+        )
+    return f"Prefect {version}"
 
 
 def refuse_another_hosts_pool(api_url: str, work_pool: str, instance_variable: str) -> None:
