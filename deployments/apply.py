@@ -108,10 +108,10 @@ def deploy(env: dict[str, str]) -> None:
     pool = instance_from(env).work_pool
     _prefect(env, "work-pool", "create", pool, "--type", "process", "--overwrite")
     _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", str(rendered), cwd=project)
-    enforce_closed_parameters(env["PREFECT_API_URL"])
+    enforce_closed_parameters(env["PREFECT_API_URL"], instance_from(env))
 
 
-def enforce_closed_parameters(api_url: str) -> None:
+def enforce_closed_parameters(api_url: str, instance: Instance) -> None:
     """Make the server refuse runs with unknown parameter names, at every door.
 
     Prefect's schema of a flow's signature leaves extra top-level names open (the parameters
@@ -119,10 +119,10 @@ def enforce_closed_parameters(api_url: str) -> None:
     409 to `{"dryrun": true}` as to `{"params": {"dryrun": true}}`, before any run exists.
     """
     for entry in FLOWS.values():
-        url = f"{api_url}/deployments/name/{entry.name}/{entry.name}"
-        deployment = httpx.get(url, timeout=30)
+        path = instance.deployment_path(entry.name)
+        deployment = httpx.get(f"{api_url}/deployments/name/{path}", timeout=30)
         if deployment.status_code != 200:
-            raise DeployFailed(f"deployment {entry.deployment} is missing after deploy")
+            raise DeployFailed(f"deployment {path} is missing after deploy")
         schema = {**deployment.json()["parameter_openapi_schema"], "additionalProperties": False}
         httpx.patch(
             f"{api_url}/deployments/{deployment.json()['id']}",

@@ -39,6 +39,10 @@ class Instance:
         """The deployment name of `flow` (each flow's deployment is named after it)."""
         return self._suffixed(flow, "-")
 
+    def deployment_path(self, flow: str) -> str:
+        """`flow/deployment`, as `prefect deployment run` and `run_deployment` name it."""
+        return f"{flow}/{self.deployment(flow)}"
+
     def _suffixed(self, base: str, separator: str) -> str:
         return f"{base}{separator}{self.name}" if self.name else base
 

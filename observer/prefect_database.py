@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,7 +42,7 @@ def check_prefect_database(env: Mapping[str, str], timeout: float = CONNECT_TIME
     Raises SettingsError for a URL Prefect cannot use and DatabaseUnusable for a database that
     does not accept it.
     """
-    variable, raw = _configured_url(env)
+    variable, raw = configured_database_url(env)
     if raw is None:
         return f"SQLite at {Path(env['PREFECT_HOME']) / 'prefect.db'}"
     url = _parse(variable, _fill_password(raw, env))
@@ -56,11 +57,22 @@ def check_prefect_database(env: Mapping[str, str], timeout: float = CONNECT_TIME
         raise DatabaseUnusable(f"{variable}: PostgreSQL at {where}: {_plain(exc, url)}") from None
 
 
-def _configured_url(env: Mapping[str, str]) -> tuple[str, str | None]:
+def configured_database_url(env: Mapping[str, str]) -> tuple[str, str | None]:
+    """Where the URL comes from and the URL: the environment first, then `[server.database]
+    connection_url` of ./prefect.toml, as Prefect's server (started in this directory) reads them."""
     for name in URL_VARIABLES:
         if env.get(name):
             return name, env[name]
-    return URL_VARIABLE, None
+    try:
+        toml = tomllib.loads(Path("prefect.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return URL_VARIABLE, None
+    url = toml.get("server", {}).get("database", {}).get("connection_url")
+    return (
+        ("prefect.toml [server.database] connection_url", url)
+        if isinstance(url, str)
+        else (URL_VARIABLE, None)
+    )
 
 
 def _fill_password(raw: str, env: Mapping[str, str]) -> str:

@@ -33,6 +33,7 @@ def up_no_server(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedPro
             **variables,
             "OBSERVER_DATA_DIR": str(tmp_path / "data"),
             "OBSERVER_PORT": str(free_port()),
+            "PREFECT_API_URL": "",  # unset, not the checkout's prefect.toml
             **env,
         },
         capture_output=True,

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments.apply import WORK_POOL, prefect_environment
+from deployments.apply import prefect_environment
 from observer.catalog import ANALYZE_ERRORS, FLOWS
+from observer.instance import WORK_POOL
 from observer.intake import record_ops
 from observer.ops import Op
 from observer.settings import load_settings

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -19,7 +21,7 @@ from observer.catalog import FLOWS
 from observer.prefect_database import URL_VARIABLE
 from tests.fakes import FakeUpstream, Reply
 from tests.postgres import Database, PostgresServer
-from tests.product import ObserverUp, free_port, run_deployment, wait_for_runs
+from tests.product import ROOT, ObserverUp, free_port, run_deployment, wait_for_runs
 
 # Minutes, not seconds: a Prefect server migrating a fresh database, then runs on 2 shared cores.
 pytestmark = pytest.mark.timeout(900)
@@ -34,6 +36,18 @@ RUNS_BY_DEPLOYMENT = """
     join work_queue wq on wq.id = d.work_queue_id
     join work_pool wp on wp.id = wq.work_pool_id
 """
+
+
+def observer_command(up: ObserverUp, *args: str) -> subprocess.CompletedProcess[str]:
+    """`observer ARGS` in a second terminal of the host that `up` started."""
+    return subprocess.run(
+        [sys.executable, "-m", "observer.cli", *args],
+        env=up.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 class Site:
@@ -152,17 +166,25 @@ def test_a_second_host_joins_with_its_own_pool_deployments_and_data(
         other.wait_up()
         other.post_event({"input_summary": "pg-host-b", "success": True, "event_id": "b1"})
         other.wait_for_op("pg-host-b")
+        # The host's own commands find its own deployments and pool.
+        status = json.loads(observer_command(other, "status", "--json").stdout)
+        run = observer_command(other, "run", "consolidate-playbooks", "-p", "dry_run=true")
         log = other.log()
     finally:
         other.stop()
+    assert [d["name"] for d in status["deployments"]] == [f"{flow}-b" for flow in FLOWS]
+    assert status["worker"]["up"] and status["worker"]["url"] == "pool observer-process-b"
+    assert run.returncode == 0, run.stderr
+    assert "consolidate-playbooks: Completed" in run.stderr
     assert f"joining the Prefect server at {site.api_url}" in log
     assert b"pg-host-b" not in site.up.ops_path.read_bytes()
-    # Its schedules made future runs (not due for a year); the one run that ran is its ingestion.
+    # Its schedules made future runs (not due for a year); what ran is its ingestion and the
+    # run asked for above.
     rows = site.database.query(
         RUNS_BY_DEPLOYMENT
         + " where wp.name = 'observer-process-b' and fr.state_type <> 'SCHEDULED'"
     )
-    assert {r["deployment"] for r in rows} == {"ingest-events-b"}
+    assert {r["deployment"] for r in rows} == {"ingest-events-b", "consolidate-playbooks-b"}
     assert "COMPLETED" in {r["state"] for r in rows}
     assert not {r["state"] for r in rows} & {"FAILED", "CRASHED"}, rows
     deployments = site.database.query("select name from deployment")

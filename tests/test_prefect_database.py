@@ -50,6 +50,19 @@ def test_the_password_may_come_from_prefects_password_variable(database: Databas
     assert "as checker" in check(url, PREFECT_SERVER_DATABASE_PASSWORD=database.password)
 
 
+def test_the_url_may_come_from_prefect_toml_as_prefect_reads_it(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prefect.toml").write_text(
+        f'[server.database]\nconnection_url = "{database.prefect_url}"\n'
+    )
+    assert "as checker" in check_prefect_database({"PREFECT_HOME": str(tmp_path)})
+    (tmp_path / "prefect.toml").write_text('[server.database]\nconnection_url = "mysql://x/y"\n')
+    with pytest.raises(SettingsError, match=r"prefect.toml \[server.database\] connection_url"):
+        check_prefect_database({"PREFECT_HOME": str(tmp_path)})
+
+
 @pytest.mark.parametrize(
     ("url", "words"),
     [

@@ -21,6 +21,7 @@ import httpx
 
 from observer.catalog import FLOWS, FlowEntry
 from observer.errors import CommandError
+from observer.instance import instance_of
 from observer.pipelines.parameters import FlowParameters
 from observer.settings import Settings
 
@@ -66,7 +67,7 @@ def run_flow_command(
     if ephemeral:
         return _run_here(entry, params)
     api = _answering_api(settings)
-    return _run_deployment(entry, params, api)
+    return _run_deployment(entry, params, api, instance_of(settings).deployment_path(entry.name))
 
 
 def _answering_api(settings: Settings) -> str:
@@ -87,7 +88,8 @@ def _answering_api(settings: Settings) -> str:
     return api.rstrip("/")
 
 
-def _run_deployment(entry: FlowEntry, params: FlowParameters, api: str) -> int:
+def _run_deployment(entry: FlowEntry, params: FlowParameters, api: str, deployment: str) -> int:
+    """`deployment` is this host's (`flow/flow`, or `flow/flow-NAME` with OBSERVER_INSTANCE)."""
     os.environ["PREFECT_API_URL"] = api  # before prefect is imported: its client reads it
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -95,14 +97,14 @@ def _run_deployment(entry: FlowEntry, params: FlowParameters, api: str) -> int:
 
     try:
         run = run_deployment(
-            entry.deployment,
+            deployment,
             parameters={"params": params.model_dump(mode="json")},
             flow_run_name=params.run_name(entry.name),
             timeout=0,
         )
     except ObjectNotFound:
         raise CommandError(
-            f"the server at {api} has no deployment {entry.deployment!r}: run `observer deploy`"
+            f"the server at {api} has no deployment {deployment!r}: run `observer deploy`"
         ) from None
     except PrefectHTTPStatusError as exc:
         detail = exc.response.json().get("detail", exc.response.text)

@@ -21,11 +21,12 @@ from pydantic import BaseModel, Field
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
-from deployments.apply import WORK_POOL
 from observer.catalog import FLOWS
 from observer.files import count_lines, load_state
+from observer.instance import instance_of
 from observer.intake.checkpoint import load_checkpoint, spool_backlog
 from observer.pipelines.corrections import CorrectionsCheckpoint
+from observer.prefect_database import configured_database_url
 from observer.settings import Settings
 
 TIMEOUT_SECONDS = 1.5
@@ -173,6 +174,7 @@ async def _ask_services(
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     webhook_url = f"http://{host}:{settings.port}"
     api = (settings.prefect_api_url or "").rstrip("/")
+    instance = instance_of(settings)
     async with httpx.AsyncClient(timeout=TIMEOUT_SECONDS) as client:
         webhook_task = _webhook(client, webhook_url)
         if not api:
@@ -182,13 +184,13 @@ async def _ask_services(
                 webhook,
                 Service(name="Prefect server", url="-", up=False, detail=missing),
                 Service(name="worker", url="-", up=False, detail=missing),
-                [DeploymentStatus(name=name) for name in FLOWS],
+                [DeploymentStatus(name=instance.deployment(name)) for name in FLOWS],
             )
         results = await asyncio.gather(
             webhook_task,
             _prefect(client, api),
-            _worker(client, api),
-            *(_deployment(client, api, name) for name in FLOWS),
+            _worker(client, api, instance.work_pool),
+            *(_deployment(client, api, instance.deployment(name)) for name in FLOWS),
         )
     webhook, prefect, worker, *deployments = results
     return webhook, prefect, worker, deployments  # type: ignore[return-value]
@@ -218,19 +220,19 @@ async def _prefect(client: httpx.AsyncClient, api: str) -> Service:
     return Service(name="Prefect server", url=ui, up=up, detail=detail)
 
 
-async def _worker(client: httpx.AsyncClient, api: str) -> Service:
-    url = f"{api}/work_pools/{WORK_POOL}/workers/filter"
+async def _worker(client: httpx.AsyncClient, api: str, pool: str) -> Service:
+    url = f"{api}/work_pools/{pool}/workers/filter"
     try:
         response = await client.post(url, json={"limit": 10})
         response.raise_for_status()
         workers = response.json()
     except (httpx.HTTPError, ValueError) as exc:
-        return Service(name="worker", url=f"pool {WORK_POOL}", up=False, detail=_why(exc))
+        return Service(name="worker", url=f"pool {pool}", up=False, detail=_why(exc))
     online = [w for w in workers if w.get("status") == "ONLINE"]
     detail = ", ".join(f"{w['name']} (beat {_ago(w.get('last_heartbeat_time'))})" for w in online)
     return Service(
         name="worker",
-        url=f"pool {WORK_POOL}",
+        url=f"pool {pool}",
         up=bool(online),
         detail=detail or f"no worker online ({len(workers)} known)",
     )
@@ -312,8 +314,8 @@ def _corrections(settings: Settings) -> CorrectionsStatus:
 
 
 def _database(settings: Settings) -> DatabaseStatus:
-    url = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "")
-    if url.startswith("postgresql"):
+    _, url = configured_database_url(os.environ)
+    if url and url.startswith("postgresql"):
         return DatabaseStatus(kind="PostgreSQL")
     home = settings.layout.prefect_home
     size = 0
