@@ -54,7 +54,9 @@ def check_prefect_database(env: Mapping[str, str], timeout: float = CONNECT_TIME
     except DatabaseUnusable as exc:
         raise DatabaseUnusable(f"{variable}: PostgreSQL at {where}: {exc}") from None
     except Exception as exc:
-        raise DatabaseUnusable(f"{variable}: PostgreSQL at {where}: {_plain(exc, url)}") from None
+        raise DatabaseUnusable(
+            f"{variable}: PostgreSQL at {where}: {_plain(exc, url, timeout)}"
+        ) from None
 
 
 def configured_database_url(env: Mapping[str, str]) -> tuple[str, str | None]:
@@ -154,7 +156,7 @@ def _require_rights(row: dict[str, object]) -> None:
         )
 
 
-def _plain(exc: BaseException, url: URL) -> str:
+def _plain(exc: BaseException, url: URL, timeout: float) -> str:
     """The usual connection failures in plain words; anything else as its own one-line message."""
     import asyncpg
 
@@ -164,7 +166,7 @@ def _plain(exc: BaseException, url: URL) -> str:
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return f"database {url.database} does not exist (create it: createdb -O {url.username} {url.database})"
     if isinstance(exc, TimeoutError):
-        return f"no answer within {CONNECT_TIMEOUT:.0f} s from {host}:{port}"
+        return f"no answer within {timeout:g} s from {host}:{port}"
     if isinstance(exc, socket.gaierror):
         return f"unknown host {host}"
     if isinstance(exc, ConnectionRefusedError):
