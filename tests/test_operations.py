@@ -228,14 +228,16 @@ def test_a_run_that_ends_badly_is_one_console_line_once(deployed_api: str) -> No
     from observer.cli.console import RunWatcher
 
     lines: list[str] = []
-    watcher = RunWatcher(deployed_api, lines.append)
+    watcher = RunWatcher(deployed_api, WORK_POOL, lines.append)
     deployment = httpx.get(f"{deployed_api}/deployments/name/{ANALYZE_ERRORS.deployment}").json()
 
     def run_ending(state: str, message: str) -> str:
         run = httpx.post(
             f"{deployed_api}/deployments/{deployment['id']}/create_flow_run",
             json={"name": f"console {state.lower()}", "parameters": {"params": {}}},
-        ).json()
+        )
+        assert run.status_code == 201, run.text
+        run = run.json()
         final = {"type": state, "name": state.title(), "message": message}
         httpx.post(
             f"{deployed_api}/flow_runs/{run['id']}/set_state",

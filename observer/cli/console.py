@@ -20,8 +20,10 @@ MESSAGE_CHARS = 200
 class RunWatcher:
     """Reports each run that ended badly once, as one line through `say`."""
 
-    def __init__(self, api_url: str, say: Callable[[str], None]) -> None:
+    def __init__(self, api_url: str, work_pool: str, say: Callable[[str], None]) -> None:
+        """Watches the runs of `work_pool` only: on a shared server, other hosts' are theirs."""
         self.api_url = api_url.rstrip("/")
+        self.work_pool = work_pool
         self.ui_url = self.api_url.removesuffix("/api")
         self._say = say
         self._since = datetime.now(UTC)
@@ -38,6 +40,7 @@ class RunWatcher:
                 # is not missed (ids already reported are skipped).
                 "end_time": {"after_": (self._since - timedelta(seconds=30)).isoformat()},
             },
+            "work_pools": {"name": {"any_": [self.work_pool]}},
             "sort": "END_TIME_DESC",
             "limit": 50,
         }
