@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict
 
+from observer.values import MAX_EXACT_INT
+
 #: Key order of a line; the first 17 are the webhook's, the last three the overseer corrections'.
 OP_KEYS: tuple[str, ...] = (
     "timestamp",
@@ -81,18 +83,27 @@ def op_line(fields: dict[str, Any]) -> bytes:
     """The ops.jsonl line of already-validated op fields: keys in the original's order.
 
     The webhook's hot path calls this directly, without building an `Op` (pydantic's construction
-    costs more than the whole line). orjson writes strings, ints and booleans as JSON.stringify
-    does; floats differ (100.0, 1e-07), so they go in pre-formatted. Fields that already come in
-    key order without a float (what `EventIn.to_fields` gives) are written as they are.
+    costs more than the whole line). orjson writes strings, booleans and ints up to 2^53 as
+    JSON.stringify does; floats differ (100.0, 1e-07) and larger ints were doubles in the original
+    (2^53 + 1 was written 9007199254740992), so those go in pre-formatted. Fields that already come
+    in key order without a float (what `EventIn.to_fields` gives) are written as they are; orjson
+    refuses an int beyond 2^53 there, which sends the rare big one down the second path.
     """
     if _in_key_order(tuple(fields)) and float not in map(type, fields.values()):
-        return orjson.dumps(fields)
+        try:
+            return orjson.dumps(fields, option=orjson.OPT_STRICT_INTEGER)
+        except TypeError:
+            pass  # an int beyond 2^53
     ordered: dict[str, Any] = {}
     for key in OP_KEYS:
         if key in fields:
             value = fields[key]
-            ordered[key] = orjson.Fragment(js_number(value)) if type(value) is float else value
+            kind = type(value)
+            ordered[key] = orjson.Fragment(js_number(value)) if kind in _NUMBERS else value
     return orjson.dumps(ordered)
+
+
+_NUMBERS = (int, float)  # exact types: a bool is written by orjson
 
 
 _KEY_RANK = {key: rank for rank, key in enumerate(OP_KEYS)}
@@ -124,9 +135,17 @@ def encode_value(value: object) -> bytes:
 
 
 def js_number(value: Number) -> str:
-    """Format a number as ECMAScript's Number::toString does (JSON.stringify's number form)."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**21:
-        return str(value)
+    """Format a number as ECMAScript's Number::toString does (JSON.stringify's number form).
+
+    An int is first the double JavaScript would hold: beyond 2^53 that is the nearest one.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+            return str(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            return "null"  # Infinity, as JSON.stringify writes it; validation refuses these
     number = float(value)
     if not math.isfinite(number):
         return "null"  # what JSON.stringify writes for NaN and Infinity

@@ -108,6 +108,17 @@ def test_an_empty_row_gets_the_original_defaults() -> None:
     )
 
 
+def test_numbers_beyond_2_53_are_written_as_the_originals_doubles() -> None:
+    row = parse_row(
+        b'{"created_at":"t","applied_at_turn":12345678901234567890,'
+        b'"usage":{"latency_ms":"9007199254740993"}}'
+    )
+    line = op_line(row.to_fields())
+    assert b'"duration_ms":9007199254740992,' in line
+    assert line.endswith(b'"applied_at_turn":12345678901234567000}')
+    assert Op(**row.to_fields()).to_line() == line
+
+
 @pytest.mark.parametrize(
     ("raw", "kind"),
     [
@@ -121,6 +132,11 @@ def test_an_empty_row_gets_the_original_defaults() -> None:
         (b'{"usage":7}', "bad_field"),
         (b'{"model":"\xff"}', "invalid_utf8"),
         (b'{"model":', "invalid_json"),
+        (b'{"applied_at_turn":"1_000"}', "bad_field"),
+        (b'{"usage":{"latency_ms":" 42 "}}', "bad_field"),
+        (b'{"applied_at_turn":"Infinity"}', "bad_field"),
+        (b'{"applied_at_turn":"1' + b"0" * 400 + b'"}', "bad_field"),
+        (b'{"applied_at_turn":1e400}', "invalid_json"),
     ],
 )
 def test_bad_rows_are_refused_with_a_kind(raw: bytes, kind: str) -> None:

@@ -5,25 +5,39 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import orjson
 import pytest
 
 from observer.errors import EventError
 from observer.ops import Op, js_number, now_timestamp, op_line
+from observer.values import number_from_text
 from observer.webhook.events import parse_event
 from observer.webhook.window import StatsWindow
 
 GOLDEN = Path(__file__).parent / "golden"
 
 
-def golden_pairs() -> list[tuple[bytes, bytes]]:
-    bodies = (GOLDEN / "event_bodies.jsonl").read_bytes().splitlines()
-    lines = (GOLDEN / "original_ops.jsonl").read_bytes().splitlines()
+def golden_pairs(
+    bodies_name: str = "event_bodies.jsonl", lines_name: str = "original_ops.jsonl"
+) -> list[tuple[bytes, bytes]]:
+    bodies = (GOLDEN / bodies_name).read_bytes().splitlines()
+    lines = (GOLDEN / lines_name).read_bytes().splitlines()
     assert len(bodies) == len(lines) > 10
     return list(zip(bodies, lines, strict=True))
 
 
+def odd_golden_pairs() -> list[tuple[bytes, bytes]]:
+    return golden_pairs("odd_bodies.jsonl", "original_odd_ops.jsonl")
+
+
 @pytest.mark.parametrize(("body", "original_line"), golden_pairs())
 def test_op_line_is_byte_identical_to_the_original(body: bytes, original_line: bytes) -> None:
+    fields = parse_event(body).to_fields()
+    assert op_line(fields) == Op(**fields).to_line() == original_line
+
+
+@pytest.mark.parametrize(("body", "original_line"), odd_golden_pairs())
+def test_big_numbers_and_a_bom_give_the_original_bytes(body: bytes, original_line: bytes) -> None:
     fields = parse_event(body).to_fields()
     assert op_line(fields) == Op(**fields).to_line() == original_line
 
@@ -50,6 +64,13 @@ def test_stats_window_matches_the_original_on_the_same_events() -> None:
         (123456789012345680000.0, "123456789012345680000"),
         (1 / 3, "0.3333333333333333"),
         (5e-324, "5e-324"),
+        (2**53, "9007199254740992"),
+        (2**53 + 1, "9007199254740992"),
+        (-(2**53) - 1, "-9007199254740992"),
+        (12345678901234567890, "12345678901234567000"),
+        (2**64, "18446744073709552000"),
+        (10**21, "1e+21"),
+        (10**400, "null"),
     ],
 )
 def test_numbers_are_printed_as_javascript_prints_them(value: float, text: str) -> None:
@@ -85,6 +106,15 @@ def test_obviously_equal_forms_are_coerced() -> None:
         (b'{"timestamp":"yesterday"}', 422, "timestamp: is not an ISO-8601"),
         (b'{"event_id":"a\\tb"}', 422, "event_id: must not contain tabs"),
         (b'{"event_id":""}', 422, "event_id"),
+        (b'{"count":1e400}', 422, "count: is beyond the range of a JSON number"),
+        (b'{"duration_ms":-1e400}', 422, "duration_ms: is beyond the range"),
+        (b'{"count":1' + b"0" * 400 + b"}", 422, "count: is beyond the range"),
+        (b'{"count":"1' + b"0" * 400 + b'"}', 422, "count: is beyond the range"),
+        (b'{"duration_ms":"2e308"}', 422, "duration_ms: is beyond the range"),
+        (b'{"count":1e400,"x":NaN}', 400, "invalid JSON"),
+        (b'{"count":1e400,"x":"\xff"}', 400, "invalid JSON"),
+        (b"\xef\xbb\xbf\xef\xbb\xbf{}", 400, "invalid JSON"),
+        (b"\xef\xbb\xbf[]", 400, "got an array"),
     ],
 )
 def test_bad_bodies_say_what_and_where(body: bytes, status: int, words: str) -> None:
@@ -113,3 +143,40 @@ def test_absent_null_and_present_keys_are_kept_apart() -> None:
     explicit = Op(**absent.model_dump(exclude_unset=True), error=None)
     assert b'"error"' not in absent.to_line()
     assert b'"error":null' in explicit.to_line()
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("42", 42), ("-3.5", -3.5), ("0", 0), ("1e3", 1000.0), ("-0.0", 0.0), ("2.5E-3", 0.0025)],
+)
+def test_numbers_in_strings_are_taken_in_json_number_form(text: str, value: float) -> None:
+    number = number_from_text(text)
+    assert number == value and type(number) is type(value)
+    if value >= 0:
+        assert parse_event(orjson.dumps({"duration_ms": text})).duration_ms == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1_000", " 42 ", "42 ", "+5", "042", ".5", "5.", "Infinity", "NaN", "0x10", "١٢", "", "1e"],
+)
+def test_other_number_strings_are_refused(text: str) -> None:
+    with pytest.raises(EventError) as caught:
+        parse_event(orjson.dumps({"count": text, "duration_ms": text}))
+    assert {d["field"] for d in caught.value.details} == {"count", "duration_ms"}
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x1f", "\x7f", "\x85", "\x9f", "\u2028", "\u2029", "\n"])
+def test_event_ids_hold_printable_characters_only(char: str) -> None:
+    with pytest.raises(EventError, match="event_id: must not contain"):
+        parse_event(orjson.dumps({"event_id": f"id{char}x"}))
+
+
+def test_printable_event_ids_are_kept() -> None:
+    for event_id in ("é 🚀 日本", "a b", "\xa0nbsp", "x" * 200):
+        assert parse_event(orjson.dumps({"event_id": event_id})).event_id == event_id
+
+
+def test_a_number_beyond_a_double_outside_the_fields_is_dropped_like_any_unknown_field() -> None:
+    event = parse_event(b'{"extra":[1e400],"count":12345678901234567890,"success":true}')
+    assert b'"count":12345678901234567000' in op_line(event.to_fields())

@@ -33,7 +33,7 @@ from observer.ops import cut, now_timestamp, op_line
 from observer.pipelines.parameters import FlowParameters
 from observer.pipelines.report import Artifact, measures
 from observer.settings import Settings
-from observer.values import json_type_name
+from observer.values import json_type_name, number_from_text
 
 BATCH_ROWS = 5000
 BATCH_BYTES = 8 * 1024 * 1024
@@ -44,14 +44,9 @@ DEFAULT_MODEL = "gpt-oss:120b"
 
 
 def _number_from_text(value: object) -> object:
-    """Accept `"42"` for 42 (obviously equal forms); anything else is left to strict validation."""
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        return int(number) if number.is_integer() and "." not in value else number
-    return value
+    """Accept `"42"` for 42 (JSON's number form only, as for `POST /event`); anything else is left
+    to strict validation."""
+    return number_from_text(value) if isinstance(value, str) else value
 
 
 JsonNumber = Annotated[int | float, BeforeValidator(_number_from_text)]
