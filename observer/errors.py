@@ -54,6 +54,10 @@ class EventError(ObserverError, ValueError):
         return body
 
 
+class ClientGone(ObserverError):
+    """The client closed the connection before its body was complete: nothing to store or answer."""
+
+
 class BadRow(ObserverError, ValueError):
     """A line that cannot become an op; `kind` is counted, the message goes to the quarantine."""
 

@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", validation_alias="OBSERVER_HOST")
     token: str | None = Field(None, validation_alias="OBSERVER_TOKEN")
     max_body_bytes: int = Field(1024 * 1024, validation_alias="OBSERVER_MAX_BODY_BYTES", gt=0)
+    max_header_bytes: int = Field(64 * 1024, validation_alias="OBSERVER_MAX_HEADER_BYTES", gt=0)
+    header_timeout_seconds: float = Field(10.0, validation_alias="OBSERVER_HEADER_TIMEOUT", gt=0)
+    body_timeout_seconds: float = Field(30.0, validation_alias="OBSERVER_BODY_TIMEOUT", gt=0)
+    keepalive_timeout_seconds: float = Field(
+        5.0, validation_alias="OBSERVER_KEEPALIVE_TIMEOUT", gt=0
+    )
+    # None: sized for the machine when the webhook starts (observer.webhook.protocol).
+    max_connections: int | None = Field(None, validation_alias="OBSERVER_MAX_CONNECTIONS", gt=0)
     data_dir: Path = Field(Path("data"), validation_alias="OBSERVER_DATA_DIR")
     max_pending_events: int = Field(20_000, validation_alias="OBSERVER_MAX_PENDING", gt=0)
     dedup_window: int = Field(100_000, validation_alias="OBSERVER_DEDUP_WINDOW", gt=0)
@@ -98,7 +106,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with http:// or https://, got {value!r}")
         return value.rstrip("/")
 
-    @field_validator("token", "prefect_api_url", "instance", mode="before")
+    @field_validator("token", "prefect_api_url", "instance", "max_connections", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -18,6 +18,9 @@ from typing import Any
 
 import httpx
 
+from observer.intake.spool import list_segments, segment_path
+from observer.settings import Settings
+
 
 @dataclass
 class Reply:
@@ -184,3 +187,13 @@ class WebhookProcess:
         for stream in (self.process.stdout, self.process.stderr):
             if stream:
                 stream.close()
+
+
+def spool_records(settings: Settings) -> list[bytes]:
+    """Every record in the spool, in order (`event_id`, a tab, the ops.jsonl line)."""
+    spool = settings.layout.spool_dir
+    return [
+        line
+        for segment in list_segments(spool)
+        for line in segment_path(spool, segment).read_bytes().splitlines()
+    ]

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from observer.errors import EventError, IntakeError
+from observer.errors import ClientGone, EventError, IntakeError
 from observer.instance import instance_of
 from observer.intake.checkpoint import spool_bytes_waiting
 from observer.intake.group_commit import Intake
@@ -121,6 +121,8 @@ class WebhookApp:
         except EventError as exc:
             await respond(send, exc.status, exc.to_json())
             return
+        except ClientGone:
+            return
         event_id = event.event_id
         if ledger.is_duplicate(event_id):
             answer = {"accepted": True, "ring_size": len(ledger.window), "duplicate": True}
@@ -184,6 +186,8 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     size = len(body)
     while True:
         message = await receive()
+        if message["type"] != "http.request":  # a disconnect: the body so far is not the body
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

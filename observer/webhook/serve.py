@@ -13,6 +13,7 @@ import uvicorn
 from observer.errors import PortInUse
 from observer.settings import Settings
 from observer.webhook.app import WebhookApp
+from observer.webhook.protocol import Limits, guarded_protocol
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -41,7 +42,9 @@ def run_webhook(settings: Settings) -> None:
         proxy_headers=False,  # bound to loopback by default; no proxy to trust
         server_header=False,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(Limits.from_settings(settings)),
+        ws="none",
+        timeout_keep_alive=settings.keepalive_timeout_seconds,  # type: ignore[arg-type]
         log_level="warning",
         timeout_graceful_shutdown=10,
         backlog=2048,

@@ -1,0 +1,273 @@
+"""The webhook's HTTP/1.1 connections, bounded in size, time and number.
+
+uvicorn's httptools protocol reads a request head of any size (httptools grows a header value by
+concatenation: one 256 MB header took 79 s and 230 MB while every other client waited), keeps a
+connection that never sends its head forever, and its only cap (`limit_concurrency`) answers 503 on
+every connection once reached, the ones in progress included. This subclass, passed to uvicorn as
+its `http` protocol, adds:
+
+- **Head size**: the bytes of a request line and headers are counted as they arrive, before the
+  parser sees them; past `OBSERVER_MAX_HEADER_BYTES` the request is answered 431 and the connection
+  closed, without reading the rest. A head that starts inside a read which also ended the previous
+  request (pipelining) is measured exactly once it is parsed.
+- **Time**: a connection must send a complete head within `OBSERVER_HEADER_TIMEOUT` of opening (or
+  of the first byte of its next request), and the body within `OBSERVER_BODY_TIMEOUT` of the head;
+  otherwise it is closed. Idle keep-alive connections are closed by uvicorn's keep-alive timeout.
+  Time spent while the server itself stopped reading (back-pressure) does not count.
+- **Number**: above `OBSERVER_MAX_CONNECTIONS` open connections, a new one is answered 503 with
+  `Retry-After` once its head arrives, and closed; the connections already admitted are untouched.
+- **Half-close**: a client that shuts down its sending side after a complete request still gets its
+  answer (uvicorn closed the connection at EOF, dropping an answer whose event was already stored).
+
+One timer per server sweeps the open connections a few times per timeout, so a request pays only a
+few attribute writes for all of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from observer.settings import Settings
+from observer.webhook.app import RETRY_AFTER_SECONDS, Receive, Scope, Send, respond
+
+#: Files the webhook keeps open besides its connections (spool, fsync helper, logs, Prefect client).
+RESERVED_FILES = 64
+#: What a connection may buffer besides its head and body (socket and parser buffers).
+CONNECTION_OVERHEAD_BYTES = 64 * 1024
+#: Share of the machine's memory that connections at their limits may take together.
+MEMORY_SHARE = 4
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int
+    header_timeout: float
+    body_timeout: float
+    max_connections: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout=settings.header_timeout_seconds,
+            body_timeout=settings.body_timeout_seconds,
+            max_connections=settings.max_connections or machine_connection_limit(settings),
+        )
+
+
+def machine_connection_limit(settings: Settings) -> int:
+    """The default cap: what the open-file limit allows, and what a quarter of the memory holds
+    if every connection filled its head and body limits."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    by_files = soft - RESERVED_FILES if soft != resource.RLIM_INFINITY else 1 << 20
+    per_connection = settings.max_body_bytes + settings.max_header_bytes + CONNECTION_OVERHEAD_BYTES
+    by_memory = memory_bytes() // MEMORY_SHARE // per_connection
+    return max(16, min(by_files, by_memory))
+
+
+def memory_bytes() -> int:
+    """Physical memory, or the cgroup's limit when the process runs under a smaller one."""
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return physical
+    return min(physical, int(limit)) if limit.isdigit() else physical
+
+
+def guarded_protocol(limits: Limits) -> type[GuardedHttpToolsProtocol]:
+    """A protocol class for one server (uvicorn's `http=`), sharing one sweeper."""
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"guard": Guard(limits)})
+
+
+class Guard:
+    """One per server: counts admitted connections and closes the ones that are late."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.interval = min(1.0, limits.header_timeout / 4, limits.body_timeout / 4)
+        self.now = 0.0  # the loop's clock at the last sweep: what connections stamp themselves with
+        self.admitted = 0
+        self.connections: set[GuardedHttpToolsProtocol] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, protocol: GuardedHttpToolsProtocol, loop: asyncio.AbstractEventLoop) -> None:
+        self.connections.add(protocol)
+        if self._timer is None:
+            self.now = loop.time()
+            self._timer = loop.call_later(self.interval, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = self.now = loop.time()
+        for protocol in list(self.connections):
+            protocol.check_time(now)
+        self._timer = (
+            loop.call_later(self.interval, self._sweep, loop) if self.connections else None
+        )
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits above (see the module docstring)."""
+
+    guard: ClassVar[Guard]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_head = self.guard.limits.max_header_bytes
+        self._in_head = True  # from a request's end (or the start) to the end of the next head
+        self._head_bytes = 0  # bytes read since then, less `_slack`
+        self._slack = 0  # bytes of the head that may have come in the read that ended a request
+        self._read = 0  # size of the current read
+        self._since: float | None = None  # when the current head or body began; None: not waiting
+        self._admitted = False
+        self._refused = False  # a head over the limit is waiting for earlier answers to be sent
+
+    # ── connection ───────────────────────────────────────────────────────────────────────────
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        guard = self.guard
+        guard.add(self, self.loop)
+        self._since = guard.now
+        if guard.admitted >= guard.limits.max_connections:
+            self.app = over_capacity  # its head is answered 503, and the connection closed
+        else:
+            guard.admitted += 1
+            self._admitted = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.connections.discard(self)
+        if self._admitted:
+            self.guard.admitted -= 1
+            self._admitted = False
+        super().connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        """Keep a half-closed connection open for the answer to a request it sent whole."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not cycle.more_body:
+            cycle.keep_alive = False  # closed once the answer is written
+            return True
+        return None
+
+    def check_time(self, now: float) -> None:
+        since = self._since
+        if since is None or self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # the server is not reading: not the client's delay
+            self._since = now
+            return
+        limits = self.guard.limits
+        if now - since > (limits.header_timeout if self._in_head else limits.body_timeout):
+            self.transport.close()
+
+    # ── bytes ────────────────────────────────────────────────────────────────────────────────
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            size = self._head_bytes + len(data)
+            if size > self._max_head:
+                self._near_the_limit(data)
+                return
+            self._head_bytes = size
+            if self._since is None:
+                self._since = self.guard.now
+        self._read = len(data)
+        super().data_received(data)
+
+    def _near_the_limit(self, data: bytes) -> None:
+        """Parse only what the head may still hold; if the head has not ended there, refuse it."""
+        if self._refused:
+            return  # refused, waiting for earlier answers: the rest is not read
+        room = self._max_head - self._head_bytes
+        self._head_bytes = self._max_head
+        self._read = room
+        super().data_received(data[:room])
+        if self.transport.is_closing():
+            return
+        if self._in_head and self._head_bytes == self._max_head:  # neither ended nor a new one
+            self._refuse_head()
+        else:
+            self.data_received(data[room:])
+
+    def _refuse_head(self) -> None:
+        """Answer 431 and close; after the answers to earlier requests, if some are still due."""
+        answer = raw_response(431, head_too_large_message(self._max_head))
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.write(answer)
+            self.transport.close()
+            return
+        self._refused = True
+        self.flow.pause_reading()
+
+        def after_the_last_answer() -> None:
+            self.transport.write(answer)
+            self.transport.close()
+
+        cycle.on_response = after_the_last_answer
+
+    async def _head_too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(
+            send, 431, head_too_large_message(self._max_head), extra=[(b"connection", b"close")]
+        )
+
+    # ── parser callbacks ─────────────────────────────────────────────────────────────────────
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._since = self.guard.now  # the body's time starts
+        if self._slack:  # pipelined: part of this head was in a read not counted for it
+            if (
+                self._head_bytes + self._slack > self._max_head
+                and head_size(self.url, self.headers) > self._max_head
+            ):
+                self.app = self._head_too_large
+            self._slack = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+        self._slack = self._read  # the next head may begin in the rest of this read
+        self._since = None  # answering is the server's time; then the keep-alive timeout runs
+
+
+def head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """A parsed head's size on the wire, near enough: request line and `name: value` lines."""
+    return len(url) + 16 + sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+def head_too_large_message(limit: int) -> dict[str, str]:
+    return {"error": f"request line and headers larger than the limit of {limit} bytes"}
+
+
+def raw_response(status: int, body: dict[str, Any]) -> bytes:
+    """A complete JSON answer that closes the connection, for when no ASGI cycle exists."""
+    payload = orjson.dumps(body)
+    return (
+        b"%scontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+        % (
+            STATUS_LINE[status],
+            len(payload),
+            payload,
+        )
+    )
+
+
+async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
+    await respond(
+        send,
+        503,
+        {"error": "too many open connections; retry later"},
+        extra=[(b"retry-after", RETRY_AFTER_SECONDS), (b"connection", b"close")],
+    )
