@@ -149,7 +149,7 @@ class EventIn(BaseModel):
         city, state = values["city"], values["state"]
         if count is None:
             count = "?"
-        elif not -MAX_EXACT_INT <= count <= MAX_EXACT_INT:
+        elif count > MAX_EXACT_INT:  # (never negative here)
             count = js_number(count)  # the double the original held: 1e+21, 12345678901234567000
         return (
             f"{'?' if kind is None else kind} {'?' if role is None else role}"

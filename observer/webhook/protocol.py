@@ -12,15 +12,16 @@ its `http` protocol, adds:
   request (pipelining) is measured exactly once it is parsed.
 - **Time**: a connection must send a complete head within `OBSERVER_HEADER_TIMEOUT` of opening (or
   of the first byte of its next request), and the body within `OBSERVER_BODY_TIMEOUT` of the head;
-  otherwise it is closed. Idle keep-alive connections are closed by uvicorn's keep-alive timeout.
-  Time spent while the server itself stopped reading (back-pressure) does not count.
+  otherwise it is closed. Idle keep-alive connections are closed by uvicorn's keep-alive timeout
+  (`OBSERVER_KEEPALIVE_TIMEOUT`). Time spent while the server itself stopped reading
+  (back-pressure) or was answering does not count.
 - **Number**: above `OBSERVER_MAX_CONNECTIONS` open connections, a new one is answered 503 with
   `Retry-After` once its head arrives, and closed; the connections already admitted are untouched.
 - **Half-close**: a client that shuts down its sending side after a complete request still gets its
   answer (uvicorn closed the connection at EOF, dropping an answer whose event was already stored).
 
-One timer per server sweeps the open connections a few times per timeout, so a request pays only a
-few attribute writes for all of this.
+One timer per server sweeps the open connections four times per timeout (at most once a second)
+and keeps their clocks, so a request pays only the byte count and a few attribute writes.
 """
 
 from __future__ import annotations
@@ -126,7 +127,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes read since then, less `_slack`
         self._slack = 0  # bytes of the head that may have come in the read that ended a request
         self._read = 0  # size of the current read
-        self._since: float | None = None  # when the current head or body began; None: not waiting
+        self._heads = 0  # heads read whole on this connection
+        self._phase = -1  # what the sweeper saw last: 2 × heads + in head
+        self._phase_since = 0.0  # …and since when (the loop's clock)
         self._admitted = False
         self._refused = False  # a head over the limit is waiting for earlier answers to be sent
 
@@ -136,7 +139,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         guard = self.guard
         guard.add(self, self.loop)
-        self._since = guard.now
+        self._phase, self._phase_since = 1, guard.now  # waiting for the first head
         if guard.admitted >= guard.limits.max_connections:
             self.app = over_capacity  # its head is answered 503, and the connection closed
         else:
@@ -159,14 +162,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return None
 
     def check_time(self, now: float) -> None:
-        since = self._since
-        if since is None or self.transport.is_closing():
+        """Close the connection if its client has been sending one head, or one body, too long.
+
+        Called by the sweeper; the clock of a phase starts at the first sweep that sees it, so the
+        hot path only counts heads. Not the client's time: the server not reading (back-pressure),
+        and, between requests, answering and then waiting (the keep-alive timeout's business)
+        until the next request's first byte.
+        """
+        if self.transport.is_closing():
             return
-        if self.flow.read_paused:  # the server is not reading: not the client's delay
-            self._since = now
+        in_head = self._in_head
+        phase = 2 * self._heads + in_head
+        server_time = self.flow.read_paused or (in_head and self._heads and not self._head_bytes)
+        if phase != self._phase or server_time:
+            self._phase, self._phase_since = phase, now
             return
         limits = self.guard.limits
-        if now - since > (limits.header_timeout if self._in_head else limits.body_timeout):
+        if now - self._phase_since > (limits.header_timeout if in_head else limits.body_timeout):
             self.transport.close()
 
     # ── bytes ────────────────────────────────────────────────────────────────────────────────
@@ -178,10 +190,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._near_the_limit(data)
                 return
             self._head_bytes = size
-            if self._since is None:
-                self._since = self.guard.now
         self._read = len(data)
-        super().data_received(data)
+        _data_received(self, data)
 
     def _near_the_limit(self, data: bytes) -> None:
         """Parse only what the head may still hold; if the head has not ended there, refuse it."""
@@ -190,7 +200,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         room = self._max_head - self._head_bytes
         self._head_bytes = self._max_head
         self._read = room
-        super().data_received(data[:room])
+        _data_received(self, data[:room])
         if self.transport.is_closing():
             return
         if self._in_head and self._head_bytes == self._max_head:  # neither ended nor a new one
@@ -224,22 +234,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._since = self.guard.now  # the body's time starts
-        if self._slack:  # pipelined: part of this head was in a read not counted for it
-            if (
-                self._head_bytes + self._slack > self._max_head
-                and head_size(self.url, self.headers) > self._max_head
-            ):
-                self.app = self._head_too_large
-            self._slack = 0
-        super().on_headers_complete()
+        self._heads += 1
+        # Part of this head may have come in the read that ended the previous request (pipelining),
+        # not counted for it: if that could matter, measure the head as parsed.
+        if (
+            self._head_bytes + self._slack > self._max_head
+            and head_size(self.url, self.headers) > self._max_head
+        ):
+            self.app = self._head_too_large
+        _on_headers_complete(self)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        _on_message_complete(self)
         self._in_head = True
         self._head_bytes = 0
         self._slack = self._read  # the next head may begin in the rest of this read
-        self._since = None  # answering is the server's time; then the keep-alive timeout runs
+
+
+# Called directly on the per-request paths: cheaper than super() there.
+_data_received = HttpToolsProtocol.data_received
+_on_headers_complete = HttpToolsProtocol.on_headers_complete
+_on_message_complete = HttpToolsProtocol.on_message_complete
 
 
 def head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
