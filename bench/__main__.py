@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("webhook", "lag", "ingest", "tail", "analyze", "consolidate")
+BENCHMARKS = ("webhook", "hostile", "lag", "ingest", "tail", "analyze", "consolidate")
 
 
 def main(argv: list[str]) -> int:

@@ -6,6 +6,7 @@ exit (the original printed nothing useful and exited 0).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import uvicorn
@@ -32,8 +33,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_webhook(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM; what is queued is written before the process exits."""
+def run_webhook(settings: Settings, http: type[asyncio.Protocol] | str | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; what is queued is written before the process exits.
+
+    `http` replaces the bounded HTTP/1.1 protocol (`observer.webhook.protocol`): `bench hostile`
+    runs the same app under uvicorn's own protocol, to compare.
+    """
     sock = bind_socket(settings.host, settings.port)
     config = uvicorn.Config(
         WebhookApp(settings),
@@ -42,7 +47,7 @@ def run_webhook(settings: Settings) -> None:
         proxy_headers=False,  # bound to loopback by default; no proxy to trust
         server_header=False,
         loop="uvloop",
-        http=guarded_protocol(Limits.from_settings(settings)),
+        http=http or guarded_protocol(Limits.from_settings(settings)),
         ws="none",
         timeout_keep_alive=settings.keepalive_timeout_seconds,  # type: ignore[arg-type]
         log_level="warning",
