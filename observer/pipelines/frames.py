@@ -39,10 +39,11 @@ def scan_lines(path: Path) -> pl.LazyFrame:
 
 
 def spool_frame(data: bytes) -> pl.DataFrame:
-    """Spool records as a frame of (`event_id`, `line`); an empty id becomes null."""
+    """Spool records as a frame of (`event_id`, `line`); an empty id becomes null (polars 1.x
+    reads an empty field as null)."""
     if not data:
         return pl.DataFrame(schema=SPOOL_SCHEMA)
-    return pl.read_csv(io.BytesIO(data), empty_string_is_null=True, **_options(SPOOL_SCHEMA))
+    return pl.read_csv(io.BytesIO(data), **_options(SPOOL_SCHEMA))
 
 
 def frame_lines(frame: pl.DataFrame, column: str) -> bytes:
