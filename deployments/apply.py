@@ -26,6 +26,11 @@ SCHEDULE_VARIABLES = (
     "OBSERVER_CONSOLIDATE_SECONDS",
     "OBSERVER_INGEST_SAFETY_SECONDS",
 )
+#: Retention of the Prefect database (`observer up`): runs, with their logs and artifacts, for
+#: RUN_RETENTION_DAYS after they end; events for EVENT_RETENTION_DAYS. See README, "The Prefect
+#: database".
+RUN_RETENTION_DAYS = 30
+EVENT_RETENTION_DAYS = 2
 
 
 def project_dir() -> Path:
@@ -43,14 +48,33 @@ def prefect_environment(settings: Settings, api_url: str) -> dict[str, str]:
     """Environment for every Prefect process of the product (flow runs inherit the worker's)."""
     layout = settings.layout
     cycle = _seconds(settings.cycle_seconds)
+    # The warm worker is woken by the server's events and by its own timers, so its regular poll
+    # is only a safety net (and looks far enough ahead to set those timers); Prefect's process
+    # worker has only its poll, so it polls every second.
+    query, prefetch = ("10", "25") if settings.worker == "warm" else ("1", "5")
+    day = 24 * 3600
     return {
         **os.environ,
         "PREFECT_API_URL": api_url,
         "PREFECT_HOME": str(layout.prefect_home.resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
-        "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "1"),
-        "PREFECT_WORKER_PREFETCH_SECONDS": os.environ.get("PREFECT_WORKER_PREFETCH_SECONDS", "5"),
+        "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", query),
+        "PREFECT_WORKER_PREFETCH_SECONDS": os.environ.get(
+            "PREFECT_WORKER_PREFETCH_SECONDS", prefetch
+        ),
+        # A bounded database: Prefect's db-vacuum service deletes ended runs (with their logs and
+        # artifacts) and old events; its default keeps runs for ever and events for 7 days.
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": os.environ.get(
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED", "events,flow_runs"
+        ),
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": os.environ.get(
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD", str(RUN_RETENTION_DAYS * day)
+        ),
+        "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": os.environ.get(
+            "PREFECT_SERVER_EVENTS_RETENTION_PERIOD", f"P{EVENT_RETENTION_DAYS}D"
+        ),
+        "OBSERVER_WORKER": settings.worker,
         "OBSERVER_DATA_DIR": str(layout.data_dir.resolve()),
         "OBSERVER_PROJECT_DIR": str(project_dir()),
         "OBSERVER_INSTANCE": settings.instance or "",
@@ -63,7 +87,8 @@ def prefect_environment(settings: Settings, api_url: str) -> dict[str, str]:
 
 
 def render_prefect_yaml(text: str, env: dict[str, str]) -> str:
-    """prefect.yaml with the schedule lengths filled in, and the names of this instance.
+    """prefect.yaml with the schedule lengths filled in, and the names of this instance (its
+    work pool always: `observer`, or `observer-process` with OBSERVER_WORKER=process).
 
     `prefect deploy` validates schedules before it resolves `{{ $VAR }}` templates, so an interval
     taken from OBSERVER_CYCLE must be written in as a number first.
@@ -71,13 +96,13 @@ def render_prefect_yaml(text: str, env: dict[str, str]) -> str:
     for name in SCHEDULE_VARIABLES:
         text = text.replace(f'"{{{{ ${name} }}}}"', env[name])
     instance = instance_from(env)
-    if not instance.name:
+    if instance == Instance():
         return text
     return yaml.safe_dump(rename_deployments(yaml.safe_load(text), instance), sort_keys=False)
 
 
 def instance_from(env: dict[str, str]) -> Instance:
-    return Instance(env.get("OBSERVER_INSTANCE") or None)
+    return Instance(env.get("OBSERVER_INSTANCE") or None, env.get("OBSERVER_WORKER") or "warm")
 
 
 def catalog_mismatches(text: str) -> list[str]:
@@ -105,8 +130,9 @@ def deploy(env: dict[str, str]) -> None:
     rendered = Path(env["PREFECT_HOME"]) / "prefect.rendered.yaml"
     rendered.parent.mkdir(parents=True, exist_ok=True)
     rendered.write_text(render_prefect_yaml(text, env))
-    pool = instance_from(env).work_pool
-    _prefect(env, "work-pool", "create", pool, "--type", "process", "--overwrite")
+    instance = instance_from(env)
+    pool = instance.work_pool
+    _prefect(env, "work-pool", "create", pool, "--type", instance.work_pool_type, "--overwrite")
     _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", str(rendered), cwd=project)
     enforce_closed_parameters(env["PREFECT_API_URL"], instance_from(env))
 

@@ -10,7 +10,7 @@ import math
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     gateway_url: str = Field("http://localhost:3700", validation_alias="GATEWAY_URL")
     lakehouse_url: str = Field("http://localhost:3100", validation_alias="LAKEHOUSE_URL")
     cycle_seconds: float = Field(30.0, validation_alias="OBSERVER_CYCLE")
+    # How `observer up` runs flows: "warm" (forked from a warm template, observer/worker/) or
+    # "process" (Prefect's process worker, a new interpreter per run: kept as a baseline).
+    worker: Literal["warm", "process"] = Field("warm", validation_alias="OBSERVER_WORKER")
     port: int = Field(3800, validation_alias="OBSERVER_PORT", ge=0, le=65535)
     corrections_path: Path = Field(
         Path("data/_kb/overseer_corrections.jsonl"), validation_alias="OVERSEER_CORRECTIONS_PATH"

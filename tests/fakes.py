@@ -197,3 +197,29 @@ def spool_records(settings: Settings) -> list[bytes]:
         for segment in list_segments(spool)
         for line in segment_path(spool, segment).read_bytes().splitlines()
     ]
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    """Stop a `prefect worker start` process as `observer up` does: Prefect 3.9's worker keeps
+    going after its first SIGINT and kills itself at the second."""
+    for _ in range(2):
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                continue
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=10)
+
+
+def wait_until_online(api_url: str, pool: str, name: str, timeout: float = 120) -> None:
+    """Wait until the worker `name` of `pool` has sent its first heartbeat."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = httpx.post(f"{api_url}/work_pools/{pool}/workers/filter", json={}).json()
+        if any(w["name"] == name and w["status"] == "ONLINE" for w in workers):
+            return
+        time.sleep(0.25)
+    raise RuntimeError(f"worker {name!r} of pool {pool!r} not online within {timeout:.0f} s")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from observer.intake import record_ops
 from observer.ops import Op
 from observer.settings import load_settings
 from tests.conftest import ROOT
-from tests.fakes import WebhookProcess
+from tests.fakes import WebhookProcess, stop_worker, wait_until_online
 
 
 def observer(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -153,13 +152,9 @@ def worker(deployed_api: str, worker_data: Path) -> Iterator[dict[str, str]]:
         stderr=subprocess.DEVNULL,
         process_group=0,
     )
+    wait_until_online(deployed_api, WORK_POOL, "test-worker")
     yield env
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_worker(process)
 
 
 def test_observer_run_runs_the_deployment_and_follows_it(
@@ -205,7 +200,10 @@ def test_status_of_a_stopped_product_says_what_is_down(observer_env: dict[str, s
 def test_status_of_a_running_product(
     worker: dict[str, str], worker_data: Path, tmp_path: Path
 ) -> None:
-    webhook = WebhookProcess({**worker, "OBSERVER_DATA_DIR": str(worker_data)}, cwd=tmp_path)
+    # A webhook that does not wake ingestion, so the event is still in the spool when asked (the
+    # worker would ingest it within a second).
+    quiet = {k: v for k, v in worker.items() if k != "PREFECT_API_URL"}
+    webhook = WebhookProcess({**quiet, "OBSERVER_DATA_DIR": str(worker_data)}, cwd=tmp_path)
     try:
         event = {"input_summary": "waiting", "success": True}
         assert httpx.post(f"{webhook.url}/event", json=event).status_code == 200

@@ -1,12 +1,13 @@
 """`observer up`: the whole product on embedded defaults, in the foreground, until Ctrl-C.
 
 Starts a local Prefect server (SQLite under the data dir, or the PostgreSQL that Prefect's
-`PREFECT_SERVER_DATABASE_CONNECTION_URL` names, checked first; UI on 127.0.0.1), creates the process
-work pool, applies prefect.yaml, starts a worker and the webhook. Everything lives under
+`PREFECT_SERVER_DATABASE_CONNECTION_URL` names, checked first; UI on 127.0.0.1), creates the work pool
+(type observer-warm, see observer/worker/), applies prefect.yaml, starts a worker and the webhook. Everything lives under
 `OBSERVER_DATA_DIR`, so a second start reuses the same runs, schedules and ops. `--no-server` starts
 all but the Prefect server and joins the one at PREFECT_API_URL (another host's). Ctrl-C (or SIGTERM)
-stops the children in reverse order, each with the signal it obeys (a Prefect worker ignores its
-first SIGTERM, so it gets SIGINT).
+stops the children in reverse order, each with the signal it obeys (a
+Prefect 3.9 worker keeps going after its first SIGTERM or SIGINT and kills itself at the second, so
+it gets SIGINT twice; its warm template exits with it).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Child:
     name: str
     process: subprocess.Popen[bytes]
     stop_signal: int
+    repeat_after: float | None = None  # send the stop signal again after this many seconds
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -46,6 +48,11 @@ class Child:
             return
         self.process.send_signal(self.stop_signal)
         try:
+            if self.repeat_after is not None:
+                try:
+                    self.process.wait(timeout=self.repeat_after)
+                except subprocess.TimeoutExpired:
+                    self.process.send_signal(self.stop_signal)
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
@@ -127,6 +134,7 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
                 worker_name(),
             )
         )
+        children[-1].repeat_after = 3.0
         webhook = _spawn([sys.executable, "-m", "observer.cli", "webhook"], env)
         children.append(Child("webhook", webhook, signal.SIGTERM))
         _wait_until_healthy(

@@ -23,12 +23,17 @@ log = logging.getLogger("observer.notify")
 
 
 def due_runs_query(instance: Instance) -> dict[str, object]:
-    """`POST /flow_runs/filter` body: this instance's ingest-events runs pending, running or
-    starting within 5 s (and due for less than 10 minutes)."""
+    """`POST /flow_runs/filter` body: this instance's ingest-events runs waiting to start
+    (scheduled within 5 s, waiting for the running one's slot, or pending), due for less than 10
+    minutes.
+
+    A running run is not counted: it may have read the spool before these records arrived, so
+    one more run may wait behind it, and only one (the deployment runs one at a time, ENQUEUE).
+    """
     now = datetime.now(UTC)
     return {
         "flow_runs": {
-            "state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}},
+            "state": {"type": {"any_": ["SCHEDULED", "PENDING"]}},
             # A run due for more than 10 minutes is stuck, not about to ingest anything.
             "expected_start_time": {
                 "before_": (now + timedelta(seconds=5)).isoformat(),
@@ -43,9 +48,10 @@ def due_runs_query(instance: Instance) -> dict[str, object]:
 class SpoolNotifier:
     """Sends `observer.spool.appended` when records arrive, and again while any stay uningested.
 
-    The deployment runs one ingestion at a time and cancels a run started meanwhile, so an event
-    that lands just as a run finishes could otherwise wait for the safety schedule. Re-sending every
-    `renotify_interval` seconds while `pending()` says records wait bounds that delay.
+    One run drains whatever is waiting, and at most one more waits behind it: the event is not
+    sent while an ingest-events run is already waiting to start, so a burst of notifications makes
+    a handful of runs, not one per batch. Re-sending every `renotify_interval` seconds while
+    `pending()` says records wait covers an event lost on its way (Prefect down, restarting).
     """
 
     def __init__(
@@ -95,16 +101,14 @@ class SpoolNotifier:
                         continue
                 self._wanted.clear()
                 if await self._ingestion_due(client):
-                    # A run is starting or running: it takes these records, or the next look
-                    # (pending records, no run) sends the event then.
+                    # A run is waiting to start: it will take these records too.
                     continue
                 await self._send(client)
                 await asyncio.sleep(self.min_interval)
 
     async def _ingestion_due(self, client: httpx.AsyncClient) -> bool:
-        """Whether an ingest-events run is pending, running or about to start.
+        """Whether an ingest-events run is waiting to start (it will read these records).
 
-        Sending the event then would only add a Cancelled run to the history (concurrency 1).
         When Prefect cannot be asked, the event is sent: a spare run is cheaper than a late one.
         """
         try:

@@ -150,9 +150,9 @@ def working_directory(pull_steps: list[dict[str, Any]]) -> Path | None:
 
 def preload_modules() -> list[str]:
     """The flows' modules, imported once by the template."""
-    from observer.runner import FLOWS
+    from observer.catalog import FLOWS
 
-    return sorted({target.partition(":")[0] for target in FLOWS.values()})
+    return sorted(entry.module for entry in FLOWS.values())
 
 
 class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, ObserverWorkerResult]):
