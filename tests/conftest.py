@@ -21,7 +21,7 @@ os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
 os.environ["PREFECT_API_URL"] = ""  # not the checkout's prefect.toml: tests name their server
 
 from observer.settings import Settings, load_settings
-from tests.fakes import FakeUpstream, WebhookProcess
+from tests.fakes import FakeUpstream, WebhookProcess, stop_worker, wait_until_online
 from tests.postgres import PostgresServer, PostgresUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,3 +148,41 @@ def deployed_api(prefect_server: None, tmp_path_factory: pytest.TempPathFactory)
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return api_url
+
+
+@pytest.fixture(scope="session")
+def worker_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("worker") / "data"
+
+
+@pytest.fixture(scope="session")
+def worker(deployed_api: str, worker_data: Path) -> Iterator[dict[str, str]]:
+    """A real worker of Observer's pool (type observer-warm), started the way `observer up` starts
+    it; yields the environment its runs see. Its output goes to `worker.log` beside the data."""
+    from deployments.apply import prefect_environment
+    from observer.instance import WORK_POOL
+
+    env = prefect_environment(load_settings(data_dir=worker_data), deployed_api)
+    env.update(
+        {
+            "GATEWAY_URL": "http://127.0.0.1:9",
+            "LAKEHOUSE_URL": "http://127.0.0.1:9",
+            "OBSERVER_HTTP_TIMEOUT": "1",
+            "OBSERVER_HTTP_ATTEMPTS": "1",
+        }
+    )
+    Path(env["PREFECT_HOME"]).mkdir(parents=True)
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL]
+    with open(worker_data.parent / "worker.log", "wb") as log:
+        process = subprocess.Popen(
+            [*command, "--name", "test-worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
+    try:
+        wait_until_online(deployed_api, WORK_POOL, "test-worker")
+        yield env
+    finally:
+        stop_worker(process)

@@ -7,20 +7,18 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from deployments.apply import prefect_environment
 from observer.catalog import ANALYZE_ERRORS, FLOWS
 from observer.instance import WORK_POOL
 from observer.intake import record_ops
 from observer.ops import Op
 from observer.settings import load_settings
 from tests.conftest import ROOT
-from tests.fakes import WebhookProcess, stop_worker, wait_until_online
+from tests.fakes import WebhookProcess
 
 
 def observer(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -115,46 +113,6 @@ def test_observer_run_without_a_server_says_so_and_fails(observer_env: dict[str,
     assert result.returncode == 1
     assert "no Prefect server answers at http://127.0.0.1:9/api" in result.stderr
     assert "--ephemeral" in result.stderr
-
-
-@pytest.fixture(scope="module")
-def worker_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("worker") / "data"
-
-
-@pytest.fixture(scope="module")
-def worker(deployed_api: str, worker_data: Path) -> Iterator[dict[str, str]]:
-    """A real worker of Observer's pool, started the way `observer up` starts it; yields the
-    environment its runs see."""
-    env = prefect_environment(load_settings(data_dir=worker_data), deployed_api)
-    env.update(
-        {
-            "GATEWAY_URL": "http://127.0.0.1:9",
-            "LAKEHOUSE_URL": "http://127.0.0.1:9",
-            "OBSERVER_HTTP_TIMEOUT": "1",
-            "OBSERVER_HTTP_ATTEMPTS": "1",
-        }
-    )
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "worker",
-            "start",
-            "--pool",
-            WORK_POOL,
-            "--name",
-            "test-worker",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        process_group=0,
-    )
-    wait_until_online(deployed_api, WORK_POOL, "test-worker")
-    yield env
-    stop_worker(process)
 
 
 def test_observer_run_runs_the_deployment_and_follows_it(

@@ -12,7 +12,6 @@ Pure rules over Prefect's flow-run objects, so they are unit-tested without a se
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -37,33 +36,46 @@ class Plan:
     wake_at: datetime | None = None
 
 
-def plan(runs: list[FlowRun], now: datetime, *, waiting: set[str] | None = None) -> Plan:
-    """Split the runs of a poll. `waiting` names runs to start whatever their time (runs that
-    waited for a slot the worker has just seen freed)."""
-    waiting = waiting or set()
+def plan(runs: list[FlowRun], now: datetime) -> Plan:
+    """Split the runs of a poll: start those due (but not the superseded), wake up for the rest."""
     result = Plan()
     due: list[FlowRun] = []
     for run in runs:
         when = start_time(run)
-        if str(run.id) in waiting or when is None or when <= now + DUE_MARGIN:
+        if when is None or when <= now + DUE_MARGIN:
             due.append(run)
         elif result.wake_at is None or when < result.wake_at:
             result.wake_at = when
-    latest_scheduled: dict[object, FlowRun] = {}
-    by_deployment: dict[object, list[FlowRun]] = defaultdict(list)
-    for run in due:
-        if run.auto_scheduled and run.deployment_id is not None:
-            by_deployment[run.deployment_id].append(run)
-    for deployment_id, scheduled in by_deployment.items():
-        latest_scheduled[deployment_id] = max(scheduled, key=_order)
-    for run in due:
-        successor = latest_scheduled.get(run.deployment_id) if run.auto_scheduled else None
-        if successor is not None and successor.id != run.id:
-            result.skip.append((run, successor))
-        else:
-            result.start.append(run)
-    result.start.sort(key=_order)
+    result.start, result.skip = _drop_superseded(due)
     return result
+
+
+def next_in_line(waiting: list[FlowRun]) -> Plan:
+    """Of a deployment's runs waiting for its concurrency slot, the one to start now that a slot
+    is free (first come, first served), and the late scheduled ones to skip."""
+    result = Plan()
+    kept, result.skip = _drop_superseded(waiting)
+    result.start = kept[:1]
+    return result
+
+
+def _drop_superseded(runs: list[FlowRun]) -> tuple[list[FlowRun], list[tuple[FlowRun, FlowRun]]]:
+    """Keep every run made by hand and, per deployment, only the latest scheduled run."""
+    latest: dict[object, FlowRun] = {}
+    for run in runs:
+        if run.auto_scheduled and run.deployment_id is not None:
+            best = latest.get(run.deployment_id)
+            if best is None or _order(run) > _order(best):
+                latest[run.deployment_id] = run
+    kept: list[FlowRun] = []
+    skipped: list[tuple[FlowRun, FlowRun]] = []
+    for run in runs:
+        successor = latest.get(run.deployment_id) if run.auto_scheduled else None
+        if successor is not None and successor.id != run.id:
+            skipped.append((run, successor))
+        else:
+            kept.append(run)
+    return sorted(kept, key=_order), skipped
 
 
 def skip_message(run: FlowRun, successor: FlowRun) -> str:

@@ -100,8 +100,11 @@ class Template:
                     os.read(self._wake_read, 512)
                     self._reap()
                     continue
-                data = self.control.recv(65536)
-                if not data:
+                try:
+                    data = self.control.recv(65536)
+                except ConnectionError:
+                    data = b""
+                if not data:  # the worker is gone: so is its template
                     return None
                 self._buffer += data
                 while b"\n" in self._buffer:

@@ -45,7 +45,7 @@ from prefect.exceptions import InfrastructureNotFound
 from prefect.flows import load_flow_from_entrypoint
 from prefect.runner._flow_run_executor import FlowRunExecutorContext
 from prefect.runner._hook_runner import HookRunner
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Scheduled
 from prefect.types._datetime import now as utc_now
 from prefect.workers.base import (
     BaseJobConfiguration,
@@ -174,7 +174,6 @@ class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, Obs
         self._poll_lock = asyncio.Lock()
         self._woken = asyncio.Event()
         self._wake_timer: asyncio.TimerHandle | None = None
-        self._freed_deployments: set[UUID] = set()
         self._locations: dict[UUID, tuple[Path, str]] = {}
 
     async def setup(self) -> None:
@@ -205,15 +204,7 @@ class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, Obs
     async def _get_scheduled_flow_runs(self) -> list[WorkerFlowRunResponse]:
         """The base class's query, narrowed to what should start now (see `scheduling`)."""
         found = await super()._get_scheduled_flow_runs()
-        freed, self._freed_deployments = self._freed_deployments, set()
-        waiting = await self._runs_waiting_for(freed)
-        known = {entry.flow_run.id for entry in found}
-        found += [entry for entry in waiting if entry.flow_run.id not in known]
-        plan = scheduling.plan(
-            [entry.flow_run for entry in found],
-            utc_now("UTC"),
-            waiting={str(entry.flow_run.id) for entry in waiting},
-        )
+        plan = scheduling.plan([entry.flow_run for entry in found], utc_now("UTC"))
         for late, successor in plan.skip:
             await self._skip(late, successor)
         self._wake_at(plan.wake_at)
@@ -256,9 +247,8 @@ class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, Obs
                 task_status.started(handle.pid)
         finally:
             self._locations.pop(flow_run.id, None)
-            if flow_run.deployment_id is not None:
-                self._freed_deployments.add(flow_run.deployment_id)
-                self._woken.set()
+            if flow_run.deployment_id is not None and self._wake_tasks is not None:
+                self._wake_tasks.start_soon(self._start_next_waiting, flow_run)
         if execution is None or execution.status_code is None:
             raise RuntimeError("the flow run's process did not start")
         return ObserverWorkerResult(
@@ -300,28 +290,37 @@ class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, Obs
         while manager.flow_run_count() and time.monotonic() < deadline:
             await anyio.sleep(0.1)
 
-    async def _runs_waiting_for(self, deployment_ids: set[UUID]) -> list[WorkerFlowRunResponse]:
-        """Runs of these deployments that wait for a concurrency slot, oldest first."""
-        if not deployment_ids or self._work_pool is None:
-            return []
-        runs = await self.client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(
-                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]),
-                    name=FlowRunFilterStateName(any_=[AWAITING_SLOT]),
-                )
-            ),
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(deployment_ids))),
-            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-            limit=20,
-        )
-        return [
-            WorkerFlowRunResponse(
-                work_pool_id=self._work_pool.id, work_queue_id=run.work_queue_id, flow_run=run
+    async def _start_next_waiting(self, ended: FlowRun) -> None:
+        """A run of this deployment ended, so its slot is free: start the run that waited longest.
+
+        The server would re-try a run waiting for a slot only every 30 s
+        (PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS), and its scheduled time is then
+        30 s ahead, so the run is moved to now and the worker polls at once.
+        """
+        try:
+            waiting = await self.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]),
+                        name=FlowRunFilterStateName(any_=[AWAITING_SLOT]),
+                    )
+                ),
+                deployment_filter=DeploymentFilter(
+                    id=DeploymentFilterId(any_=[ended.deployment_id])
+                ),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                limit=50,
             )
-            for run in runs
-            if run.work_queue_id is not None
-        ]
+            plan = scheduling.next_in_line(waiting)
+            for late, successor in plan.skip:
+                await self._skip(late, successor)
+            for run in plan.start:
+                message = f"The run before it, {ended.name!r}, ended: starting now."
+                state = Scheduled(scheduled_time=utc_now("UTC"), message=message)
+                await self.client.set_flow_run_state(run.id, state, force=True)
+        except Exception:
+            self._logger.exception("could not start the runs waiting behind %s", ended.id)
+        self._woken.set()
 
     async def _skip(self, late: FlowRun, successor: FlowRun) -> None:
         message = scheduling.skip_message(late, successor)
