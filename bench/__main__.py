@@ -5,7 +5,17 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("webhook", "hostile", "lag", "ingest", "tail", "analyze", "consolidate")
+BENCHMARKS = (
+    "webhook",
+    "hostile",
+    "lag",
+    "idle",
+    "runcost",
+    "ingest",
+    "tail",
+    "analyze",
+    "consolidate",
+)
 
 
 def main(argv: list[str]) -> int:

@@ -273,7 +273,14 @@ class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, Obs
 
     async def _flow_for_hooks(self, flow_run: FlowRun) -> Flow[..., Any]:
         """The flow, for its on_cancellation / on_crashed hooks (run by the executor here)."""
-        cwd, entrypoint = self._locations[flow_run.id]
+        location = self._locations.get(flow_run.id)
+        if location is None:  # the run's process has ended already: ask its deployment
+            assert flow_run.deployment_id is not None
+            deployment = await self.client.read_deployment(flow_run.deployment_id)
+            configuration = ObserverJobConfiguration()
+            configuration.prepare_for_flow_run(flow_run, deployment)
+            location = configuration.location()
+        cwd, entrypoint = location
         path, _, function = entrypoint.rpartition(":")
         return load_flow_from_entrypoint(f"{cwd / path}:{function}")
 
@@ -358,13 +365,12 @@ class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, Obs
         subscription is tried again with a growing delay.
         """
         delay = 1.0
+        while self._work_pool is None:  # known once the worker has synced with the server
+            await anyio.sleep(1.0)
         while True:
-            if self._work_pool is None:
-                await anyio.sleep(1.0)
-                continue
             runs_of_this_pool = EventFilter(
                 event=EventNameFilter(name=["prefect.flow-run.Scheduled"]),
-                any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{self._work_pool.id}"]),
+                any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{self.work_pool.id}"]),
             )
             try:
                 async with get_events_subscriber(filter=runs_of_this_pool) as subscriber:

@@ -1,0 +1,121 @@
+"""CPU for one run that finds nothing new, worker + run + server together, three ways:
+
+- the product's warm worker (`observer-warm`: the run is forked from a warm template);
+- Prefect's process worker (`OBSERVER_WORKER=process`: a new interpreter per run; the product's
+  worker before);
+- the alternative not taken: one long-lived process that runs the flow runs itself with
+  `prefect.flow_engine.run_flow(flow, flow_run=...)` (no process per run).
+
+Each starts the product (`observer up`) with schedules too far apart to fire, measures its idle
+CPU for 20 s, then makes runs of `tail-corrections` and `analyze-errors` by hand one after the
+other (no corrections file, no failures: each finds nothing new, as a quiet scheduled run does)
+and charges each run the product's CPU above that idle rate while it lasted. The in-process
+alternative runs in this benchmark's own process against the warm product's server; its CPU is
+this process's plus the server's above idle. `--runs=N` per deployment (default 5, `--quick` 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+
+import httpx
+
+from bench.procs import Running, command_of, product, tree, tree_cpu
+
+DEPLOYMENTS = ("tail-corrections/tail-corrections", "analyze-errors/analyze-errors")
+
+
+def main(options: list[str]) -> int:
+    runs = int(next((o.split("=")[1] for o in options if o.startswith("--runs=")), 0)) or (
+        3 if "--quick" in options else 5
+    )
+    results: dict[str, float] = {}
+    for kind in ("warm", "process"):
+        with product(worker=kind, cycle="86400") as running:
+            time.sleep(20)
+            idle = _idle_rate(running.pid, 20)
+            cost = _per_run(running, runs, idle, kind)
+            results[kind] = cost
+            if kind == "warm":
+                results["in-process run_flow"] = _in_process(running, runs)
+    print()
+    for name, cost in results.items():
+        print(f"one no-op run, {name:<22} {cost:6.3f} CPU-s (worker + run + server; target <= 0.3)")
+    print(f"process worker / warm worker: {results['process'] / results['warm']:.1f}x")
+    print("machine: shared; medians of the runs of one invocation")
+    return 0
+
+
+def _idle_rate(pid: int, seconds: float) -> float:
+    before, started = tree_cpu(pid), time.monotonic()
+    time.sleep(seconds)
+    return (tree_cpu(pid) - before) / (time.monotonic() - started)
+
+
+def _per_run(running: Running, runs: int, idle: float, kind: str) -> float:
+    costs: list[float] = []
+    with httpx.Client(base_url=running.api, timeout=30) as api:
+        for deployment in DEPLOYMENTS:
+            found = api.get(f"/deployments/name/{deployment}").json()
+            for _ in range(runs):
+                before, started = tree_cpu(running.pid), time.monotonic()
+                run = api.post(f"/deployments/{found['id']}/create_flow_run", json={}).json()
+                while api.get(f"/flow_runs/{run['id']}").json()["state"]["type"] not in (
+                    "COMPLETED",
+                    "FAILED",
+                    "CRASHED",
+                    "CANCELLED",
+                ):
+                    time.sleep(0.5)
+                time.sleep(2.0)  # the run's process exits and the server records its last events
+                elapsed = time.monotonic() - started
+                costs.append(tree_cpu(running.pid) - before - idle * elapsed)
+            print(
+                f"{kind:<8} {deployment.split('/')[0]:<17} median {statistics.median(costs[-runs:]):.3f}"
+                f" CPU-s per run (n={runs})",
+                flush=True,
+            )
+    return statistics.median(costs)
+
+
+def _in_process(running: Running, runs: int) -> float:
+    """The alternative: this process runs the flow runs with Prefect's engine, no process each."""
+    os.environ["PREFECT_API_URL"] = running.api
+    os.environ["OBSERVER_DATA_DIR"] = str(running.workdir / "data")
+    from prefect import get_client
+    from prefect.context import refresh_global_settings_context
+    from prefect.flow_engine import run_flow
+    from prefect.states import Pending
+
+    from observer.catalog import FLOWS
+
+    refresh_global_settings_context()
+    server = next(p for p in tree(running.pid) if "server start" in command_of(p))
+
+    async def pending_run(deployment: str) -> object:
+        async with get_client() as client:
+            found = await client.read_deployment_by_name(deployment)
+            return await client.create_flow_run_from_deployment(found.id, state=Pending())
+
+    costs: list[float] = []
+    for deployment in DEPLOYMENTS:
+        flow = FLOWS[deployment.split("/")[0]].load()
+        run_flow(flow, flow_run=asyncio.run(pending_run(deployment)))  # warm-up: imports, clients
+        time.sleep(5)
+        idle = _idle_rate(server, 10)
+        for _ in range(runs):
+            flow_run = asyncio.run(pending_run(deployment))
+            ours, theirs, started = time.process_time(), tree_cpu(server), time.monotonic()
+            run_flow(flow, flow_run=flow_run)
+            time.sleep(2.0)
+            elapsed = time.monotonic() - started
+            costs.append(time.process_time() - ours + tree_cpu(server) - theirs - idle * elapsed)
+        print(
+            f"in-process {deployment.split('/')[0]:<17} median"
+            f" {statistics.median(costs[-runs:]):.3f} CPU-s per run (n={runs})",
+            flush=True,
+        )
+    return statistics.median(costs)
