@@ -151,6 +151,8 @@ def product(worker: str = "warm", cycle: str = "30") -> Iterator[Running]:
     """The whole product as `make up` starts it (`observer up`), with its defaults."""
     workdir = Path(tempfile.mkdtemp(prefix="observer-bench-"))
     web_port, prefect_port = free_port(), free_port()
+    while prefect_port == web_port:
+        prefect_port = free_port()
     env = {
         **os.environ,
         "OBSERVER_DATA_DIR": str(workdir / "data"),
@@ -208,7 +210,8 @@ def _wait_for(url: str, running: Running, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if running.process.poll() is not None:
-            raise RuntimeError(f"exited during start-up; see {running.log}")
+            tail = running.log.read_text(errors="replace").splitlines()[-20:]
+            raise RuntimeError("exited during start-up:\n" + "\n".join(tail))
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=2).status_code == 200:
                 return

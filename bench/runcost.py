@@ -17,9 +17,11 @@ this process's plus the server's above idle. `--runs=N` per deployment (default 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -62,7 +64,11 @@ def _per_run(running: Running, runs: int, idle: float, kind: str) -> float:
             found = api.get(f"/deployments/name/{deployment}").json()
             for _ in range(runs):
                 before, started = tree_cpu(running.pid), time.monotonic()
-                run = api.post(f"/deployments/{found['id']}/create_flow_run", json={}).json()
+                run = _retry(
+                    functools.partial(
+                        api.post, f"/deployments/{found['id']}/create_flow_run", json={}
+                    )
+                )
                 while api.get(f"/flow_runs/{run['id']}").json()["state"]["type"] not in (
                     "COMPLETED",
                     "FAILED",
@@ -119,3 +125,15 @@ def _in_process(running: Running, runs: int) -> float:
             flush=True,
         )
     return statistics.median(costs)
+
+
+def _retry(call: Callable[[], httpx.Response]) -> dict[str, object]:
+    """An API call, retried on 503 (the SQLite database busy) as Prefect's own client does."""
+    for _ in range(20):
+        answer = call()
+        if answer.status_code != 503:
+            answer.raise_for_status()
+            return answer.json()
+        time.sleep(0.5)
+    answer.raise_for_status()
+    return answer.json()

@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -146,14 +147,14 @@ def enforce_closed_parameters(api_url: str, instance: Instance) -> None:
     """
     for entry in FLOWS.values():
         path = instance.deployment_path(entry.name)
-        deployment = httpx.get(f"{api_url}/deployments/name/{path}", timeout=30)
+        deployment = _api("GET", f"{api_url}/deployments/name/{path}")
         if deployment.status_code != 200:
             raise DeployFailed(f"deployment {path} is missing after deploy")
         schema = {**deployment.json()["parameter_openapi_schema"], "additionalProperties": False}
-        httpx.patch(
+        _api(
+            "PATCH",
             f"{api_url}/deployments/{deployment.json()['id']}",
             json={"parameter_openapi_schema": schema, "enforce_parameter_schema": True},
-            timeout=30,
         ).raise_for_status()
 
 
@@ -169,19 +170,30 @@ def crash_orphaned_runs(api_url: str, work_pool: str) -> int:
         "work_pools": {"name": {"any_": [work_pool]}},
         "limit": 200,
     }
-    orphans = httpx.post(f"{api_url}/flow_runs/filter", json=query, timeout=30).json()
+    orphans = _api("POST", f"{api_url}/flow_runs/filter", json=query).json()
     state = {
         "type": "CRASHED",
         "name": "Crashed",
         "message": "Observer was stopped while this run was starting or running",
     }
     for run in orphans:
-        httpx.post(
+        _api(
+            "POST",
             f"{api_url}/flow_runs/{run['id']}/set_state",
             json={"state": state, "force": True},
-            timeout=30,
         ).raise_for_status()
     return len(orphans)
+
+
+def _api(method: str, url: str, **kwargs: object) -> httpx.Response:
+    """One API call, retried while the server answers 503 (its SQLite database is busy, as right
+    after a start); Prefect's own client does the same."""
+    for _ in range(20):
+        response = httpx.request(method, url, timeout=30, **kwargs)  # type: ignore[arg-type]
+        if response.status_code != 503:
+            return response
+        time.sleep(0.5)
+    return response
 
 
 def _prefect(env: dict[str, str], *args: str, cwd: Path | None = None) -> None:

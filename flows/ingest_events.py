@@ -15,6 +15,6 @@ from tasks.ingest import drain_spool_into_ops, report_ingestion
 
 @flow(name=INGEST_EVENTS.name, flow_run_name="ingest-events ({params.label})")
 def ingest_events(params: IngestParameters = IngestParameters()) -> IngestReport:
-    report = drain_spool_into_ops(params.max_seconds, params.reason)
+    report = drain_spool_into_ops(params.max_seconds, params.reason, params.linger_seconds)
     report_ingestion(report)
     return report

@@ -11,9 +11,12 @@ from tasks.publish import publish
 
 
 @task(name="drain-spool", retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
-def drain_spool_into_ops(max_seconds: float, reason: str) -> IngestReport:
+def drain_spool_into_ops(max_seconds: float, reason: str, linger_seconds: float) -> IngestReport:
     """Move every complete spooled record into ops.jsonl (safe to retry: checkpointed per batch)."""
-    return drain_spool(load_settings(), max_seconds=max_seconds, reason=reason)
+    settings = load_settings()
+    return drain_spool(
+        settings, max_seconds=max_seconds, reason=reason, linger_seconds=linger_seconds
+    )
 
 
 @task(name="report-ingestion", cache_policy=NO_CACHE)

@@ -23,6 +23,7 @@ from observer.pipelines.report import Artifact, measures
 from observer.settings import Settings
 
 DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
+LINGER_POLL = 0.2
 
 
 class IngestParameters(FlowParameters):
@@ -31,6 +32,12 @@ class IngestParameters(FlowParameters):
     reason: str = Field("manual", description="why this run started: event, schedule or manual")
     max_seconds: float = Field(
         60.0, gt=0, description="stop draining after this long; the rest waits for the next run"
+    )
+    linger_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="once the spool is empty, keep watching it this long for more records (a run"
+        " woken by events lingers, so a steady stream is drained by one run, not one run each)",
     )
 
     @property
@@ -69,11 +76,14 @@ def drain_spool(
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     max_seconds: float | None = None,
     reason: str = "manual",
+    linger_seconds: float = 0.0,
 ) -> IngestReport:
     """Move every complete spooled record into ops.jsonl; batch by batch, each one checkpointed.
 
-    Only one ingester runs at a time (a file lock); a second caller waits for the first.
-    `max_seconds` bounds a run under a constant stream of events: what is left waits for the next.
+    Only one ingester runs at a time (a file lock); a second caller waits for the first. With
+    `linger_seconds`, an empty spool is watched that long for more records (every LINGER_POLL
+    seconds) before the run ends. `max_seconds` bounds a run under a constant stream of events:
+    what is left waits for the next.
     """
     started = time.monotonic()
     report = IngestReport(reason=reason)
@@ -84,10 +94,15 @@ def drain_spool(
             layout.ingested_ids, checkpoint.ids_bytes
         )
         seen = load_recent_ids(settings)
+        idle_since = time.monotonic()
         while max_seconds is None or time.monotonic() - started < max_seconds:
             chunk = read_spool(layout.spool_dir, checkpoint.position, max_bytes=batch_bytes)
             if chunk.end == checkpoint.position:
-                break
+                if time.monotonic() - idle_since >= linger_seconds:
+                    break
+                time.sleep(LINGER_POLL)
+                continue
+            idle_since = time.monotonic()
             checkpoint = _ingest_batch(settings, checkpoint, chunk.data, chunk.end, seen, report)
             report.torn_bytes += chunk.torn_bytes
             delete_segments_before(layout.spool_dir, checkpoint.segment)
