@@ -18,6 +18,7 @@ filling of future runs are not counted.
 
 from __future__ import annotations
 
+import sqlite3
 import statistics
 import threading
 import time
@@ -35,6 +36,7 @@ from bench.procs import (
     product,
     tree_cpu,
 )
+from deployments.apply import EVENT_RETENTION_DAYS, RUN_RETENTION_DAYS
 
 DAY = 86400.0
 
@@ -48,7 +50,7 @@ class Window:
     pss_median: float
     pss_peak: float
     runs: int = 0
-    db_per_day: float | None = None
+    db_per_day: tuple[float, float] | None = None  # bytes a day: (events, runs and the rest)
     parts: dict[str, tuple[float, float]] | None = None
 
     def line(self) -> str:
@@ -60,7 +62,8 @@ class Window:
         if self.runs:
             text += f"   {self.runs} runs"
         if self.db_per_day is not None:
-            text += f"   DB +{self.db_per_day / 1e6:.1f} MB/day"
+            events, rest = self.db_per_day
+            text += f"   DB +{events / 1e6:.0f} MB/day events, +{rest / 1e6:.0f} MB/day runs"
         return text
 
 
@@ -97,10 +100,15 @@ def measure(
     }
     runs = 0
     if running.webhook is not None:
-        runs = len(flow_runs(running.api, {"flow_runs": {"start_time": {"after_": since}}}))
+        started_states = ["RUNNING", "COMPLETED", "FAILED", "CRASHED", "CANCELLED"]
+        query = {"start_time": {"after_": since}, "state": {"type": {"any_": started_states}}}
+        runs = len(flow_runs(running.api, {"flow_runs": query}))
     growth = None
     if db_before is not None and db_after is not None:
-        growth = (db_after - db_before) / elapsed * DAY
+        growth = (
+            (db_after[0] - db_before[0]) / elapsed * DAY,
+            (db_after[1] - db_before[1]) / elapsed * DAY,
+        )
     return Window(
         label,
         cpu / elapsed * 100,
@@ -155,18 +163,22 @@ def main(options: list[str]) -> int:
     )
     for result in results[1:]:
         if result.db_per_day is not None:
+            events, rest = result.db_per_day
+            bound = events * EVENT_RETENTION_DAYS + rest * RUN_RETENTION_DAYS
             print(
-                f"database growth, {result.label}: {result.db_per_day / 1e6:.1f} MB/day"
-                f" (pages in use, extrapolated from {minutes:g} min)"
+                f"database, {result.label}: +{events / 1e6:.0f} MB/day of events (kept"
+                f" {EVENT_RETENTION_DAYS} day), +{rest / 1e6:.0f} MB/day of runs (kept"
+                f" {RUN_RETENTION_DAYS} days): bounded near {bound / 1e9:.1f} GB"
+                f" (extrapolated from {minutes:g} min)"
             )
     print("machine: shared; figures from one run, each window after a settle (see bench/README.md)")
     return 0
 
 
-def _used_db(running: Running) -> int | None:
+def _used_db(running: Running) -> tuple[int, int] | None:
     try:
-        return database_bytes(running.prefect_home)[1]
-    except Exception:
+        return database_bytes(running.prefect_home)
+    except sqlite3.Error:
         return None
 
 

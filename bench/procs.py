@@ -112,14 +112,17 @@ def breakdown(root: int) -> dict[str, tuple[float, float]]:
 
 
 def database_bytes(prefect_home: Path) -> tuple[int, int]:
-    """(file bytes of prefect.db and its WAL, bytes of the pages in use) of a Prefect database."""
+    """Bytes in use in a Prefect database: (events, everything else), tables and indexes.
+
+    Prefect's db-vacuum deletes them on two clocks (events after the events retention, runs with
+    their states, task runs, logs and artifacts after the flow-run retention), so they are counted
+    apart. Read with SQLite's dbstat table."""
     db = prefect_home / "prefect.db"
-    files = sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists())
+    query = "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    return files, (pages - free) * page_size
+        sizes = conn.execute(query).fetchall()
+    events = sum(size for name, size in sizes if "event" in name and "deployment" not in name)
+    return events, sum(size for _, size in sizes) - events
 
 
 @dataclass

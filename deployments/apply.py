@@ -7,6 +7,7 @@ clean-up of runs a previous stop left behind. Used by `observer deploy` and `obs
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -28,10 +29,17 @@ SCHEDULE_VARIABLES = (
     "OBSERVER_INGEST_SAFETY_SECONDS",
 )
 #: Retention of the Prefect database (`observer up`): runs, with their logs and artifacts, for
-#: RUN_RETENTION_DAYS after they end; events for EVENT_RETENTION_DAYS. See README, "The Prefect
-#: database".
-RUN_RETENTION_DAYS = 30
-EVENT_RETENTION_DAYS = 2
+#: RUN_RETENTION_DAYS after they end; events for EVENT_RETENTION_DAYS, and the most numerous ones
+#: (task-run states, rebuilt into task runs as they arrive, and heartbeats) for an hour. See
+#: README, "The Prefect database".
+RUN_RETENTION_DAYS = 14
+EVENT_RETENTION_DAYS = 1
+SHORT_LIVED_EVENTS = (
+    "prefect.task-run.Pending",
+    "prefect.task-run.Running",
+    "prefect.task-run.Completed",
+    "prefect.flow-run.heartbeat",
+)
 
 
 def project_dir() -> Path:
@@ -74,6 +82,10 @@ def prefect_environment(settings: Settings, api_url: str) -> dict[str, str]:
         ),
         "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": os.environ.get(
             "PREFECT_SERVER_EVENTS_RETENTION_PERIOD", f"P{EVENT_RETENTION_DAYS}D"
+        ),
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_EVENT_RETENTION_OVERRIDES": os.environ.get(
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_EVENT_RETENTION_OVERRIDES",
+            json.dumps(dict.fromkeys(SHORT_LIVED_EVENTS, 3600)),
         ),
         "OBSERVER_WORKER": settings.worker,
         "OBSERVER_DATA_DIR": str(layout.data_dir.resolve()),
