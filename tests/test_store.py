@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
+import time
 from pathlib import Path
 
 from observer.files import read_tail
@@ -151,3 +153,23 @@ def test_read_tail_reads_only_complete_lines(tmp_path: Path) -> None:
     path.write_bytes(b"".join(b"%d\n" % n for n in range(100_000)) + b"partial")
     assert read_tail(path, 3).lines == [b"99997", b"99998", b"99999"]
     assert read_tail(tmp_path / "missing", 3).lines == []
+
+
+def test_a_lingering_drain_takes_what_arrives_until_the_spool_stays_empty(
+    settings: Settings,
+) -> None:
+    record_ops(settings, [(None, make_op("before"))])
+
+    def late_records() -> None:
+        for n in range(3):  # gaps shorter than the linger: the same drain takes them all
+            time.sleep(0.4)
+            record_ops(settings, [(None, make_op(f"late-{n}"))])
+
+    writer = threading.Thread(target=late_records)
+    started = time.monotonic()
+    writer.start()
+    report = drain_spool(settings, linger_seconds=1.0)
+    writer.join()
+    assert ops_markers(settings) == ["before", "late-0", "late-1", "late-2"]
+    assert report.ingested == 4 and report.batches == 4
+    assert time.monotonic() - started >= 2.2  # 3 x 0.4 s of arrivals, then 1 s of quiet
