@@ -57,14 +57,14 @@ def test_an_instance_renames_pool_deployments_and_trigger() -> None:
         "analyze-errors-eu-2",
         "consolidate-playbooks-eu-2",
     ]
-    assert {d["work_pool"]["name"] for d in config["deployments"]} == {"observer-process-eu-2"}
+    assert {d["work_pool"]["name"] for d in config["deployments"]} == {"observer-eu-2"}
     (trigger,) = config["deployments"][0]["triggers"]
     assert trigger["match"] == {"prefect.resource.id": "observer.spool.eu-2"}
     # Without an instance the file is prefect.yaml as written, with its schedule lengths.
     plain = render_prefect_yaml(
         (ROOT / "prefect.yaml").read_text(), {**env, "OBSERVER_INSTANCE": ""}
     )
-    assert "name: ingest-events\n" in plain and "name: observer-process\n" in plain
+    assert "name: ingest-events\n" in plain and "name: observer\n" in plain
     assert Instance("eu-2").ingest_deployment == "ingest-events-eu-2"
 
 

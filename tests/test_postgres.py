@@ -143,7 +143,7 @@ def test_the_product_runs_on_postgresql(
     (manual,) = [r for r in rows if r["id"] == runs["analyze-errors"]]
     assert manual["state"] == "COMPLETED"
     assert json.loads(manual["parameters"]) == MANUAL
-    assert {r["work_pool"] for r in rows} == {"observer-process"}
+    assert {r["work_pool"] for r in rows} == {"observer"}
     # …and no SQLite database anywhere under the product's directory.
     assert not list(site.up.workdir.rglob("*.db")), list(site.up.workdir.rglob("*.db"))
 
@@ -173,7 +173,7 @@ def test_a_second_host_joins_with_its_own_pool_deployments_and_data(
     finally:
         other.stop()
     assert [d["name"] for d in status["deployments"]] == [f"{flow}-b" for flow in FLOWS]
-    assert status["worker"]["up"] and status["worker"]["url"] == "pool observer-process-b"
+    assert status["worker"]["up"] and status["worker"]["url"] == "pool observer-b"
     assert run.returncode == 0, run.stderr
     assert "consolidate-playbooks: Completed" in run.stderr
     assert f"joining the Prefect server at {site.api_url}" in log
@@ -182,7 +182,7 @@ def test_a_second_host_joins_with_its_own_pool_deployments_and_data(
     # run asked for above.
     rows = site.database.query(
         RUNS_BY_DEPLOYMENT
-        + " where wp.name = 'observer-process-b' and fr.state_type <> 'SCHEDULED'"
+        + " where wp.name = 'observer-b' and fr.state_type <> 'SCHEDULED'"
     )
     assert {r["deployment"] for r in rows} == {"ingest-events-b", "consolidate-playbooks-b"}
     assert "COMPLETED" in {r["state"] for r in rows}
