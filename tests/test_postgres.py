@@ -181,8 +181,7 @@ def test_a_second_host_joins_with_its_own_pool_deployments_and_data(
     # Its schedules made future runs (not due for a year); what ran is its ingestion and the
     # run asked for above.
     rows = site.database.query(
-        RUNS_BY_DEPLOYMENT
-        + " where wp.name = 'observer-b' and fr.state_type <> 'SCHEDULED'"
+        RUNS_BY_DEPLOYMENT + " where wp.name = 'observer-b' and fr.state_type <> 'SCHEDULED'"
     )
     assert {r["deployment"] for r in rows} == {"ingest-events-b", "consolidate-playbooks-b"}
     assert "COMPLETED" in {r["state"] for r in rows}
