@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -188,9 +189,16 @@ def test_a_run_that_ends_badly_is_one_console_line_once(deployed_api: str) -> No
     deployment = httpx.get(f"{deployed_api}/deployments/name/{ANALYZE_ERRORS.deployment}").json()
 
     def run_ending(state: str, message: str) -> str:
+        # Scheduled an hour ahead, so that the session's worker leaves it to this test.
+        later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        scheduled = {"type": "SCHEDULED", "state_details": {"scheduled_time": later}}
         run = httpx.post(
             f"{deployed_api}/deployments/{deployment['id']}/create_flow_run",
-            json={"name": f"console {state.lower()}", "parameters": {"params": {}}},
+            json={
+                "name": f"console {state.lower()}",
+                "parameters": {"params": {}},
+                "state": scheduled,
+            },
         )
         assert run.status_code == 201, run.text
         run = run.json()
