@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.states import Completed, State
 
 from observer.catalog import ANALYZE_ERRORS
-from observer.pipelines.analysis import AnalysisReport, AnalyzeParameters
+from observer.pipelines.analysis import AnalysisReport, AnalyzeParameters, nothing_new
 from observer.settings import load_settings
 from tasks.analysis import (
     commit_analysis,
@@ -25,6 +25,9 @@ from tasks.analysis import (
 
 @flow(name=ANALYZE_ERRORS.name, flow_run_name="analyze-errors ({params.label})")
 def analyze_errors(params: AnalyzeParameters = AnalyzeParameters()) -> State:
+    settings = load_settings()
+    if quiet := nothing_new(settings, params):
+        return Completed(message=quiet)  # no task, no artifact: the history stays readable
     selection = select_failures(params)
     diagnosis = diagnose(selection, params)
     if diagnosis.entry is None or params.dry_run:
@@ -38,7 +41,7 @@ def analyze_errors(params: AnalyzeParameters = AnalyzeParameters()) -> State:
         )
         return Completed(message=f"{diagnosis.message} ({delivery})", data=diagnosis)
     # The client retries each POST; on top, the task retries (a gateway restart takes a moment).
-    delay = 5 * load_settings().http_backoff_seconds
+    delay = 5 * settings.http_backoff_seconds
     posted = post_analysis.with_options(retry_delay_seconds=delay)(
         diagnosis.entry, return_state=True
     )

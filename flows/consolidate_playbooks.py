@@ -9,20 +9,30 @@ after reporting, and the entry is tried again by the next run.
 from __future__ import annotations
 
 from prefect import flow
+from prefect.states import Completed, State
 
 from observer.catalog import CONSOLIDATE_PLAYBOOKS
-from observer.pipelines.playbooks import ConsolidateParameters, ConsolidationReport, post_changed
-from tasks.playbooks import post_entry, read_playbook, report_playbook
+from observer.pipelines.playbooks import (
+    ConsolidateParameters,
+    ConsolidationReport,
+    nothing_new,
+    post_changed,
+)
+from observer.settings import load_settings
+from tasks.playbooks import post_entry, read_playbook, remember_window, report_playbook
 
 
 @flow(name=CONSOLIDATE_PLAYBOOKS.name, flow_run_name="consolidate-playbooks ({params.label})")
 def consolidate_playbooks(
     params: ConsolidateParameters = ConsolidateParameters(),
-) -> ConsolidationReport:
+) -> ConsolidationReport | State:
+    if quiet := nothing_new(load_settings(), params):
+        return Completed(message=quiet)  # no task, no artifact: the history stays readable
     playbook = read_playbook(params)
     report = ConsolidationReport.planned(playbook, dry_run=params.dry_run)
     if not params.dry_run:
         post_changed(playbook, report, post=lambda planned: post_entry(planned, params.force))
     report_playbook(report)
     report.raise_for_delivery()
+    remember_window(playbook, params)
     return report

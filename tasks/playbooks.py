@@ -16,6 +16,7 @@ from observer.pipelines.playbooks import (
     Playbook,
     build_playbook,
     deliver,
+    remember_checked,
 )
 from observer.settings import load_settings
 from tasks.publish import publish
@@ -60,3 +61,9 @@ def post_entry(planned: PlannedEntry, force: bool) -> str:
 def report_playbook(report: ConsolidationReport) -> None:
     """The playbook as a table artifact and the run's changes as a markdown artifact."""
     publish(report)
+
+
+@task(name="remember-window", cache_policy=NO_CACHE)
+def remember_window(playbook: Playbook, params: ConsolidateParameters) -> None:
+    """Everything due was delivered: while ops.jsonl stays as it is, later runs stop at once."""
+    remember_checked(load_settings(), playbook, params)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.states import State
 
 import observer.pipelines.corrections as corrections
 from flows.tail_corrections import tail_corrections as tail_flow
@@ -381,8 +382,10 @@ def _run_artifact() -> list[dict[str, object]]:
 
 @pytest.mark.usefixtures("prefect_server")
 def test_flow_rerun_from_offset_and_missing_file(settings: Settings) -> None:
-    missing = tail_flow()
-    assert missing.file_found is False
+    missing = tail_flow(return_state=True)
+    assert missing.is_completed() and missing.message.startswith("nothing new:")
+    assert "does not exist yet" in missing.message
+    assert _artifacts_of(missing) == []  # a quiet run leaves the Artifacts page as it was
 
     _append(settings.corrections_path, _rows(range(3)) + b"null\n")
     first = tail_flow()
@@ -391,3 +394,14 @@ def test_flow_rerun_from_offset_and_missing_file(settings: Settings) -> None:
     assert again.recorded == 3
     assert _ingested(settings) == _names(range(3))
     assert os.path.exists(settings.layout.corrections_quarantine)
+
+
+def _artifacts_of(state: State) -> list[object]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    run_filter = ArtifactFilter(
+        flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+    )
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=run_filter)

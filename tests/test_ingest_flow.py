@@ -42,6 +42,7 @@ def test_ingestion_moves_spool_into_ops_once(settings: Settings) -> None:
     assert lines == [_op(n).to_line() for n in range(6)]
     assert (report.ingested, report.duplicates) == (6, 1)
 
-    again = ingest_events()
-    assert again.ingested == 0
+    again = ingest_events(return_state=True)  # nothing new: stops before any step
+    assert again.is_completed()
+    assert again.message == "nothing new: the spool is empty (6 op(s) ingested in all)"
     assert settings.layout.ops_path.read_bytes().splitlines() == lines

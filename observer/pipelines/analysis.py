@@ -295,6 +295,20 @@ def cache_key(model: str, group_signature: str) -> str:
 # ── selection ────────────────────────────────────────────────────────────────────────────────────
 
 
+def nothing_new(settings: Settings, params: AnalyzeParameters) -> str | None:
+    """Why a since-last run would find nothing to analyse (ops.jsonl not grown past the watermark,
+    or not there yet), or None. A stat and a first-line check: a quiet run stops here."""
+    if not params.moves_watermark or params.force:
+        return None
+    path = settings.layout.ops_path
+    if not path.exists():
+        return "nothing new: no ops yet"
+    watermark = load_state(settings.layout.analysis_state, AnalysisState).watermark
+    if watermark is None or not watermark.still_at(path) or path.stat().st_size > watermark.offset:
+        return None
+    return f"nothing new: ops.jsonl unchanged since the last analysis (byte {watermark.offset})"
+
+
 def select(settings: Settings, query: AnalyzeParameters, now: datetime | None = None) -> Selection:
     """Read, filter and group the failures this run is about; split known from fresh groups."""
     now = now or datetime.now(UTC)

@@ -359,6 +359,22 @@ class _Run:
         return not self.report.budget_reached
 
 
+def nothing_new(settings: Settings, params: TailParameters) -> str | None:
+    """Why a scheduled run would find nothing to read (the file unchanged since the checkpoint, or
+    not there), or None. A stat and a first-line check: a quiet run stops here."""
+    if params.from_offset is not None:
+        return None
+    path = settings.corrections_path
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return f"nothing new: {path} does not exist yet"
+    checkpoint = load_state(settings.layout.corrections_checkpoint, CorrectionsCheckpoint)
+    if checkpoint.ino is None or stat.st_size > checkpoint.offset or checkpoint.change(path, stat):
+        return None
+    return f"nothing new: {path.name} unchanged at byte {checkpoint.offset}"
+
+
 def tail_corrections(
     settings: Settings,
     *,

@@ -10,12 +10,18 @@ retries, and a corrections tailer that re-records after a crash).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import polars as pl
 from pydantic import BaseModel, Field
 
 from observer.files import append_durably, file_lock, load_state, save_state, truncate_to
-from observer.intake.checkpoint import IngestCheckpoint, RecentIds, load_recent_ids
+from observer.intake.checkpoint import (
+    IngestCheckpoint,
+    RecentIds,
+    load_recent_ids,
+    spool_bytes_waiting,
+)
 from observer.intake.spool import SpoolPosition, delete_segments_before, read_spool
 from observer.pipelines.frames import frame_lines, spool_frame
 from observer.pipelines.parameters import FlowParameters
@@ -68,6 +74,32 @@ class IngestReport(BaseModel):
         rows += measures({f"source:{s}": n for s, n in sorted(self.by_source.items())})
         description = f"Ingestion run ({self.reason}): {self.ingested} op(s) into ops.jsonl"
         return [Artifact("ingest-events", description, table=rows)]
+
+
+def nothing_new(settings: Settings) -> str | None:
+    """Why a run would find nothing to do (the spool fully ingested, nothing to repair), or None.
+
+    A stat or two: a quiet run stops here, before any task, and leaves no artifact.
+    """
+    layout = settings.layout
+    if not layout.ingest_checkpoint.exists():
+        return None  # first run: it adopts an existing ops.jsonl
+    checkpoint = load_state(layout.ingest_checkpoint, IngestCheckpoint)
+    if (
+        spool_bytes_waiting(settings, checkpoint)
+        or _longer_than(layout.ops_path, checkpoint.ops_bytes)
+        or _longer_than(layout.ingested_ids, checkpoint.ids_bytes)
+    ):
+        return None
+    return f"nothing new: the spool is empty ({checkpoint.ingested_total} op(s) ingested in all)"
+
+
+def _longer_than(path: Path, size: int) -> bool:
+    """Whether `path` holds more than `size` bytes: a run stopped mid-batch, to be repaired."""
+    try:
+        return path.stat().st_size > size
+    except FileNotFoundError:
+        return False
 
 
 def drain_spool(

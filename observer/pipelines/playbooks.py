@@ -94,6 +94,7 @@ class PlannedEntry(BaseModel):
 class Playbook(BaseModel):
     """A run's view of the window: every endpoint with successes, and the overall decision."""
 
+    ops: FileMark = Field(default_factory=FileMark)  # ops.jsonl and the window's end
     entries: list[PlannedEntry] = Field(default_factory=list)
     ops_in_window: int = 0
     successes_in_window: int = 0
@@ -116,10 +117,13 @@ class PostedMark(BaseModel):
 
 
 class PlaybookState(BaseModel):
-    """Persisted between runs: per endpoint, the last delivered entry, and which ops.jsonl."""
+    """Persisted between runs: per endpoint, the last delivered entry, and which ops.jsonl; and
+    where the last complete run looked, with which parameters (so an unchanged file is skipped)."""
 
     ops: FileMark | None = None
     endpoints: dict[str, PostedMark] = Field(default_factory=dict)
+    checked: FileMark | None = None
+    checked_with: str = ""
 
     def made_from(self, ops: FileMark) -> bool:
         """Whether the remembered entries were made from this ops.jsonl: the same file, and no
@@ -269,6 +273,7 @@ def build_playbook(settings: Settings, params: ConsolidateParameters) -> Playboo
     marks = state.endpoints if state.made_from(ops) else {}
     successes = int(frame["success"].sum())
     playbook = Playbook(
+        ops=ops,
         ops_in_window=frame.height,
         successes_in_window=successes,
         malformed_lines=malformed,
@@ -336,6 +341,37 @@ def _new_successes(frame: pl.DataFrame, marks: dict[str, PostedMark]) -> dict[st
         .agg(pl.len().alias("fresh"))
     )
     return dict(zip(fresh["endpoint"].to_list(), fresh["fresh"].to_list(), strict=True))
+
+
+def nothing_new(settings: Settings, params: ConsolidateParameters) -> str | None:
+    """Why a scheduled run would change nothing (ops.jsonl as the last complete run with these
+    parameters left it), or None. A stat and a first-line check: a quiet run stops here."""
+    if params.force or params.dry_run:
+        return None
+    path = settings.layout.ops_path
+    if not path.exists():
+        return "nothing new: no ops yet"
+    state = load_state(settings.layout.playbooks_state, PlaybookState)
+    checked = state.checked
+    if (
+        checked is None
+        or state.checked_with != params.label
+        or not checked.still_at(path)
+        or path.stat().st_size > checked.offset
+    ):
+        return None
+    return f"nothing new: ops.jsonl unchanged since the last consolidation (byte {checked.offset})"
+
+
+def remember_checked(settings: Settings, playbook: Playbook, params: ConsolidateParameters) -> None:
+    """A run delivered everything it had to: the next one may skip an unchanged ops.jsonl."""
+    if params.dry_run:
+        return
+    path = settings.layout.playbooks_state
+    with file_lock(settings.layout.playbooks_lock):
+        state = load_state(path, PlaybookState)
+        state.checked, state.checked_with = playbook.ops, params.label
+        save_state(path, state)
 
 
 def deliver(settings: Settings, planned: PlannedEntry, *, force: bool = False) -> str:
