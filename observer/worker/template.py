@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import functools
 import gc
 import importlib
 import os
@@ -25,6 +26,7 @@ import random
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import threading
 import traceback
@@ -46,12 +48,37 @@ ENGINE_MODULES = (
     "prefect.concurrency.sync",
     "prefect.concurrency.services",
     "prefect._internal.observers",
+    "prefect._internal.pytz",
+    "anyio._backends._asyncio",
     "prefect._internal.states",
     "prefect.utilities.visualization",
     "rich._emoji_codes",
     "encodings.idna",
     "polars",
 )
+
+
+def share_tls_contexts() -> None:
+    """Make `ssl.create_default_context` hand out one context per set of arguments.
+
+    Every Prefect client a run creates builds its own default SSL context, and each one parses
+    the whole CA bundle: six per run, about 40% of a quiet run's CPU in its process, for an API
+    that is often plain HTTP. A context is safe to share between clients; built here, once, in
+    the template, every forked run inherits it ready.
+    """
+    create = ssl.create_default_context
+
+    @functools.cache
+    def shared(
+        purpose: ssl.Purpose = ssl.Purpose.SERVER_AUTH,
+        *,
+        cafile: str | None = None,
+        capath: str | None = None,
+        cadata: str | bytes | None = None,
+    ) -> ssl.SSLContext:
+        return create(purpose, cafile=cafile, capath=capath, cadata=cadata)
+
+    ssl.create_default_context = shared  # type: ignore[assignment]
 
 
 def thread_count() -> int:
@@ -180,13 +207,17 @@ def run_in_child(request: protocol.RunRequest) -> int:
     from prefect.context import refresh_global_settings_context
     from prefect.flow_engine import _run_flow_from_runtime_entrypoint
     from prefect.logging.configuration import setup_logging
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     settings_now = _prefect_settings(os.environ)
     if settings_now != settings_before:  # Prefect read its settings from the template's env
         refresh_global_settings_context()
         if _logging(settings_now) != _logging(settings_before):
             setup_logging()
-    _run_flow_from_runtime_entrypoint(UUID(request.flow_run_id), request.entrypoint)
+    # No heartbeat thread and events: Prefect uses heartbeats to notice runs whose process died
+    # unseen, and this run's worker is its process's grandparent, which sees its exit (Crashed).
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        _run_flow_from_runtime_entrypoint(UUID(request.flow_run_id), request.entrypoint)
     return 0
 
 
@@ -216,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     control = socket.socket(fileno=args.control_fd)
     template = Template(control)
+    share_tls_contexts()
     preloaded = preload(args.preload)
     # Keep what was imported out of the children's garbage collections: a collection walking
     # the template's objects would copy every page it touches into each child.
