@@ -5,6 +5,7 @@ data/                              OBSERVER_DATA_DIR
 │   ├── ops.jsonl                  every op (written by ingestion only)
 │   ├── spool/NNNNNNNNNNNN.jsonl   acknowledged ops not ingested yet (+ .lock)
 │   ├── state/                     each flow's checkpoint, watermark or cache, and its lock
+│   ├── logs/                      what `observer up`'s server, worker and webhook print
 │   └── quarantine/                corrections lines that could not become ops
 └── _prefect/                      PREFECT_HOME of `observer up`: the Prefect database
 """
@@ -41,6 +42,11 @@ class DataLayout:
     @cached_property
     def state_dir(self) -> Path:
         return self.observer_dir / "state"
+
+    @cached_property
+    def logs_dir(self) -> Path:
+        """What `observer up`'s children print (the console shows one line per bad run)."""
+        return self.observer_dir / "logs"
 
     # ── ingestion ───────────────────────────────────────────────────────────────────────────────
 

@@ -108,17 +108,19 @@ class ProductStatus(BaseModel):
             state = "[green]up[/]" if service.up else "[red]DOWN[/]"
             services.add_row(service.name, state, service.url, service.detail)
         runs = Table(title="Deployments", title_justify="left", show_edge=False)
-        for column in ("deployment", "last run", "state", "when", "message", "next run"):
-            runs.add_column(column, overflow="fold")
+        runs.add_column("deployment", no_wrap=True)
+        runs.add_column("last run", no_wrap=True)
+        runs.add_column("ended", no_wrap=True)
+        runs.add_column("next run", no_wrap=True)
+        runs.add_column("message", overflow="ellipsis", no_wrap=True, max_width=60)
         for deployment in self.deployments:
             last = deployment.last_run
             runs.add_row(
                 deployment.name,
-                last.name if last else "-",
                 _state_markup(last.state) if last else "-",
-                last.when or "-" if last else "-",
-                (last.message[:80] if last else ""),
+                (last.when or "-") if last else "-",
                 deployment.next_run or "-",
+                last.message if last else "",
             )
         data = Table(title="Data", title_justify="left", show_edge=False)
         for column in ("what", "state"):

@@ -12,6 +12,8 @@ it gets SIGINT twice; its warm template exits with it).
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from deployments.apply import crash_orphaned_runs, deploy, prefect_environment
+from observer.cli.console import RunWatcher
 from observer.errors import CommandError, SettingsError, StartupFailed
 from observer.instance import instance_of
 from observer.prefect_api import check_prefect_api, refuse_another_hosts_pool, worker_name
@@ -31,6 +34,8 @@ from observer.settings import Settings
 from observer.webhook.serve import bind_socket
 
 SERVER_START_TIMEOUT = 180.0
+WATCH_SECONDS = 5.0
+LOG_BYTES = 10 * 1024 * 1024  # per log file; one older copy is kept
 
 
 @dataclass
@@ -38,7 +43,16 @@ class Child:
     name: str
     process: subprocess.Popen[bytes]
     stop_signal: int
+    log: Path
     repeat_after: float | None = None  # send the stop signal again after this many seconds
+
+    def last_lines(self, count: int = 20) -> str:
+        """The end of what it printed, to show when it stops unexpectedly."""
+        try:
+            text = self.log.read_bytes()[-16384:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-count:])
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -100,6 +114,7 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
                     "prefect server",
                     env,
                     signal.SIGTERM,
+                    settings.layout.logs_dir,
                     "server",
                     "start",
                     "--host",
@@ -126,6 +141,7 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
                 "prefect worker",
                 env,
                 signal.SIGINT,
+                settings.layout.logs_dir,
                 "worker",
                 "start",
                 "--pool",
@@ -135,8 +151,15 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
             )
         )
         children[-1].repeat_after = 3.0
-        webhook = _spawn([sys.executable, "-m", "observer.cli", "webhook"], env)
-        children.append(Child("webhook", webhook, signal.SIGTERM))
+        children.append(
+            _child(
+                "webhook",
+                [sys.executable, "-m", "observer.cli", "webhook"],
+                env,
+                signal.SIGTERM,
+                settings.layout.logs_dir,
+            )
+        )
         _wait_until_healthy(
             f"http://{settings.host}:{settings.port}/health", children[-1], "the webhook"
         )
@@ -144,10 +167,23 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
             f"up: UI {api_url.removesuffix('/api')}  webhook http://{settings.host}:{settings.port}"
             f"  ops {settings.layout.ops_path.resolve()}  (Ctrl-C stops everything)"
         )
+        _say(
+            f"logs in {settings.layout.logs_dir.resolve()}; a run that ends badly is one line here"
+        )
+        watcher = RunWatcher(api_url, instance.work_pool, _say)
+        next_look = 0.0
         while not stopping:
-            dead = [child.name for child in children if not child.alive()]
+            dead = [child for child in children if not child.alive()]
             if dead:
-                raise StartupFailed(f"{', '.join(dead)} stopped unexpectedly")
+                raise StartupFailed(
+                    f"{', '.join(c.name for c in dead)} stopped unexpectedly; the end of its log"
+                    f" ({dead[0].log}):\n{dead[0].last_lines()}"
+                )
+            if time.monotonic() >= next_look:
+                watcher.check()
+                for child in children:
+                    _cap_log(child.log)
+                next_look = time.monotonic() + WATCH_SECONDS
             time.sleep(0.5)
         return 0
     except CommandError as exc:
@@ -160,14 +196,38 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
             child.stop()
 
 
-def _start(name: str, env: dict[str, str], stop_signal: int, *args: str) -> Child:
-    return Child(name, _spawn([sys.executable, "-m", "prefect", *args], env), stop_signal)
+def _start(name: str, env: dict[str, str], stop_signal: int, logs: Path, *args: str) -> Child:
+    return _child(name, [sys.executable, "-m", "prefect", *args], env, stop_signal, logs)
 
 
-def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # A process group of its own: a terminal's Ctrl-C reaches only the supervisor, which then
-    # stops the children in order.
-    return subprocess.Popen(command, env=env, process_group=0)
+def _child(
+    name: str, command: list[str], env: dict[str, str], stop_signal: int, logs: Path
+) -> Child:
+    """Start a part of the product; what it prints goes to its log file in `logs`, not the
+    console."""
+    log = logs / f"{name.replace(' ', '-')}.log"
+    logs.mkdir(parents=True, exist_ok=True)
+    if log.exists() and log.stat().st_size > LOG_BYTES:
+        log.replace(log.with_suffix(".log.1"))
+    with open(log, "ab") as output:
+        # A process group of its own: a terminal's Ctrl-C reaches only the supervisor, which
+        # then stops the children in order.
+        process = subprocess.Popen(
+            command, env=env, process_group=0, stdout=output, stderr=subprocess.STDOUT
+        )
+    return Child(name, process, stop_signal, log)
+
+
+def _cap_log(log: Path) -> None:
+    """Bound a log while its process writes it: past LOG_BYTES, keep a copy (`.1`) and start
+    the file again (the writer appends, so it goes on at the new end)."""
+    try:
+        if log.stat().st_size <= LOG_BYTES:
+            return
+        shutil.copyfile(log, log.with_suffix(".log.1"))
+        os.truncate(log, 0)
+    except OSError:
+        pass
 
 
 def _wait_until_healthy(
@@ -176,7 +236,10 @@ def _wait_until_healthy(
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while time.monotonic() < deadline:
         if not child.alive():
-            raise StartupFailed(f"{what} exited during start-up (see its log above)")
+            raise StartupFailed(
+                f"{what} exited during start-up; the end of its log ({child.log}):\n"
+                + child.last_lines()
+            )
         if stopping():
             raise StartupFailed("interrupted during start-up")
         try:
