@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     token: str | None = Field(None, validation_alias="OBSERVER_TOKEN")
     max_body_bytes: int = Field(1024 * 1024, validation_alias="OBSERVER_MAX_BODY_BYTES", gt=0)
     max_header_bytes: int = Field(64 * 1024, validation_alias="OBSERVER_MAX_HEADER_BYTES", gt=0)
+    max_batch: int = Field(1000, validation_alias="OBSERVER_MAX_BATCH", gt=0)
     header_timeout_seconds: float = Field(10.0, validation_alias="OBSERVER_HEADER_TIMEOUT", gt=0)
     body_timeout_seconds: float = Field(30.0, validation_alias="OBSERVER_BODY_TIMEOUT", gt=0)
     keepalive_timeout_seconds: float = Field(

@@ -27,6 +27,8 @@ def json_type_name(value: object) -> str:
         return "null"
     if isinstance(value, list):
         return "an array"
+    if isinstance(value, dict):
+        return "an object"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, bool):

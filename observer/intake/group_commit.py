@@ -1,8 +1,9 @@
 """The webhook's door onto the spool: group commit, with the fsync in a helper process.
 
-Requests queue their record and await it; what is queued is written as one batch and fsync'd once by
-a child process (`observer.intake.syncer`), and what arrives during that fsync queues for the next
-one. Each request is answered, in spool order, only once its batch is durable.
+Requests queue their records with a callback; what is queued is written as one batch and fsync'd
+once by a child process (`observer.intake.syncer`), and what arrives during that fsync queues for
+the next one. Each request's callback runs, in spool order, only once its batch is durable: one
+pass over the batch answers every request in it.
 
 The intake only writes and makes durable. Whoever keeps state about what is stored (the webhook's
 stats window and idempotency ids) follows it through a `DurableListener`: told of each durable
@@ -15,11 +16,11 @@ import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from observer.errors import Overloaded, WriteFailed
+from observer.errors import IntakeError, Overloaded, WriteFailed
 from observer.intake.spool import SpoolPosition, SpoolWriter, encode_record
 from observer.intake.syncer import Syncer
 from observer.ops import op_line
@@ -32,14 +33,24 @@ MAX_PENDING_BYTES = 64 * 1024 * 1024
 Answer = TypeVar("Answer")
 
 
-@dataclass
-class Queued(Generic[Answer]):
-    """One op waiting for the disk: its id, its validated fields, its spool record."""
+@dataclass(slots=True)
+class Queued:
+    """One op waiting for the disk: its id and its validated fields."""
 
     event_id: str | None
     fields: dict[str, Any]
-    record: bytes
-    future: asyncio.Future[Answer]
+
+
+@dataclass(slots=True)
+class Submission(Generic[Answer]):
+    """Ops one request hands over together: written in one write, made durable by one fsync, and
+    kept or refused as a whole. `done` gets the listener's answer, `failed` the reason nothing of
+    it was kept."""
+
+    ops: list[Queued]
+    payload: bytes  # their spool records
+    done: Callable[[Answer], None]
+    failed: Callable[[IntakeError], None]
 
 
 @dataclass
@@ -48,29 +59,36 @@ class DurableBatch(Generic[Answer]):
 
     start: SpoolPosition
     end: SpoolPosition
-    items: list[Queued[Answer]]
+    submissions: list[Submission[Answer]]
 
     @property
     def size(self) -> int:
         return self.end.offset - self.start.offset
+
+    @property
+    def ops(self) -> Iterator[Queued]:
+        for submission in self.submissions:
+            yield from submission.ops
 
 
 class DurableListener(Protocol[Answer]):
     """What follows the intake: told of every batch once durable, and of every refused op."""
 
     def durable(self, batch: DurableBatch[Answer]) -> Sequence[Answer]:
-        """The batch is on disk: return each item's answer, in order."""
+        """The batch is on disk: return each submission's answer, in order."""
         ...
 
-    def refused(self, items: Sequence[Queued[Answer]]) -> None:
+    def refused(self, ops: Sequence[Queued]) -> None:
         """These ops were not kept (their requests get a 503)."""
         ...
 
 
 class Intake(Generic[Answer]):
-    """Group commit onto the spool; `submit` returns once the op is durable.
+    """Group commit onto the spool: `put` hands over a request's ops and a callback, which runs
+    once they are durable; there is no task or future per request. (`submit` is the same for one
+    op, awaited.)
 
-    The first op queued schedules a flush with `call_soon`, which runs once the loop has handled
+    The first submission queued schedules a flush with `call_soon`, which runs once the loop has handled
     every request that was ready in the same turn. The flush writes the batch and asks the fsync
     child to make it durable. While that fsync runs the loop keeps serving, and what it queues
     meanwhile is written as one batch when the fsync answers. Without the child (it could not
@@ -82,7 +100,7 @@ class Intake(Generic[Answer]):
         self._listener = listener
         self._writer = SpoolWriter(settings.layout.spool_dir, settings.spool_segment_bytes)
         self._syncer: Syncer | None = None
-        self._queue: list[Queued[Answer]] = []
+        self._queue: list[Submission[Answer]] = []
         self._unsynced: deque[DurableBatch[Answer]] = deque()  # written, fsync not answered yet
         self._syncing_to: SpoolPosition | None = None  # the end the child is fsyncing up to
         self._waiting_events = 0  # queued or written, not yet durable
@@ -117,23 +135,42 @@ class Intake(Generic[Answer]):
 
     # ── the request path ────────────────────────────────────────────────────────────────────────
 
-    async def submit(self, event_id: str | None, fields: dict[str, Any]) -> Answer:
-        """Queue one op (its validated fields); return the listener's answer once it is durable,
-        or raise Overloaded / WriteFailed (nothing of it kept)."""
-        record = encode_record(event_id, op_line(fields))
+    def put(
+        self,
+        ops: list[Queued],
+        payload: bytes,
+        done: Callable[[Answer], None],
+        failed: Callable[[IntakeError], None],
+    ) -> None:
+        """Queue ops written together (`payload`: their spool records, in order). Once durable the
+        listener's answer goes to `done`; if the disk refuses them, `failed` gets why (nothing of
+        them kept). Raises Overloaded at once when the queue cannot take them all."""
         if (
-            self._waiting_events >= self.settings.max_pending_events
-            or self._waiting_bytes + len(record) > MAX_PENDING_BYTES
+            self._waiting_events + len(ops) > self.settings.max_pending_events
+            or self._waiting_bytes + len(payload) > MAX_PENDING_BYTES
         ):
             raise Overloaded("the intake queue is full")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Answer] = loop.create_future()
-        self._queue.append(Queued(event_id, fields, record, future))
-        self._waiting_events += 1
-        self._waiting_bytes += len(record)
+        self._queue.append(Submission(ops, payload, done, failed))
+        self._waiting_events += len(ops)
+        self._waiting_bytes += len(payload)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def submit(self, event_id: str | None, fields: dict[str, Any]) -> Answer:
+        """One op (its validated fields); return the listener's answer once it is durable, or
+        raise Overloaded / WriteFailed (nothing of it kept)."""
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+
+        def done(answer: Answer) -> None:
+            if not future.done():  # a caller that went away cancelled its wait
+                future.set_result(answer)
+
+        def failed(error: IntakeError) -> None:
+            if not future.done():
+                future.set_exception(error)
+
+        self.put([Queued(event_id, fields)], encode_record(event_id, op_line(fields)), done, failed)
         return await future
 
     @property
@@ -154,7 +191,7 @@ class Intake(Generic[Answer]):
             return  # an fsync is running: what is queued meanwhile is written when it answers
         batch, self._queue = self._queue, []
         if batch:
-            payload = b"".join(item.record for item in batch)
+            payload = b"".join([submission.payload for submission in batch])
             try:
                 start, end = self._writer.write(payload)
             except OSError as exc:
@@ -198,12 +235,11 @@ class Intake(Generic[Answer]):
         """Every batch up to `end` is durable: tell the listener, answer the requests."""
         while self._unsynced and self._unsynced[0].end <= end:
             batch = self._unsynced.popleft()
-            self._waiting_events -= len(batch.items)
+            self._waiting_events -= sum(len(submission.ops) for submission in batch.submissions)
             self._waiting_bytes -= batch.size
             answers = self._listener.durable(batch)
-            for item, answer in zip(batch.items, answers, strict=True):
-                if not item.future.done():  # a client that went away cancelled its wait
-                    item.future.set_result(answer)
+            for submission, answer in zip(batch.submissions, answers, strict=True):
+                submission.done(answer)
 
     def _refuse_unsynced(self, exc: OSError) -> None:
         """An fsync failed: no batch still waiting can be called durable. Remove them from the spool
@@ -212,16 +248,16 @@ class Intake(Generic[Answer]):
         self._unsynced.clear()
         if not self._writer.cut_back(batches[0].start, batches[-1].end):
             log.error("could not remove %d refused batch(es) from the spool", len(batches))
-        self._refuse([b.items for b in batches], sum(b.size for b in batches), exc)
+        self._refuse([b.submissions for b in batches], sum(b.size for b in batches), exc)
 
-    def _refuse(self, batches: list[list[Queued[Answer]]], size: int, exc: OSError) -> None:
+    def _refuse(self, batches: list[list[Submission[Answer]]], size: int, exc: OSError) -> None:
         self.write_errors += 1
-        items = [item for batch in batches for item in batch]
-        log.error("spool write failed, %d event(s) refused: %s", len(items), exc)
+        submissions = [submission for batch in batches for submission in batch]
+        ops = [op for submission in submissions for op in submission.ops]
+        log.error("spool write failed, %d event(s) refused: %s", len(ops), exc)
         failure = WriteFailed(f"cannot write the spool: {exc.strerror or exc}")
-        self._waiting_events -= len(items)
+        self._waiting_events -= len(ops)
         self._waiting_bytes -= size
-        self._listener.refused(items)
-        for item in items:
-            if not item.future.done():
-                item.future.set_exception(failure)
+        self._listener.refused(ops)
+        for submission in submissions:
+            submission.failed(failure)

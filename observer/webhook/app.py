@@ -1,13 +1,17 @@
-"""The webhook's HTTP layer: `POST /event`, `GET /health`, `GET /stats`, as a bare ASGI app.
+"""The webhook's HTTP layer: `POST /event`, `POST /events`, `GET /health`, `GET /stats`, as a bare
+ASGI app.
 
 It stays thin on purpose (a framework costs ~3× on the hot path): routing, the body limit, the
-optional bearer token and JSON answers. Validation lives in `observer.webhook.events`, durability in
-`observer.intake`, what is stored (stats, idempotency) in `observer.webhook.ledger`; nothing here
-decides what an op is or how it is stored.
+optional bearer token and JSON answers. What a posted body becomes lives in
+`observer.webhook.door` (validation in `observer.webhook.events`, durability in `observer.intake`,
+stats and idempotency in `observer.webhook.ledger`); nothing here decides what an op is or how it
+is stored. The HTTP/1.1 protocol answers most `POST /event` and `POST /events` requests itself,
+through the same door (`observer.webhook.protocol`); this app serves every other request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -15,12 +19,12 @@ from typing import Any
 
 import orjson
 
-from observer.errors import ClientGone, EventError, IntakeError
+from observer.errors import ClientGone, EventError
 from observer.instance import instance_of
 from observer.intake.checkpoint import spool_bytes_waiting
 from observer.intake.group_commit import Intake
 from observer.settings import Settings
-from observer.webhook.events import parse_event
+from observer.webhook.door import EventDoor, Headers, Reply
 from observer.webhook.health import HealthProbe
 from observer.webhook.ledger import Ledger
 from observer.webhook.notify import SpoolNotifier
@@ -36,6 +40,7 @@ RETRY_AFTER_SECONDS = b"1"
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 ROUTES: dict[str, tuple[str, ...]] = {
     "/event": ("POST",),
+    "/events": ("POST",),
     "/health": ("GET", "HEAD"),
     "/stats": ("GET", "HEAD"),
 }
@@ -54,6 +59,7 @@ class WebhookApp:
         )
         self.ledger = Ledger(settings, on_durable=self.notifier.poke)
         self.intake: Intake[int] = Intake(settings, self.ledger)
+        self.door = EventDoor(settings, self.ledger, self.intake)
         self._token = settings.token.encode() if settings.token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -96,7 +102,7 @@ class WebhookApp:
                 extra=[(b"allow", ", ".join(allowed).encode())],
             )
             return
-        if path != "/health" and not self._authorized(scope):
+        if path != "/health" and not self.authorized(scope["headers"]):
             await respond(
                 send,
                 401,
@@ -106,46 +112,42 @@ class WebhookApp:
             return
         head = method == "HEAD"
         if path == "/event":
-            await self._event(scope, receive, send)
+            await self._post(scope, receive, send, self.door.post_event)
+        elif path == "/events":
+            content_type = header(scope, b"content-type")
+            await self._post(
+                scope,
+                receive,
+                send,
+                lambda body, reply: self.door.post_events(body, content_type, reply),
+            )
         elif path == "/health":
             await respond(send, 200, await self._health(), head=head)
         else:
             self.ledger.catch_up(self.intake.in_flight)
             await respond(send, 200, self.ledger.window.stats(), head=head)
 
-    async def _event(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ledger = self.ledger
+    async def _post(
+        self, scope: Scope, receive: Receive, send: Send, post: Callable[[bytes, Reply], None]
+    ) -> None:
         try:
             body = await read_body(scope, receive, self.settings.max_body_bytes)
-            event = parse_event(body)
         except EventError as exc:
             await respond(send, exc.status, exc.to_json())
             return
         except ClientGone:
             return
-        event_id = event.event_id
-        if ledger.is_duplicate(event_id):
-            answer = {"accepted": True, "ring_size": len(ledger.window), "duplicate": True}
-            await respond(send, 200, answer)
-            return
-        ledger.expect(event_id)
-        try:
-            ring_size = await self.intake.submit(event_id, event.to_fields())
-        except IntakeError as exc:
-            ledger.refused_id(event_id)
-            await respond(
-                send, 503, {"error": str(exc)}, extra=[(b"retry-after", RETRY_AFTER_SECONDS)]
-            )
-            return
-        payload = b'{"accepted":true,"ring_size":%d}' % ring_size  # the hot path
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(payload))],
-            }
+        answer: asyncio.Future[tuple[int, bytes, Headers]] = (
+            asyncio.get_running_loop().create_future()
         )
-        await send({"type": "http.response.body", "body": payload})
+
+        def reply(status: int, payload: bytes, headers: Headers) -> None:
+            if not answer.done():
+                answer.set_result((status, payload, headers))
+
+        post(body, reply)
+        status, payload, headers = await answer
+        await send_json(send, status, payload, headers)
 
     async def _health(self) -> dict[str, Any]:
         self.ledger.catch_up(self.intake.in_flight)
@@ -158,10 +160,11 @@ class WebhookApp:
             "gateway": self.probe.gateway_state(),
         }
 
-    def _authorized(self, scope: Scope) -> bool:
+    def authorized(self, headers: Headers) -> bool:
+        """Whether the request may pass: no token configured, or its bearer token."""
         if self._token is None:
             return True
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == b"authorization":
                 scheme, _, credentials = value.partition(b" ")
                 return scheme.lower() == b"bearer" and hmac.compare_digest(
@@ -201,19 +204,27 @@ def _too_large(limit: int) -> EventError:
     return EventError(f"request body larger than the limit of {limit} bytes", status=413)
 
 
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
 async def respond(
     send: Send,
     status: int,
     body: dict[str, Any],
     *,
-    extra: list[tuple[bytes, bytes]] | None = None,
+    extra: Headers = (),
     head: bool = False,
 ) -> None:
-    payload = orjson.dumps(body)
-    headers = [
-        JSON_CONTENT_TYPE,
-        (b"content-length", b"%d" % len(payload)),
-        *(extra or []),
-    ]
+    await send_json(send, status, orjson.dumps(body), extra, head=head)
+
+
+async def send_json(
+    send: Send, status: int, payload: bytes, extra: Headers, *, head: bool = False
+) -> None:
+    headers = [JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(payload)), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else payload})

@@ -64,24 +64,27 @@ class Ledger:
     # ── following the intake ────────────────────────────────────────────────────────────────────
 
     def durable(self, batch: DurableBatch[int]) -> Sequence[int]:
-        """Count a durable batch (after what others appended before it); answer each ring size."""
+        """Count a durable batch (after what others appended before it); answer each submission
+        the window's size once its last op is counted."""
         if self._position < batch.start:
             self._read_spool_until(batch.start)  # other writers' records come first
         answers = []
-        for item in batch.items:
-            if item.event_id is not None:
-                self._pending_ids.discard(item.event_id)
-                self._ids.add(item.event_id)
-            self.window.add_fields(item.fields)
+        pending, ids, add = self._pending_ids, self._ids, self.window.add_fields
+        for submission in batch.submissions:
+            for op in submission.ops:
+                if op.event_id is not None:
+                    pending.discard(op.event_id)
+                    ids.add(op.event_id)
+                add(op.fields)
             answers.append(len(self.window))
         self._position = batch.end
         if self._on_durable is not None:
             self._on_durable()
         return answers
 
-    def refused(self, items: Sequence[Queued[int]]) -> None:
-        for item in items:
-            self.refused_id(item.event_id)
+    def refused(self, ops: Sequence[Queued]) -> None:
+        for op in ops:
+            self.refused_id(op.event_id)
 
     def catch_up(self, in_flight: bool) -> None:
         """Count records other processes appended since the last look (for /stats and /health);

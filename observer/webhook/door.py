@@ -1,0 +1,185 @@
+"""What `POST /event` and `POST /events` do with a request body, whatever carried the bytes.
+
+The ASGI app and the HTTP/1.1 protocol's direct path (`observer.webhook.protocol`) both hand the
+body here with a `Reply` callback and send what it is given: the answer is built once, in one
+place, whichever way the request came. A reply comes at once for a body that is refused or holds
+only duplicates, and otherwise once the request's ops are durable (or the disk refused them: 503,
+nothing kept).
+
+`POST /events` takes up to `OBSERVER_MAX_BATCH` events, a JSON array or NDJSON (one event per
+line, `Content-Type: application/x-ndjson`). Each event is validated as `POST /event` validates
+a body; the valid ones that are new are written together (one write, one fsync, kept or refused
+as a whole), and the answer holds one result per event, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from observer.errors import EventError, IntakeError
+from observer.intake.group_commit import Intake, Queued
+from observer.intake.spool import encode_record
+from observer.ops import op_line
+from observer.settings import Settings
+from observer.values import json_type_name
+from observer.webhook.events import EventIn, load_unusual, parse_event, validate_event
+from observer.webhook.ledger import Ledger
+
+Headers = Sequence[tuple[bytes, bytes]]
+#: How an answer leaves: status, JSON payload, headers beyond content-type and content-length.
+Reply = Callable[[int, bytes, Headers], None]
+
+NO_HEADERS: Headers = ()
+RETRY_AFTER: Headers = ((b"retry-after", b"1"),)
+NDJSON = b"application/x-ndjson"
+
+_ACCEPTED = {"accepted": True}
+_DUPLICATE = {"accepted": True, "duplicate": True}
+
+
+def error_payload(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+class EventDoor:
+    """Validation, idempotency and the hand-over to the intake for `/event` and `/events`."""
+
+    def __init__(self, settings: Settings, ledger: Ledger, intake: Intake[int]) -> None:
+        self.max_batch = settings.max_batch
+        self.ledger = ledger
+        self.intake = intake
+
+    # ── POST /event ─────────────────────────────────────────────────────────────────────────────
+
+    def post_event(self, body: bytes, reply: Reply) -> None:
+        """One event: 200 `{"accepted":true,"ring_size":N}` once durable (`"duplicate":true` when
+        its id is already stored), 400/422 naming what is wrong, 503 when nothing was kept."""
+        try:
+            event = parse_event(body)
+        except EventError as exc:
+            reply(exc.status, orjson.dumps(exc.to_json()), NO_HEADERS)
+            return
+        ledger = self.ledger
+        event_id = event.event_id
+        if ledger.is_duplicate(event_id):
+            answer = b'{"accepted":true,"ring_size":%d,"duplicate":true}' % len(ledger.window)
+            reply(200, answer, NO_HEADERS)
+            return
+        fields = event.to_fields()
+
+        def done(ring_size: int) -> None:
+            reply(200, b'{"accepted":true,"ring_size":%d}' % ring_size, NO_HEADERS)
+
+        self._put([Queued(event_id, fields)], encode_record(event_id, op_line(fields)), done, reply)
+
+    # ── POST /events ────────────────────────────────────────────────────────────────────────────
+
+    def post_events(self, body: bytes, content_type: bytes | None, reply: Reply) -> None:
+        """A batch: 200 with one result per event once the new valid ones are durable; 400 when the
+        body is no batch, 413 over `max_batch` events, 503 when nothing was kept."""
+        try:
+            items = self._items(body, content_type)
+        except EventError as exc:
+            reply(exc.status, orjson.dumps(exc.to_json()), NO_HEADERS)
+            return
+        ledger = self.ledger
+        results: list[dict[str, Any]] = []
+        ops: list[Queued] = []
+        records: list[bytes] = []
+        claimed: set[str] = set()  # ids taken by an earlier event of this batch
+        rejected = duplicates = 0
+        for index, item in enumerate(items):
+            try:
+                event = _event_of(item)
+            except EventError as exc:
+                refusal = {"accepted": False, "index": index, "status": exc.status}
+                results.append(refusal | exc.to_json())
+                rejected += 1
+                continue
+            event_id = event.event_id
+            if event_id is not None:
+                if event_id in claimed or ledger.is_duplicate(event_id):
+                    results.append(_DUPLICATE)
+                    duplicates += 1
+                    continue
+                claimed.add(event_id)
+            fields = event.to_fields()
+            ops.append(Queued(event_id, fields))
+            records.append(encode_record(event_id, op_line(fields)))
+            results.append(_ACCEPTED)
+        counts = {"accepted": len(ops), "duplicates": duplicates, "rejected": rejected}
+
+        def done(ring_size: int) -> None:
+            answer = counts | {"ring_size": ring_size, "results": results}
+            reply(200, orjson.dumps(answer), NO_HEADERS)
+
+        if not ops:
+            done(len(ledger.window))
+            return
+        self._put(ops, b"".join(records), done, reply)
+
+    def _items(self, body: bytes, content_type: bytes | None) -> list[Any]:
+        """The batch's events: parsed JSON values, or for NDJSON the lines (each parsed on its own,
+        so that a bad line is one bad event)."""
+        if content_type is not None and media_type(content_type) == NDJSON:
+            items: list[Any] = [line for line in body.split(b"\n") if line.strip()]
+        else:
+            try:
+                items = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                try:
+                    items = load_unusual(body, exc)
+                except EventError as error:
+                    raise EventError(
+                        f"{error}; a batch is a JSON array of events, or one event per line with"
+                        f" Content-Type: {NDJSON.decode()}",
+                        status=400,
+                    ) from None
+            if type(items) is not list:
+                raise EventError(
+                    f"the body must be a JSON array of events, got {json_type_name(items)}",
+                    status=400,
+                )
+        if len(items) > self.max_batch:
+            raise EventError(
+                f"a batch holds at most {self.max_batch} events (OBSERVER_MAX_BATCH),"
+                f" got {len(items)}",
+                status=413,
+            )
+        return items
+
+    # ── both ────────────────────────────────────────────────────────────────────────────────────
+
+    def _put(
+        self, ops: list[Queued], payload: bytes, done: Callable[[int], None], reply: Reply
+    ) -> None:
+        """Hand the ops to the intake; their ids count as stored until the disk says otherwise."""
+        ledger = self.ledger
+
+        def failed(error: IntakeError) -> None:
+            reply(503, error_payload(str(error)), RETRY_AFTER)
+
+        try:
+            self.intake.put(ops, payload, done, failed)
+        except IntakeError as exc:
+            failed(exc)
+            return
+        for op in ops:
+            ledger.expect(op.event_id)
+
+
+def _event_of(item: Any) -> EventIn:
+    """One event of a batch: a parsed JSON value, or an NDJSON line."""
+    if type(item) is bytes:
+        return parse_event(item)
+    if type(item) is not dict:
+        raise EventError(f"an event must be a JSON object, got {json_type_name(item)}", status=400)
+    return validate_event(item)
+
+
+def media_type(content_type: bytes) -> bytes:
+    """`application/x-ndjson` from `Application/X-NDJSON; charset=utf-8`."""
+    return content_type.partition(b";")[0].strip().lower()
