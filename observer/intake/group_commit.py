@@ -106,6 +106,7 @@ class Intake(Generic[Answer]):
         self._waiting_events = 0  # queued or written, not yet durable
         self._waiting_bytes = 0
         self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # asking for it is a getpid() call
         self.write_errors = 0
 
     # ── life cycle ──────────────────────────────────────────────────────────────────────────────
@@ -116,6 +117,7 @@ class Intake(Generic[Answer]):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        self._loop = loop
         syncer = Syncer(on_synced=self._synced, on_lost=self._syncer_lost)
         try:
             syncer.start(loop)
@@ -155,7 +157,7 @@ class Intake(Generic[Answer]):
         self._waiting_bytes += len(payload)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
 
     async def submit(self, event_id: str | None, fields: dict[str, Any]) -> Answer:
         """One op (its validated fields); return the listener's answer once it is durable, or

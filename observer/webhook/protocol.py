@@ -20,6 +20,9 @@ its `http` protocol, adds:
 - **Half-close**: a client that shuts down its sending side after a complete request still gets its
   answer (uvicorn closed the connection at EOF, dropping an answer whose event was already stored).
 
+It also answers plain `POST /event` and `POST /events` requests itself, without an ASGI task
+(`observer.webhook.direct` says which, and why).
+
 One timer per server sweeps the open connections four times per timeout (at most once a second)
 and keeps their clocks, so a request pays only the byte count and a few attribute writes.
 """
@@ -37,7 +40,15 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from observer.settings import Settings
-from observer.webhook.app import RETRY_AFTER_SECONDS, Receive, Scope, Send, respond
+from observer.webhook.app import RETRY_AFTER_SECONDS, Receive, Scope, Send, WebhookApp, respond
+from observer.webhook.direct import (
+    ROUTES,
+    DirectRequest,
+    direct_headers,
+    head_bytes,
+    joined_headers,
+)
+from observer.webhook.door import Headers
 
 #: Files the webhook keeps open besides its connections (spool, fsync helper, logs, Prefect client).
 RESERVED_FILES = 64
@@ -84,9 +95,16 @@ def memory_bytes() -> int:
     return min(physical, int(limit)) if limit.isdigit() else physical
 
 
-def guarded_protocol(limits: Limits) -> type[GuardedHttpToolsProtocol]:
-    """A protocol class for one server (uvicorn's `http=`), sharing one sweeper."""
-    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"guard": Guard(limits)})
+def guarded_protocol(
+    limits: Limits, webhook: WebhookApp | None = None
+) -> type[GuardedHttpToolsProtocol]:
+    """A protocol class for one server (uvicorn's `http=`), sharing one sweeper; with `webhook`
+    (the server's app), it answers plain posted events itself."""
+    return type(
+        "GuardedHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"guard": Guard(limits), "webhook": webhook},
+    )
 
 
 class Guard:
@@ -99,6 +117,14 @@ class Guard:
         self.admitted = 0
         self.connections: set[GuardedHttpToolsProtocol] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._default_source: object = None  # uvicorn's default headers (a new list each second)
+        self._default_bytes = b""
+
+    def default_headers(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """uvicorn's default response headers (`date`), joined once per second, not per answer."""
+        if headers is not self._default_source:
+            self._default_source, self._default_bytes = headers, joined_headers(headers)
+        return self._default_bytes
 
     def add(self, protocol: GuardedHttpToolsProtocol, loop: asyncio.AbstractEventLoop) -> None:
         self.connections.add(protocol)
@@ -119,6 +145,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above (see the module docstring)."""
 
     guard: ClassVar[Guard]
+    webhook: ClassVar[WebhookApp | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -242,18 +269,70 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             and head_size(self.url, self.headers) > self._max_head
         ):
             self.app = self._head_too_large
+        elif self.url in ROUTES and self._start_direct():
+            return
         _on_headers_complete(self)
 
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if type(cycle) is DirectRequest:
+            cycle.chunks.append(body)  # within the body limit: its Content-Length said so
+        else:
+            _on_body(self, body)
+
     def on_message_complete(self) -> None:
-        _on_message_complete(self)
+        cycle = self.cycle
+        direct = type(cycle) is DirectRequest and cycle.more_body
+        if not direct:
+            _on_message_complete(self)
         self._in_head = True
         self._head_bytes = 0
         self._slack = self._read  # the next head may begin in the rest of this read
+        if direct:
+            cycle.complete(self.webhook.door)  # type: ignore[union-attr]
+
+    # ── the direct path (observer.webhook.direct) ────────────────────────────────────────────
+
+    def _start_direct(self) -> bool:
+        """Take this request the direct way if it is a plain posted event and the connection has
+        no unanswered request; else leave it to uvicorn and the ASGI app."""
+        webhook, cycle = self.webhook, self.cycle
+        if (
+            webhook is None
+            or self.app is not webhook
+            or self.access_log
+            or (cycle is not None and not cycle.response_complete)
+            or self.parser.get_method() != b"POST"
+        ):
+            return False
+        plain, content_type = direct_headers(self.headers, webhook.settings.max_body_bytes)
+        if not plain or not webhook.authorized(self.headers):
+            return False
+        keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() != "1.0"
+        self.cycle = DirectRequest(  # type: ignore[assignment]
+            self.url, content_type, keep_alive, self.on_response_complete, self._answer_direct
+        )
+        return True
+
+    def _answer_direct(
+        self, request: DirectRequest, status: int, payload: bytes, headers: Headers
+    ) -> None:
+        """Write a direct request's answer in one write (unless the client left), then go on as
+        uvicorn does after an answer (the next pipelined request, or the keep-alive timer)."""
+        transport = self.transport
+        if not request.disconnected and not transport.is_closing():
+            default = self.guard.default_headers(self.server_state.default_headers)
+            head = head_bytes(default, status, headers, len(payload), request.keep_alive)
+            transport.write(head + payload)
+            if not request.keep_alive:
+                transport.close()
+        request.on_response()
 
 
 # Called directly on the per-request paths: cheaper than super() there.
 _data_received = HttpToolsProtocol.data_received
 _on_headers_complete = HttpToolsProtocol.on_headers_complete
+_on_body = HttpToolsProtocol.on_body
 _on_message_complete = HttpToolsProtocol.on_message_complete
 
 

@@ -40,14 +40,15 @@ def run_webhook(settings: Settings, http: type[asyncio.Protocol] | str | None = 
     runs the same app under uvicorn's own protocol, to compare.
     """
     sock = bind_socket(settings.host, settings.port)
+    app = WebhookApp(settings)
     config = uvicorn.Config(
-        WebhookApp(settings),
+        app,
         lifespan="on",
         access_log=False,
         proxy_headers=False,  # bound to loopback by default; no proxy to trust
         server_header=False,
         loop="uvloop",
-        http=http or guarded_protocol(Limits.from_settings(settings)),
+        http=http or guarded_protocol(Limits.from_settings(settings), webhook=app),
         ws="none",
         timeout_keep_alive=settings.keepalive_timeout_seconds,  # type: ignore[arg-type]
         log_level="warning",
