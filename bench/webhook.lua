@@ -1,4 +1,5 @@
--- wrk script for bench/webhook.py: POST one typical scenario event (233 bytes) to /event.
+-- wrk script for bench/webhook.py: POST one typical scenario event (233 bytes) to /event, or a
+-- batch of them to /events.
 --
 -- The body is static, so wrk sends it without calling Lua per request (the fastest path; the load
 -- generator must not be the bottleneck). `done` prints one machine-readable line that the bench parses.
@@ -9,9 +10,20 @@
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"staffer_id":"st-0042","sig_hash":"9f1c2e7a4b5d6e8f","event_kind":"fill",'
+local event = '{"staffer_id":"st-0042","sig_hash":"9f1c2e7a4b5d6e8f","event_kind":"fill",'
   .. '"role":"welder","city":"Toledo","state":"OH","count":3,"success":true,'
   .. '"duration_ms":1234,"rescue_attempted":false,"rescue_succeeded":false,"source":"scenario"}'
+wrk.body = event
+
+-- BENCH_BATCH=N (optional): the body is a JSON array of N copies of the event, for POST /events.
+local batch = tonumber(os.getenv("BENCH_BATCH") or "0") or 0
+if batch > 0 then
+  local events = {}
+  for i = 1, batch do
+    events[i] = event
+  end
+  wrk.body = "[" .. table.concat(events, ",") .. "]"
+end
 
 local cap = tonumber(os.getenv("BENCH_MAX_RESPONSES") or "0") or 0
 local seen = 0
