@@ -21,11 +21,20 @@ import orjson
 
 from observer.errors import EventError, IntakeError
 from observer.intake.group_commit import Intake, Queued
-from observer.intake.spool import encode_record
-from observer.ops import op_line
+from observer.ops import now_timestamp
 from observer.settings import Settings
 from observer.values import json_type_name
-from observer.webhook.events import EventIn, load_unusual, parse_event, validate_event
+from observer.webhook.events import (
+    DecodeFailed,
+    FastEvent,
+    Ready,
+    decode_events,
+    load_unusual,
+    ready_decoded,
+    ready_event,
+    ready_slowly,
+    validate_event,
+)
 from observer.webhook.ledger import Ledger
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -58,7 +67,7 @@ class EventDoor:
         """One event: 200 `{"accepted":true,"ring_size":N}` once durable (`"duplicate":true` when
         its id is already stored), 400/422 naming what is wrong, 503 when nothing was kept."""
         try:
-            event = parse_event(body)
+            event = ready_event(body)
         except EventError as exc:
             reply(exc.status, orjson.dumps(exc.to_json()), NO_HEADERS)
             return
@@ -68,12 +77,12 @@ class EventDoor:
             answer = b'{"accepted":true,"ring_size":%d,"duplicate":true}' % len(ledger.window)
             reply(200, answer, NO_HEADERS)
             return
-        fields = event.to_fields()
 
         def done(ring_size: int) -> None:
             reply(200, b'{"accepted":true,"ring_size":%d}' % ring_size, NO_HEADERS)
 
-        self._put([Queued(event_id, fields)], encode_record(event_id, op_line(fields)), done, reply)
+        record = b"%s\t%s\n" % ((event_id or "").encode(), event.line)
+        self._put([Queued(event_id, event.op)], record, done, reply)
 
     # ── POST /events ────────────────────────────────────────────────────────────────────────────
 
@@ -91,9 +100,10 @@ class EventDoor:
         records: list[bytes] = []
         claimed: set[str] = set()  # ids taken by an earlier event of this batch
         rejected = duplicates = 0
+        now = now_timestamp()  # one arrival time for the batch's events without a timestamp
         for index, item in enumerate(items):
             try:
-                event = _event_of(item)
+                event = _event_of(item, now)
             except EventError as exc:
                 refusal = {"accepted": False, "index": index, "status": exc.status}
                 results.append(refusal | exc.to_json())
@@ -106,9 +116,8 @@ class EventDoor:
                     duplicates += 1
                     continue
                 claimed.add(event_id)
-            fields = event.to_fields()
-            ops.append(Queued(event_id, fields))
-            records.append(encode_record(event_id, op_line(fields)))
+            ops.append(Queued(event_id, event.op))
+            records.append(b"%s\t%s\n" % ((event_id or "").encode(), event.line))
             results.append(_ACCEPTED)
         counts = {"accepted": len(ops), "duplicates": duplicates, "rejected": rejected}
 
@@ -122,32 +131,41 @@ class EventDoor:
         self._put(ops, b"".join(records), done, reply)
 
     def _items(self, body: bytes, content_type: bytes | None) -> list[Any]:
-        """The batch's events: parsed JSON values, or for NDJSON the lines (each parsed on its own,
-        so that a bad line is one bad event)."""
+        """The batch's events: decoded at once when every one has its fields' JSON types, else
+        parsed JSON values; for NDJSON the lines (each parsed on its own, so that a bad line is one
+        bad event)."""
         if content_type is not None and media_type(content_type) == NDJSON:
             items: list[Any] = [line for line in body.split(b"\n") if line.strip()]
         else:
             try:
-                items = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                try:
-                    items = load_unusual(body, exc)
-                except EventError as error:
-                    raise EventError(
-                        f"{error}; a batch is a JSON array of events, or one event per line with"
-                        f" Content-Type: {NDJSON.decode()}",
-                        status=400,
-                    ) from None
-            if type(items) is not list:
-                raise EventError(
-                    f"the body must be a JSON array of events, got {json_type_name(items)}",
-                    status=400,
-                )
+                items = decode_events(body)
+            except DecodeFailed:
+                items = self._parsed_items(body)
         if len(items) > self.max_batch:
             raise EventError(
                 f"a batch holds at most {self.max_batch} events (OBSERVER_MAX_BATCH),"
                 f" got {len(items)}",
                 status=413,
+            )
+        return items
+
+    @staticmethod
+    def _parsed_items(body: bytes) -> list[Any]:
+        try:
+            items = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            try:
+                items = load_unusual(body, exc)
+            except EventError as error:
+                raise EventError(
+                    f"{error}; a batch is a JSON array of events, or one event per line with"
+                    f" Content-Type: {NDJSON.decode()}",
+                    status=400,
+                ) from None
+        if type(items) is not list:
+            raise EventError(
+                f"the body must be a JSON array of events, got {json_type_name(items)}",
+                status=400,
             )
         return items
 
@@ -171,13 +189,15 @@ class EventDoor:
             ledger.expect(op.event_id)
 
 
-def _event_of(item: Any) -> EventIn:
-    """One event of a batch: a parsed JSON value, or an NDJSON line."""
+def _event_of(item: Any, now: str) -> Ready:
+    """One event of a batch: decoded, an NDJSON line, or a parsed JSON value."""
+    if type(item) is FastEvent:
+        return ready_decoded(item, now)
     if type(item) is bytes:
-        return parse_event(item)
+        return ready_event(item, now)
     if type(item) is not dict:
         raise EventError(f"an event must be a JSON object, got {json_type_name(item)}", status=400)
-    return validate_event(item)
+    return ready_slowly(validate_event(item), now)
 
 
 def media_type(content_type: bytes) -> bytes:

@@ -14,15 +14,17 @@ to list every problem.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
+import msgspec
 import orjson
 
 from observer.errors import EventError
-from observer.ops import js_number, now_timestamp
+from observer.ops import js_number, now_timestamp, op_line
 from observer.values import (
     MAX_EXACT_INT,
     finite,
@@ -172,16 +174,16 @@ class EventIn:
     def event_id(self) -> str | None:
         return self.given.get("event_id")
 
-    def to_fields(self) -> dict[str, Any]:
+    def to_fields(self, now: str | None = None) -> dict[str, Any]:
         """Apply the original's defaults (contract.md): the op's present fields, validated, in the
-        line's key order (so `op_line` writes them as they are)."""
+        line's key order (so `op_line` writes them as they are). `now`: the default timestamp."""
         given = self.given
         get = given.get
         success = get("success") is True
         timestamp, endpoint = get("timestamp"), get("endpoint")
         summary, duration = get("input_summary"), get("duration_ms")
         fields: dict[str, Any] = {
-            "timestamp": timestamp or now_timestamp(),
+            "timestamp": timestamp or now or now_timestamp(),
             "endpoint": "scenario:fill" if endpoint is None else endpoint,
             "input_summary": _default_summary(given) if summary is None else summary,
             "success": success,
@@ -288,3 +290,188 @@ def load_unusual(body: bytes, error: orjson.JSONDecodeError) -> Any:
         except ValueError as exc:
             raise EventError(f"invalid JSON: {exc}", status=400) from None
     raise EventError(f"invalid JSON: {error}", status=400) from None
+
+
+# ── the fast path ───────────────────────────────────────────────────────────────────────────────
+# msgspec decodes and type-checks a body in C, into a struct whose fields are the op line's keys in
+# their order. When every field has its own JSON type and its value passes the rules below, the
+# defaults are set on the struct and msgspec writes the op line from it (absent fields omitted,
+# nulls kept, strings escaped as orjson and JSON.stringify escape them). Anything else (a string
+# for a number or a boolean, a value a rule refuses, an integer beyond 2^53, a BOM, invalid JSON)
+# goes the way above, which decides and says why. Both ways give the same line: a property test
+# holds them to it.
+
+UNSET = msgspec.UNSET
+Text = str | None | msgspec.UnsetType
+Number = int | float | None | msgspec.UnsetType
+Flag = bool | None | msgspec.UnsetType
+
+
+class FastEvent(msgspec.Struct):
+    """An event as msgspec decodes it; once `ready`, the op (what the stats window reads)."""
+
+    timestamp: Text = UNSET
+    endpoint: Text = UNSET
+    input_summary: Text = UNSET
+    success: Flag = UNSET
+    duration_ms: Number | msgspec.Raw = UNSET
+    output_summary: Text = UNSET
+    error: Text = UNSET
+    source: Text = UNSET
+    staffer_id: Text = UNSET
+    sig_hash: Text = UNSET
+    event_kind: Text = UNSET
+    role: Text = UNSET
+    city: Text = UNSET
+    state: Text = UNSET
+    count: Number = UNSET
+    rescue_attempted: Flag = UNSET
+    rescue_succeeded: Flag = UNSET
+    event_id: Text = UNSET  # last, and unset before the line is written: not part of the op
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A field as `dict.get` reads a key: `default` when absent."""
+        value = getattr(self, key, UNSET)
+        return default if value is UNSET else value
+
+
+class Ready(NamedTuple):
+    """A valid event, ready for the spool: its id, its op (fields to count), its ops.jsonl line."""
+
+    event_id: str | None
+    op: FastEvent | dict[str, Any]
+    line: bytes
+
+
+_decode_event = msgspec.json.Decoder(FastEvent).decode
+_decode_events = msgspec.json.Decoder(list[FastEvent]).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class DecodeFailed(ValueError):
+    """msgspec did not take the body: the slow way decides."""
+
+
+def decode_events(body: bytes) -> list[FastEvent]:
+    """A JSON array of events, each with its fields' JSON types; else DecodeFailed."""
+    if not _utf8(body):
+        raise DecodeFailed
+    try:
+        return _decode_events(body)
+    except msgspec.MsgspecError:
+        raise DecodeFailed from None
+
+
+def ready_event(body: bytes, now: str | None = None) -> Ready:
+    """One body (or NDJSON line) as a `Ready` event, or an `EventError` saying what is wrong."""
+    if _utf8(body):
+        try:
+            event = _decode_event(body)
+        except msgspec.MsgspecError:
+            pass
+        else:
+            return ready_decoded(event, now)
+    return ready_slowly(parse_event(body), now)
+
+
+def _utf8(body: bytes) -> bool:
+    """Whether the body is valid UTF-8 (msgspec skips unknown fields without looking: orjson, the
+    slow way, refuses the whole body)."""
+    if body.isascii():
+        return True
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def ready_decoded(event: FastEvent, now: str | None = None) -> Ready:
+    """An event msgspec decoded: the fast way when its values allow, else the checks above."""
+    ready = _ready_fast(event, now)
+    if ready is not None:
+        return ready
+    given = {
+        key: _as_parsed(value)
+        for key in EVENT_FIELDS
+        if (value := getattr(event, key)) is not UNSET
+    }
+    return ready_slowly(validate_event(given), now)
+
+
+def _as_parsed(value: object) -> object:
+    """A value as the slow way's parser reads it: msgspec keeps an integer beyond a double whole,
+    JSON.parse (and `observer.values.loads_beyond_double`) read it as ±Infinity."""
+    if type(value) is int and not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+        try:
+            float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    return value
+
+
+def ready_slowly(event: EventIn, now: str | None = None) -> Ready:
+    fields = event.to_fields(now)
+    return Ready(event.event_id, fields, op_line(fields))
+
+
+def _ready_fast(event: FastEvent, now: str | None) -> Ready | None:
+    """Apply the defaults and write the line, or None (and the event untouched) when a value needs
+    the field-by-field checks."""
+    event_id, timestamp = event.event_id, event.timestamp
+    count, duration = event.count, event.duration_ms
+    if (
+        event_id is not UNSET
+        and event_id is not None
+        and (not event_id or len(event_id) > MAX_EVENT_ID_LENGTH or _NOT_PRINTABLE.search(event_id))
+    ):
+        return None
+    if timestamp is not UNSET and timestamp is not None:
+        try:
+            datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if count is not UNSET and count is not None:
+        if type(count) is float:
+            if not count.is_integer():
+                return None
+            count = int(count)
+        if not 0 <= count <= MAX_EXACT_INT:
+            return None
+    if duration is not UNSET and duration is not None and not 0 <= duration <= MAX_EXACT_INT:
+        return None  # a negative, or beyond what a double holds exactly
+    # Valid: the original's defaults, as `EventIn.to_fields` applies them.
+    event.event_id = UNSET
+    if not timestamp:
+        event.timestamp = now or now_timestamp()
+    if event.endpoint is UNSET or event.endpoint is None:
+        event.endpoint = "scenario:fill"
+    if event.input_summary is UNSET or event.input_summary is None:
+        event.count = count
+        event.input_summary = _default_summary(_present(event))
+    elif count is not UNSET:
+        event.count = count
+    success = event.success = event.success is True
+    if duration is UNSET or duration is None:
+        event.duration_ms = 0
+    elif type(duration) is float:
+        event.duration_ms = msgspec.Raw(js_number(duration).encode())
+    if event.output_summary is UNSET or event.output_summary is None:
+        error = event.error
+        event.output_summary = (
+            "filled" if success else "failed" if error is UNSET or error is None else error
+        )
+    if event.source is UNSET or event.source is None:
+        event.source = "scenario"
+    event.rescue_attempted = event.rescue_attempted is True
+    event.rescue_succeeded = event.rescue_succeeded is True
+    return Ready(None if event_id is UNSET else event_id, event, _encode(event))
+
+
+def _present(event: FastEvent) -> dict[str, Any]:
+    """The summary's parts that are present (what `_default_summary` reads)."""
+    return {
+        key: value
+        for key in ("event_kind", "role", "count", "city", "state")
+        if (value := getattr(event, key)) is not UNSET
+    }

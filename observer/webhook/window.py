@@ -9,11 +9,19 @@ incrementally, so answering costs O(1) whatever the window holds.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
 WINDOW_SIZE = 2000
+
+
+class Fields(Protocol):
+    """An op's fields as the window reads them: a dict, or the webhook's decoded event."""
+
+    def get(self, key: str, default: Any = None, /) -> Any: ...
+
+
 RECENT_SCENARIO_OPS = 10
 
 
@@ -32,7 +40,8 @@ class StatsWindow:
         self._by_source: dict[str, int] = {}
         self._successes = 0
         self._seq = 0
-        self._recent_scenario: deque[tuple[int, dict[str, Any]]] = deque(maxlen=RECENT_SCENARIO_OPS)
+        # The last scenario ops themselves: their summaries are made when /stats asks.
+        self._recent_scenario: deque[tuple[int, Fields]] = deque(maxlen=RECENT_SCENARIO_OPS)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -46,7 +55,8 @@ class StatsWindow:
         if isinstance(fields, dict):
             self.add_fields(fields)
 
-    def add_fields(self, fields: dict[str, Any]) -> None:
+    def add_fields(self, fields: Fields) -> None:
+        """Count an op from its fields (a dict, or anything that reads like one with `get`)."""
         source = fields.get("source")
         # The original merged 5 and "5" into one key; a key here is always the string form.
         source = "mcp" if source is None else source if type(source) is str else str(source)
@@ -57,7 +67,7 @@ class StatsWindow:
         by_source[source] = by_source.get(source, 0) + 1
         self._successes += success
         if source == "scenario":
-            self._recent_scenario.append((self._seq, _scenario_summary(fields)))
+            self._recent_scenario.append((self._seq, fields))
         if len(self._entries) > self.size:
             self._evict()
 
@@ -69,7 +79,9 @@ class StatsWindow:
             "successes": self._successes,
             "failures": total - self._successes,
             "by_source": dict(self._by_source),
-            "recent_scenario_ops": [s for seq, s in self._recent_scenario if seq >= oldest],
+            "recent_scenario_ops": [
+                _scenario_summary(fields) for seq, fields in self._recent_scenario if seq >= oldest
+            ],
         }
 
     def _evict(self) -> None:
@@ -91,6 +103,14 @@ _SUMMARY_KEYS = (
 )
 
 
-def _scenario_summary(fields: dict[str, Any]) -> dict[str, Any]:
+_ABSENT = object()
+
+
+def _scenario_summary(fields: Fields) -> dict[str, Any]:
     """The original's `{ts, ok, staffer, kind, role}`, a key omitted where the op has none."""
-    return {out_key: fields[op_key] for out_key, op_key in _SUMMARY_KEYS if op_key in fields}
+    summary = {}
+    for out_key, op_key in _SUMMARY_KEYS:
+        value = fields.get(op_key, _ABSENT)
+        if value is not _ABSENT:
+            summary[out_key] = value
+    return summary
