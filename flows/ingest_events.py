@@ -17,7 +17,7 @@ from tasks.ingest import drain_spool_into_ops, report_ingestion
 
 @flow(name=INGEST_EVENTS.name, flow_run_name="ingest-events ({params.label})")
 def ingest_events(params: IngestParameters = IngestParameters()) -> IngestReport | State:
-    if quiet := nothing_new(load_settings()):
+    if quiet := nothing_new(load_settings(), params):
         return Completed(message=quiet)  # no task, no artifact: the history stays readable
     report = drain_spool_into_ops(params.max_seconds, params.reason, params.linger_seconds)
     report_ingestion(report)

@@ -15,12 +15,14 @@ from typing import Any
 @dataclass(frozen=True)
 class FlowEntry:
     """One flow: `name` is the flow's and its deployment's; `module:function` defines it, and
-    `parameters` names its parameters model (`module:Class`, importable without prefect)."""
+    `parameters` names its parameters model (`module:Class`, importable without prefect) and
+    `check` the function that tells a run it would find nothing new (its first step)."""
 
     name: str
     module: str
     function: str
     parameters: str
+    check: str  # `module:function(settings, params) -> str | None`: the flow's nothing-new check
 
     @property
     def entrypoint(self) -> str:
@@ -38,8 +40,21 @@ class FlowEntry:
 
     def parameters_model(self) -> Any:
         """The flow's parameters model (a `FlowParameters` subclass)."""
-        module, _, name = self.parameters.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return _attribute(self.parameters)
+
+    def nothing_new(self, parameters: dict[str, Any]) -> str | None:
+        """Why a run with these deployment parameters (`{"params": {...}}`) would stop at its
+        first step, finding nothing new, or None. The flow's own check, under the settings of this
+        process's environment; it imports the flow's pipeline (polars), not prefect."""
+        from observer.settings import load_settings
+
+        params = self.parameters_model().model_validate(parameters.get("params") or {})
+        return _attribute(self.check)(load_settings(), params)
+
+
+def _attribute(reference: str) -> Any:
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 INGEST_EVENTS = FlowEntry(
@@ -47,24 +62,28 @@ INGEST_EVENTS = FlowEntry(
     "flows.ingest_events",
     "ingest_events",
     "observer.pipelines.ingest:IngestParameters",
+    "observer.pipelines.ingest:nothing_new",
 )
 TAIL_CORRECTIONS = FlowEntry(
     "tail-corrections",
     "flows.tail_corrections",
     "tail_corrections",
     "observer.pipelines.corrections:TailParameters",
+    "observer.pipelines.corrections:nothing_new",
 )
 ANALYZE_ERRORS = FlowEntry(
     "analyze-errors",
     "flows.analyze_errors",
     "analyze_errors",
     "observer.pipelines.analysis:AnalyzeParameters",
+    "observer.pipelines.analysis:nothing_new",
 )
 CONSOLIDATE_PLAYBOOKS = FlowEntry(
     "consolidate-playbooks",
     "flows.consolidate_playbooks",
     "consolidate_playbooks",
     "observer.pipelines.playbooks:ConsolidateParameters",
+    "observer.pipelines.playbooks:nothing_new",
 )
 
 #: The Prefect event that wakes ingestion (the `ingest-events` deployment's trigger in prefect.yaml):
@@ -76,3 +95,8 @@ FLOWS: dict[str, FlowEntry] = {
     entry.name: entry
     for entry in (INGEST_EVENTS, TAIL_CORRECTIONS, ANALYZE_ERRORS, CONSOLIDATE_PLAYBOOKS)
 }
+
+
+def flow_at(entrypoint: str) -> FlowEntry | None:
+    """The flow a deployment's entrypoint (`flows/x.py:x`) names, or None when it is not ours."""
+    return next((entry for entry in FLOWS.values() if entry.entrypoint == entrypoint), None)

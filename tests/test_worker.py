@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from observer.catalog import ANALYZE_ERRORS, INGEST_EVENTS
+from observer.catalog import ANALYZE_ERRORS, INGEST_EVENTS, TAIL_CORRECTIONS
 from observer.intake import record_lines
 from observer.ops import Op
 from observer.settings import load_settings
@@ -144,6 +144,40 @@ def test_a_warm_run_completes_with_its_logs_and_artifacts(
     assert [a["key"] for a in artifacts] == ["ingest-events"]
 
 
+def test_a_scheduled_run_with_nothing_new_ends_without_a_process(
+    worker: dict[str, str], deployed_api: str
+) -> None:
+    """A run of tail-corrections' own schedule (made as the scheduler makes them, due now); the
+    worker's data dir has no corrections file, so the worker settles it: Completed with the flow's
+    own message, no Pending or Running, no process."""
+    deployment = api_call("GET", f"{deployed_api}/deployments/name/{TAIL_CORRECTIONS.deployment}")
+    now = datetime.now(UTC).timestamp()
+    window = {
+        "start_time": datetime.fromtimestamp(now - 29, UTC).isoformat(),
+        "end_time": datetime.fromtimestamp(now + 1, UTC).isoformat(),
+        "max_runs": 1,
+    }
+    api_call("POST", f"{deployed_api}/deployments/{deployment['id']}/schedule", json=window)
+    query = {
+        "deployments": {"id": {"any_": [deployment["id"]]}},
+        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+        "sort": "EXPECTED_START_TIME_DESC",
+        "limit": 5,
+    }
+    deadline = time.monotonic() + 60
+    settled: list[dict[str, Any]] = []
+    while not settled and time.monotonic() < deadline:
+        runs = api_call("POST", f"{deployed_api}/flow_runs/filter", json=query)
+        settled = [run for run in runs if run["auto_scheduled"]]
+        time.sleep(0.5)
+    assert settled, "the scheduled tail-corrections run did not complete"
+    run = settled[0]
+    assert run["state"]["message"].startswith("nothing new: ")
+    assert not run["infrastructure_pid"]
+    assert states(deployed_api, run["id"]) == ["Scheduled", "Completed"]
+    assert "no process was needed" in wait_for_log(deployed_api, run["id"], "nothing new")
+
+
 def test_a_run_cancelled_through_the_api_stops_and_ends_cancelled(
     worker: dict[str, str],
     deployed_api: str,
@@ -220,14 +254,35 @@ def test_a_run_killed_with_9_ends_crashed_and_the_next_ingestion_repairs_its_bat
 # ── the template ────────────────────────────────────────────────────────────────────────────────
 
 
+def check_request(flow: str, env: dict[str, str], cwd: Path = ROOT) -> protocol.CheckRequest:
+    return protocol.CheckRequest(
+        flow_run_id=str(uuid.uuid4()), flow=flow, parameters={}, cwd=str(cwd), env=env
+    )
+
+
 def test_the_template_is_single_threaded_when_it_forks_and_is_restarted_when_it_dies(
-    deployed_api: str,
+    deployed_api: str, tmp_path: Path
 ) -> None:
+    corrections = tmp_path / "corrections.jsonl"
+    env = {**os.environ, "OBSERVER_DATA_DIR": str(tmp_path / "data")}
+    env["OVERSEER_CORRECTIONS_PATH"] = str(corrections)
+
     async def scenario() -> tuple[protocol.Ready, protocol.Forked, int, protocol.Ready]:
         logger = logging.getLogger("test.template")
         async with WarmTemplate(cwd=ROOT, preload=preload_modules(), logger=logger) as template:
             ready = template.ready
             assert ready is not None
+            # A scheduled run's first-step check, answered in the template under the run's
+            # environment, which is then put back (the next check sees another file).
+            missing = await template.check(check_request(TAIL_CORRECTIONS.name, env))
+            assert missing.nothing_new == f"nothing new: {corrections} does not exist yet"
+            corrections.write_text('{"ts":"2026-04-23T10:00:00Z","kind":"retry"}\n')
+            grown = await template.check(check_request(TAIL_CORRECTIONS.name, env))
+            assert grown.nothing_new is None and grown.error is None
+            elsewhere = await template.check(check_request(TAIL_CORRECTIONS.name, env, tmp_path))
+            assert elsewhere.nothing_new is None and "not in this template's checkout" in str(
+                elsewhere.error
+            )
             request = protocol.RunRequest(
                 flow_run_id=str(uuid.uuid4()),  # no such run: the child reports it and exits
                 entrypoint=INGEST_EVENTS.entrypoint,

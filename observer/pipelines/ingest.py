@@ -76,10 +76,11 @@ class IngestReport(BaseModel):
         return [Artifact("ingest-events", description, table=rows)]
 
 
-def nothing_new(settings: Settings) -> str | None:
+def nothing_new(settings: Settings, params: IngestParameters | None = None) -> str | None:
     """Why a run would find nothing to do (the spool fully ingested, nothing to repair), or None.
 
-    A stat or two: a quiet run stops here, before any task, and leaves no artifact.
+    A stat or two: a quiet run stops here, before any task, and leaves no artifact. Every run
+    drains the whole spool, so `params` (taken as every flow's check takes them) change nothing.
     """
     layout = settings.layout
     if not layout.ingest_checkpoint.exists():

@@ -39,6 +39,7 @@ class WarmTemplate:
         self._reader_task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[protocol.Ready] | None = None
         self._forking: dict[str, asyncio.Future[protocol.Forked]] = {}
+        self._checking: dict[str, asyncio.Future[protocol.Checked]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -88,6 +89,17 @@ class WarmTemplate:
         self.forks += 1
         return forked
 
+    async def check(self, request: protocol.CheckRequest) -> protocol.Checked:
+        """Whether the run would find nothing new, answered by the template without forking."""
+        async with self._lock:
+            if self._writer is None or self.ready is None:
+                raise TemplateUnavailable("the warm template is not running (it is restarting)")
+            answer = asyncio.get_running_loop().create_future()
+            self._checking[request.flow_run_id] = answer
+            self._writer.write(protocol.encode(request))
+            await self._writer.drain()
+        return await answer
+
     async def wait(self, pid: int) -> int:
         """The exit code of a forked run's process (minus the signal that killed it)."""
         return await self._exits[pid]
@@ -117,6 +129,8 @@ class WarmTemplate:
             elif isinstance(reply, protocol.Forked):
                 self._exits[reply.pid] = asyncio.get_running_loop().create_future()
                 self._forking.pop(reply.flow_run_id).set_result(reply)
+            elif isinstance(reply, protocol.Checked):
+                self._checking.pop(reply.flow_run_id).set_result(reply)
             elif isinstance(reply, protocol.Refused):
                 self._forking.pop(reply.flow_run_id).set_exception(
                     TemplateUnavailable(f"the warm template refused to fork: {reply.reason}")
@@ -137,6 +151,9 @@ class WarmTemplate:
         for answer in self._forking.values():
             answer.set_exception(TemplateUnavailable("the warm template exited while forking"))
         self._forking.clear()
+        for check in self._checking.values():
+            check.set_exception(TemplateUnavailable("the warm template exited while checking"))
+        self._checking.clear()
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(
                 TemplateUnavailable(f"the warm template exited during start (status {returncode})")

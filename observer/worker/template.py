@@ -137,7 +137,9 @@ class Template:
                 while b"\n" in self._buffer:
                     line, self._buffer = self._buffer.split(b"\n", 1)
                     request = protocol.decode_request(line)
-                    if self._fork(request) == 0:
+                    if isinstance(request, protocol.CheckRequest):
+                        self._send(check_in_template(request))
+                    elif self._fork(request) == 0:
                         selector.close()
                         return request
 
@@ -182,10 +184,39 @@ class Template:
                 self._send(protocol.Exited(pid=pid, returncode=_returncode(status)))
 
     def _send(
-        self, message: protocol.Ready | protocol.Forked | protocol.Refused | protocol.Exited
+        self,
+        message: protocol.Ready
+        | protocol.Forked
+        | protocol.Refused
+        | protocol.Checked
+        | protocol.Exited,
     ) -> None:
         with contextlib.suppress(OSError):  # the worker is gone; the next read sees it
             self.control.sendall(protocol.encode(message))
+
+
+def check_in_template(request: protocol.CheckRequest) -> protocol.Checked:
+    """The flow's own nothing-new check (a stat or two and a small state file: no thread, no
+    event loop), run here under the run's environment and working directory, which are then put
+    back. A run of another checkout, or a check that fails, is answered "cannot tell": the run
+    then starts as usual and decides for itself."""
+    answer = protocol.Checked(flow_run_id=request.flow_run_id)
+    if os.path.realpath(request.cwd) != os.path.realpath(os.getcwd()):
+        answer.error = f"the run starts in {request.cwd}, not in this template's checkout"
+        return answer
+    from observer.catalog import FLOWS
+
+    environment = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(request.env)
+        answer.nothing_new = FLOWS[request.flow].nothing_new(request.parameters)
+    except Exception as exc:
+        answer.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+    return answer
 
 
 def _returncode(status: int) -> int:

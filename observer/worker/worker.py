@@ -14,11 +14,17 @@ Runs are also picked up sooner and more cheaply than by polling alone: the worke
 server's events for new runs of its pool, wakes itself when a prefetched run falls due and, when a
 run ends, starts the runs of the same deployment that were waiting for its concurrency slot (the
 server would otherwise retry them only every 30 s).
+
+A *scheduled* run that would find nothing new is settled before any of that: the template answers
+the flow's own first-step check (a stat or two) and the worker sets the run Completed with the
+flow's "nothing new: …" message, without a process, a Pending state or a concurrency slot. That is
+what most of an idle product's runs are. Runs made by hand or by a trigger always start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import time
 from contextlib import AsyncExitStack
@@ -37,7 +43,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
-from prefect.client.schemas.responses import WorkerFlowRunResponse
+from prefect.client.schemas.responses import SetStateStatus, WorkerFlowRunResponse
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
@@ -45,8 +51,9 @@ from prefect.exceptions import InfrastructureNotFound
 from prefect.flows import load_flow_from_entrypoint
 from prefect.runner._flow_run_executor import FlowRunExecutorContext
 from prefect.runner._hook_runner import HookRunner
-from prefect.states import Cancelled, Scheduled
+from prefect.states import Cancelled, Completed, Scheduled
 from prefect.types._datetime import now as utc_now
+from prefect.utilities.processutils import sanitize_subprocess_env
 from prefect.workers.base import (
     BaseJobConfiguration,
     BaseVariables,
@@ -55,8 +62,10 @@ from prefect.workers.base import (
 )
 from pydantic import Field, PrivateAttr
 
+from observer.catalog import flow_at
 from observer.worker import scheduling
-from observer.worker.client import WarmTemplate
+from observer.worker.client import TemplateUnavailable, WarmTemplate
+from observer.worker.protocol import CheckRequest
 from observer.worker.starter import TemplateStarter
 
 if TYPE_CHECKING:
@@ -209,7 +218,54 @@ class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, Obs
             await self._skip(late, successor)
         self._wake_at(plan.wake_at)
         entries = {entry.flow_run.id: entry for entry in found}
-        return [entries[run.id] for run in plan.start]
+        return [entries[run.id] for run in plan.start if not await self._settled_quietly(run)]
+
+    async def _settled_quietly(self, flow_run: FlowRun) -> bool:
+        """Whether this scheduled run would find nothing new and is now Completed, saying so.
+
+        The check is the flow's own (`FlowEntry.nothing_new`), run by the template under the job's
+        environment and working directory. Whenever it cannot tell, the run starts as usual.
+        """
+        if not flow_run.auto_scheduled or self.template is None:
+            return False
+        try:
+            configuration = await self.job_configuration.resolve_for_flow_run(
+                flow_run,
+                client=self.client,
+                work_pool=copy.deepcopy(self.work_pool),
+                worker_name=self.name,
+                worker_id=self.backend_id,
+            )
+            cwd, entrypoint = configuration.location()
+        except Exception:
+            return False  # starting it reports the problem on the run
+        entry = flow_at(entrypoint)
+        if entry is None:
+            return False
+        request = CheckRequest(
+            flow_run_id=str(flow_run.id),
+            flow=entry.name,
+            parameters=flow_run.parameters,
+            cwd=str(cwd),
+            env=sanitize_subprocess_env({**os.environ, **configuration.env}),
+        )
+        try:
+            checked = await self.template.check(request)
+        except TemplateUnavailable:
+            return False
+        if checked.nothing_new is None:
+            if checked.error:
+                self._logger.warning("could not check %s first: %s", flow_run.name, checked.error)
+            return False
+        completed = Completed(message=checked.nothing_new)
+        result = await self.client.set_flow_run_state(flow_run.id, completed)
+        if result.status != SetStateStatus.ACCEPT:
+            return False
+        self.get_flow_run_logger(flow_run).info(
+            "%s (checked by the worker before starting it: no process was needed)",
+            checked.nothing_new,
+        )
+        return True
 
     async def run(
         self,
