@@ -221,3 +221,4 @@ def test_a_run_that_ends_badly_is_one_console_line_once(deployed_api: str) -> No
     assert not any("console completed" in line for line in lines)
     watcher.check()
     assert lines.count(expected) == 1  # said once
+    watcher.close()

@@ -172,10 +172,10 @@ def test_a_scheduled_run_with_nothing_new_ends_without_a_process(
         time.sleep(0.5)
     assert settled, "the scheduled tail-corrections run did not complete"
     run = settled[0]
-    assert run["state"]["message"].startswith("nothing new: ")
+    message = run["state"]["message"]
+    assert message.startswith("nothing new: ") and message.endswith("no process started)")
     assert not run["infrastructure_pid"]
     assert states(deployed_api, run["id"]) == ["Scheduled", "Completed"]
-    assert "no process was needed" in wait_for_log(deployed_api, run["id"], "nothing new")
 
 
 def test_a_run_cancelled_through_the_api_stops_and_ends_cancelled(

@@ -3,7 +3,9 @@
 The children's own output goes to log files (`OBSERVER_DATA_DIR/_observer/logs/`), and a run's
 full logs and traceback stay on its page in the UI. The console gets the one line that matters:
 which deployment, which run, why, and where to look. The watcher asks the Prefect API every few
-seconds for runs that ended Failed, Crashed or Cancelled since it last looked.
+seconds for runs that ended Failed, Crashed or Cancelled since it last looked, over one kept-alive
+connection (a new client each time would build a TLS context every look: most of an idle
+supervisor's CPU).
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class RunWatcher:
         self._since = datetime.now(UTC)
         self._reported: set[str] = set()
         self._deployments: dict[str, str] = {}
+        self._client = httpx.Client(timeout=5)
+
+    def close(self) -> None:
+        self._client.close()
 
     def check(self) -> int:
         """Look once; returns how many lines were said. Never raises for the API being away."""
@@ -45,7 +51,7 @@ class RunWatcher:
             "limit": 50,
         }
         try:
-            response = httpx.post(f"{self.api_url}/flow_runs/filter", json=query, timeout=5)
+            response = self._client.post(f"{self.api_url}/flow_runs/filter", json=query)
             response.raise_for_status()
             runs = response.json()
         except (httpx.HTTPError, ValueError):
@@ -78,7 +84,7 @@ class RunWatcher:
             return "(no deployment)"
         if deployment_id not in self._deployments:
             try:
-                response = httpx.get(f"{self.api_url}/deployments/{deployment_id}", timeout=5)
+                response = self._client.get(f"{self.api_url}/deployments/{deployment_id}")
                 response.raise_for_status()
                 self._deployments[deployment_id] = response.json()["name"]
             except (httpx.HTTPError, ValueError, KeyError):

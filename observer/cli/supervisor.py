@@ -31,7 +31,7 @@ from observer.instance import instance_of
 from observer.prefect_api import check_prefect_api, refuse_another_hosts_pool, worker_name
 from observer.prefect_database import check_prefect_database
 from observer.settings import Settings
-from observer.webhook.serve import bind_socket
+from observer.webhook.listen import bind_socket
 
 SERVER_START_TIMEOUT = 180.0
 WATCH_SECONDS = 5.0
@@ -88,6 +88,7 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
     instance = instance_of(settings)
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     children: list[Child] = []
+    watcher: RunWatcher | None = None
     stopping = False
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -191,6 +192,8 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if watcher is not None:
+            watcher.close()
         for child in reversed(children):
             _say(f"stopping {child.name}")
             child.stop()

@@ -7,30 +7,13 @@ exit (the original printed nothing useful and exited 0).
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import uvicorn
 
-from observer.errors import PortInUse
 from observer.settings import Settings
 from observer.webhook.app import WebhookApp
+from observer.webhook.listen import bind_socket
 from observer.webhook.protocol import Limits, guarded_protocol
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise PortInUse(
-            f"cannot listen on {host}:{port} (OBSERVER_HOST/OBSERVER_PORT): {exc.strerror}"
-        ) from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 def run_webhook(settings: Settings, http: type[asyncio.Protocol] | str | None = None) -> None:

@@ -257,15 +257,9 @@ class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, Obs
             if checked.error:
                 self._logger.warning("could not check %s first: %s", flow_run.name, checked.error)
             return False
-        completed = Completed(message=checked.nothing_new)
-        result = await self.client.set_flow_run_state(flow_run.id, completed)
-        if result.status != SetStateStatus.ACCEPT:
-            return False
-        self.get_flow_run_logger(flow_run).info(
-            "%s (checked by the worker before starting it: no process was needed)",
-            checked.nothing_new,
-        )
-        return True
+        message = f"{checked.nothing_new} (checked by the worker: no process started)"
+        result = await self.client.set_flow_run_state(flow_run.id, Completed(message=message))
+        return result.status == SetStateStatus.ACCEPT
 
     async def run(
         self,
