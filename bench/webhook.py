@@ -496,7 +496,7 @@ def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
                 )
             rate = fsync_appends_per_second(scratch, plan.fsync_seconds)
             fsync_rates.setdefault(connections, []).append(rate)
-    batches, originals = measure_batches(plan, observer, original, load)
+    batches, originals, ceilings = measure_batches(plan, observer, original, ceiling, load)
     failed |= any(r.failed for results in batches.values() for r in results)
     failed |= any(r.failed for r in originals)
     others = load.others_share()
@@ -504,7 +504,7 @@ def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
 
     print_summary(plan, observer, original, fsync_rates)
     print_ceiling(observer, original, ceiling)
-    print_batches(batches, originals)
+    print_batches(batches, originals, ceilings)
     print(
         f"\nMachine: load average (1 min) {min(load.loads):.2f}-{max(load.loads):.2f} during the"
         f" cells; other processes used {others:.0%} of the {os.cpu_count()} cores meanwhile"
@@ -536,20 +536,30 @@ def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
 
 
 def measure_batches(
-    plan: Plan, observer: Server, original: Server, load: MachineLoad
-) -> tuple[dict[int, list[WrkResult]], list[WrkResult]]:
+    plan: Plan, observer: Server, original: Server, ceiling: Server, load: MachineLoad
+) -> tuple[dict[int, list[WrkResult]], list[WrkResult], list[WrkResult]]:
     """POST /events at BATCH_CONNECTIONS for each batch size, each round next to a run of the
-    original's single-event POST /event (the baseline, sampled at the same moments)."""
+    original's single-event POST /event (the baseline, sampled at the same moments) and of the
+    ceiling app parsing the largest batches (what uvicorn and a JSON parse alone reach)."""
     batches: dict[int, list[WrkResult]] = {size: [] for size in BATCH_SIZES}
     originals: list[WrkResult] = []
+    ceilings: list[WrkResult] = []
+    top = BATCH_SIZES[-1]
     for run in range(plan.runs):
         load.sample()
-        cells: list[tuple[Server, int]] = [(original, 0), *((observer, s) for s in BATCH_SIZES)]
+        cells: list[tuple[Server, int]] = [
+            (original, 0),
+            *((observer, s) for s in BATCH_SIZES),
+            (ceiling, top),
+        ]
         for server, size in cells if run % 2 == 0 else cells[::-1]:
             url = server.url + ("s" if size else "")  # /event -> /events
             result = run_wrk(url, BATCH_CONNECTIONS, plan.seconds, batch=size)
             server.acked += result.ok * max(size, 1)
-            (batches[size] if size else originals).append(result)
+            if server is ceiling:
+                ceilings.append(result)
+            else:
+                (batches[size] if size else originals).append(result)
             what = f"batches of {size:<3}" if size else "single events"
             print(
                 f"  c={BATCH_CONNECTIONS:<3} run {run + 1}/{plan.runs}  {server.name:<9} {what}"
@@ -557,10 +567,12 @@ def measure_batches(
                 + (f"  FAILED: {result.problems()}" if result.failed else ""),
                 flush=True,
             )
-    return batches, originals
+    return batches, originals, ceilings
 
 
-def print_batches(batches: dict[int, list[WrkResult]], originals: list[WrkResult]) -> None:
+def print_batches(
+    batches: dict[int, list[WrkResult]], originals: list[WrkResult], ceilings: list[WrkResult]
+) -> None:
     baseline = Figure(
         f"original, single events, c={BATCH_CONNECTIONS}", [r.rate for r in originals], "ev/s"
     )
@@ -574,7 +586,14 @@ def print_batches(batches: dict[int, list[WrkResult]], originals: list[WrkResult
         p99 = Figure("p99", [r.p99_ms for r in results], "ms")
         print("  " + figure.line() + f"  p99 {p99.median:.2f} ms")
         print("  " + ratio_line(f"  batches of {size} / original", figure, baseline))
-    top = Figure("", [r.rate * BATCH_SIZES[-1] for r in batches[BATCH_SIZES[-1]]], "ev/s")
+    size = BATCH_SIZES[-1]
+    top = Figure("", [r.rate * size for r in batches[size]], "ev/s")
+    bare = Figure(f"ceiling app, batches of {size}", [r.rate * size for r in ceilings], "ev/s")
+    print(
+        "  " + bare.line() + " (uvicorn + orjson.loads of the batch, nothing validated or written)"
+    )
+    print("  " + ratio_line(f"  ceiling, batches of {size} / original", bare, baseline))
+    print("  " + ratio_line(f"  Observer / ceiling, batches of {size}", top, bare))
     ratio = top.median / baseline.median
     verdict = "met" if ratio >= ISSUE_TARGET_BATCH else "NOT met"
     print(

@@ -446,11 +446,10 @@ def _ready_fast(event: FastEvent, now: str | None) -> Ready | None:
         event.timestamp = now or now_timestamp()
     if event.endpoint is UNSET or event.endpoint is None:
         event.endpoint = "scenario:fill"
+    if count is not UNSET:
+        event.count = count
     if event.input_summary is UNSET or event.input_summary is None:
-        event.count = count
-        event.input_summary = _default_summary(_present(event))
-    elif count is not UNSET:
-        event.count = count
+        event.input_summary = _summary_of(event, count)
     success = event.success = event.success is True
     if duration is UNSET or duration is None:
         event.duration_ms = 0
@@ -468,10 +467,16 @@ def _ready_fast(event: FastEvent, now: str | None) -> Ready | None:
     return Ready(None if event_id is UNSET else event_id, event, _encode(event))
 
 
-def _present(event: FastEvent) -> dict[str, Any]:
-    """The summary's parts that are present (what `_default_summary` reads)."""
-    return {
-        key: value
-        for key in ("event_kind", "role", "count", "city", "state")
-        if (value := getattr(event, key)) is not UNSET
-    }
+def _summary_of(event: FastEvent, count: object) -> str:
+    """`_default_summary` read straight from the struct (no dict per event); `count` as validated."""
+    kind, role, city, state = event.event_kind, event.role, event.city, event.state
+    if count is UNSET or count is None:
+        count = "?"
+    elif count > MAX_EXACT_INT:  # type: ignore[operator]  # an int here, never negative
+        count = js_number(count)  # type: ignore[arg-type]
+    return (
+        f"{'?' if kind is UNSET or kind is None else kind}"
+        f" {'?' if role is UNSET or role is None else role}×{count}"
+        f" in {'?' if city is UNSET or city is None else city},"
+        f" {'?' if state is UNSET or state is None else state}"
+    )
