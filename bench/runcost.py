@@ -14,7 +14,8 @@ above that idle rate while it lasted. The runs are made two ways: as the schedul
 once), which the warm worker settles without a process, and by hand (`create_flow_run`), which
 always start a process and stop at their first step. The in-process
 alternative runs in this benchmark's own process against the warm product's server; its CPU is
-this process's plus the server's above idle. `--runs=N` per deployment (default 5, `--quick` 3).
+this process's plus the server's above idle. `--runs=N` per deployment (default 5, `--quick` 3);
+`--no-process` skips Prefect's process worker.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from bench.procs import Running, command_of, product, tree, tree_cpu
+from bench.procs import Running, breakdown, command_of, product, tree, tree_cpu
 
 DEPLOYMENTS = ("tail-corrections/tail-corrections", "analyze-errors/analyze-errors")
 DAY = 86400
@@ -41,11 +42,22 @@ def main(options: list[str]) -> int:
         3 if "--quick" in options else 5
     )
     results: dict[str, float] = {}
-    for kind in ("warm", "process"):
+    kinds = ("warm",) if "--no-process" in options else ("warm", "process")
+    for kind in kinds:
         with product(worker=kind, cycle="86400") as running:
             time.sleep(20)
+            idle_parts = breakdown(running.pid)
             idle = _idle_rate(running.pid, 20)
+            idle_parts = _rates(idle_parts, breakdown(running.pid), 20)
+            parts_before, started = breakdown(running.pid), time.monotonic()
             results[f"{kind}, scheduled"] = _per_run(running, runs, idle, kind, "scheduled")
+            _print_split(
+                kind,
+                _rates(parts_before, breakdown(running.pid), 1.0),
+                idle_parts,
+                time.monotonic() - started,
+                runs * len(DEPLOYMENTS),
+            )
             results[f"{kind}, by hand"] = _per_run(running, runs, idle, kind, "by hand")
             if kind == "warm":
                 results["in-process run_flow"] = _in_process(running, runs)
@@ -54,11 +66,31 @@ def main(options: list[str]) -> int:
         print(f"one no-op run, {name:<22} {cost:6.3f} CPU-s (worker + run + server)")
     verdict = "met" if results["warm, scheduled"] <= TARGET_CPU_S else "NOT met"
     print(f"scheduled no-op run: target <= {TARGET_CPU_S} CPU-s {verdict}")
-    for how in ("scheduled", "by hand"):
+    for how in ("scheduled", "by hand") if "process" in kinds else ():
         ratio = results[f"process, {how}"] / results[f"warm, {how}"]
         print(f"process worker / warm worker, {how}: {ratio:.1f}x")
     print("machine: shared; medians of the runs of one invocation")
     return 0
+
+
+def _rates(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], seconds: float
+) -> dict[str, float]:
+    """CPU seconds per second (or per `seconds`) of each kind of process between two breakdowns."""
+    return {
+        kind: (cpu - before.get(kind, (0.0, 0.0))[0]) / seconds for kind, (cpu, _) in after.items()
+    }
+
+
+def _print_split(
+    kind: str, spent: dict[str, float], idle: dict[str, float], elapsed: float, runs: int
+) -> None:
+    """Where a scheduled run's CPU goes: each kind of process, above its own idle rate."""
+    split = {name: (cpu - idle.get(name, 0.0) * elapsed) / runs for name, cpu in spent.items()}
+    parts = ", ".join(
+        f"{name} {cpu:.3f}" for name, cpu in sorted(split.items(), key=lambda i: -i[1])
+    )
+    print(f"{kind:<8} scheduled, CPU-s per run by process: {parts}", flush=True)
 
 
 def _idle_rate(pid: int, seconds: float) -> float:
