@@ -173,3 +173,37 @@ def test_the_helper_does_not_outlive_a_killed_webhook(webhook: WebhookProcess) -
     assert httpx.post(f"{webhook.url}/event", json=EVENT).status_code == 200
     webhook.kill(signal.SIGKILL)
     assert gone(helper), "the fsync helper is still running after its webhook died"
+
+
+def test_the_one_request_of_a_sole_client_is_fsynced_without_the_helper(
+    settings: Settings,
+) -> None:
+    """Alone, the helper's round trip only delays the answer; with company, it keeps the loop
+    serving during the fsync."""
+    clients = 1
+
+    async def scenario() -> HeldDisk:
+        intake = Intake(settings, Ledger(settings))
+        intake.open()
+        helper, disk = intake._syncer, HeldDisk(intake)
+        assert helper is not None
+        helper.stop()
+        intake._syncer = disk  # type: ignore[assignment]
+        intake.sole_client = lambda: clients == 1
+        await asyncio.wait_for(intake.submit(None, {**EVENT, "input_summary": "alone"}), 5)
+        assert disk.asked == []  # answered once fsync'd here, without the helper
+        nonlocal clients
+        clients = 2
+        waiting = asyncio.ensure_future(intake.submit(None, {**EVENT, "input_summary": "with"}))
+        while not disk.asked:
+            await asyncio.sleep(0.01)
+        assert not waiting.done()  # waits for the helper's answer
+        disk.answer()
+        await asyncio.wait_for(waiting, 5)
+        intake.close()
+        return disk
+
+    disk = asyncio.run(scenario())
+    assert len(disk.asked) == 1
+    records = read_spool(settings.layout.spool_dir, SpoolPosition(0, 0)).records
+    assert [b'"alone"' in r.line for r in records] == [True, False]

@@ -92,7 +92,9 @@ class Intake(Generic[Answer]):
     every request that was ready in the same turn. The flush writes the batch and asks the fsync
     child to make it durable. While that fsync runs the loop keeps serving, and what it queues
     meanwhile is written as one batch when the fsync answers. Without the child (it could not
-    start, or died) the flush fsyncs on the loop's thread.
+    start, or died) the flush fsyncs on the loop's thread. So does it when `sole_client` says one
+    client is connected and the batch is its one request: nothing else would be served during
+    the fsync, and the round trip to the child would only delay the answer.
     """
 
     def __init__(self, settings: Settings, listener: DurableListener[Answer]) -> None:
@@ -108,6 +110,8 @@ class Intake(Generic[Answer]):
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None  # asking for it is a getpid() call
         self.write_errors = 0
+        #: Whether exactly one client is connected (set by the webhook's server; None elsewhere).
+        self.sole_client: Callable[[], bool] | None = None
 
     # ── life cycle ──────────────────────────────────────────────────────────────────────────────
 
@@ -207,7 +211,7 @@ class Intake(Generic[Answer]):
         if self._syncing_to is not None or not self._unsynced:
             return
         end = self._unsynced[-1].end
-        if self._syncer is not None:
+        if self._syncer is not None and not self._alone():
             self._syncing_to = end
             self._syncer.request(self._writer.segment_file(end))
             return
@@ -217,6 +221,15 @@ class Intake(Generic[Answer]):
             self._refuse_unsynced(exc)
             return
         self._complete_through(end)
+
+    def _alone(self) -> bool:
+        """One batch of one request from the only client connected: fsync it here."""
+        return (
+            self.sole_client is not None
+            and len(self._unsynced) == 1
+            and len(self._unsynced[0].submissions) == 1
+            and self.sole_client()
+        )
 
     def _synced(self, error: int) -> None:
         """The child's answer for the fsync up to `_syncing_to`."""

@@ -100,10 +100,13 @@ def guarded_protocol(
 ) -> type[GuardedHttpToolsProtocol]:
     """A protocol class for one server (uvicorn's `http=`), sharing one sweeper; with `webhook`
     (the server's app), it answers plain posted events itself."""
+    guard = Guard(limits)
+    if webhook is not None:
+        webhook.intake.sole_client = lambda: len(guard.connections) == 1
     return type(
         "GuardedHttpToolsProtocol",
         (GuardedHttpToolsProtocol,),
-        {"guard": Guard(limits), "webhook": webhook},
+        {"guard": guard, "webhook": webhook},
     )
 
 
