@@ -48,8 +48,18 @@ class FlowEntry:
         process's environment; it imports the flow's pipeline (polars), not prefect."""
         from observer.settings import load_settings
 
-        params = self.parameters_model().model_validate(parameters.get("params") or {})
-        return _attribute(self.check)(load_settings(), params)
+        return _attribute(self.check)(load_settings(), self._params(parameters))
+
+    def run_name(self, parameters: dict[str, Any]) -> str | None:
+        """The name the flow gives a run with these parameters (its `flow_run_name`), for a run
+        that ends without the engine naming it; None when the flow names runs otherwise."""
+        template = self.load().flow_run_name
+        if not isinstance(template, str):
+            return None
+        return template.format(params=self._params(parameters))
+
+    def _params(self, parameters: dict[str, Any]) -> Any:
+        return self.parameters_model().model_validate(parameters.get("params") or {})
 
 
 def _attribute(reference: str) -> Any:

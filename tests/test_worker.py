@@ -174,6 +174,7 @@ def test_a_scheduled_run_with_nothing_new_ends_without_a_process(
     run = settled[0]
     message = run["state"]["message"]
     assert message.startswith("nothing new: ") and message.endswith("no process started)")
+    assert run["name"] == "tail-corrections (new rows)"  # as the flow names its runs
     assert not run["infrastructure_pid"]
     assert states(deployed_api, run["id"]) == ["Scheduled", "Completed"]
 
@@ -276,6 +277,7 @@ def test_the_template_is_single_threaded_when_it_forks_and_is_restarted_when_it_
             # environment, which is then put back (the next check sees another file).
             missing = await template.check(check_request(TAIL_CORRECTIONS.name, env))
             assert missing.nothing_new == f"nothing new: {corrections} does not exist yet"
+            assert missing.run_name == "tail-corrections (new rows)"
             corrections.write_text('{"ts":"2026-04-23T10:00:00Z","kind":"retry"}\n')
             grown = await template.check(check_request(TAIL_CORRECTIONS.name, env))
             assert grown.nothing_new is None and grown.error is None

@@ -71,6 +71,7 @@ class Checked(BaseModel):
     kind: Literal["checked"] = "checked"
     flow_run_id: str
     nothing_new: str | None = None
+    run_name: str | None = Field(None, description="the name the flow would give the run")
     error: str | None = None
 
 

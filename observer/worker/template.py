@@ -210,7 +210,10 @@ def check_in_template(request: protocol.CheckRequest) -> protocol.Checked:
     try:
         os.environ.clear()
         os.environ.update(request.env)
-        answer.nothing_new = FLOWS[request.flow].nothing_new(request.parameters)
+        entry = FLOWS[request.flow]
+        answer.nothing_new = entry.nothing_new(request.parameters)
+        if answer.nothing_new is not None:
+            answer.run_name = entry.run_name(request.parameters)
     except Exception as exc:
         answer.error = f"{type(exc).__name__}: {exc}"
     finally:

@@ -259,7 +259,11 @@ class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, Obs
             return False
         message = f"{checked.nothing_new} (checked by the worker: no process started)"
         result = await self.client.set_flow_run_state(flow_run.id, Completed(message=message))
-        return result.status == SetStateStatus.ACCEPT
+        if result.status != SetStateStatus.ACCEPT:
+            return False
+        if checked.run_name:  # as the flow would have named it: the history reads the same
+            await self.client.update_flow_run(flow_run.id, name=checked.run_name)
+        return True
 
     async def run(
         self,
