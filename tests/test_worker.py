@@ -113,6 +113,18 @@ def op_line(marker: str, *, success: bool = True) -> bytes:
     ).to_line()
 
 
+def one_failure_to_analyse(
+    data: Path, marker: str, llm: FakeUpstream, gateway: FakeUpstream, *, timeout: str
+) -> dict[str, str]:
+    """A data dir whose ops.jsonl holds one failure; the environment of a run analysing it."""
+    ops = load_settings(data_dir=data).layout.ops_path
+    ops.parent.mkdir(parents=True)
+    ops.write_bytes(op_line(marker, success=False) + b"\n")
+    return run_env(
+        data, LAKEHOUSE_URL=llm.url, GATEWAY_URL=gateway.url, OBSERVER_HTTP_TIMEOUT=timeout
+    )
+
+
 @pytest.fixture
 def llm_and_gateway() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
     llm, gateway = FakeUpstream(), FakeUpstream()
@@ -187,11 +199,7 @@ def test_a_run_cancelled_through_the_api_stops_and_ends_cancelled(
 ) -> None:
     llm, gateway = llm_and_gateway
     llm.default("/ai/generate", Reply(body={"text": "late"}, delay=60))  # the run waits on it
-    data = tmp_path / "data"
-    settings = load_settings(data_dir=data)
-    settings.layout.ops_path.parent.mkdir(parents=True)
-    settings.layout.ops_path.write_bytes(op_line("st-1", success=False) + b"\n")
-    env = run_env(data, LAKEHOUSE_URL=llm.url, GATEWAY_URL=gateway.url, OBSERVER_HTTP_TIMEOUT="90")
+    env = one_failure_to_analyse(tmp_path / "data", "st-1", llm, gateway, timeout="90")
     run_id = create_run(deployed_api, ANALYZE_ERRORS.deployment, env)
     wait_for(deployed_api, run_id, lambda r: r["state"]["type"] == "RUNNING")
     deadline = time.monotonic() + 30
@@ -339,11 +347,7 @@ def test_a_manual_run_made_during_another_run_of_the_deployment_waits_then_runs(
 ) -> None:
     llm, gateway = llm_and_gateway
     llm.default("/ai/generate", Reply(body={"text": "restart the shard"}, delay=4))
-    data = tmp_path / "data"
-    settings = load_settings(data_dir=data)
-    settings.layout.ops_path.parent.mkdir(parents=True)
-    settings.layout.ops_path.write_bytes(op_line("st-2", success=False) + b"\n")
-    env = run_env(data, LAKEHOUSE_URL=llm.url, GATEWAY_URL=gateway.url, OBSERVER_HTTP_TIMEOUT="30")
+    env = one_failure_to_analyse(tmp_path / "data", "st-2", llm, gateway, timeout="30")
     first = create_run(deployed_api, ANALYZE_ERRORS.deployment, env)
     wait_for(deployed_api, first, lambda r: r["state"]["type"] == "RUNNING")
     manual = create_run(deployed_api, ANALYZE_ERRORS.deployment, env, {"params": {"dry_run": True}})

@@ -21,6 +21,7 @@ import orjson
 
 from observer.errors import EventError, IntakeError
 from observer.intake.group_commit import Intake, Queued
+from observer.intake.spool import encode_record
 from observer.ops import now_timestamp
 from observer.settings import Settings
 from observer.values import json_type_name
@@ -81,8 +82,7 @@ class EventDoor:
         def done(ring_size: int) -> None:
             reply(200, b'{"accepted":true,"ring_size":%d}' % ring_size, NO_HEADERS)
 
-        record = b"%s\t%s\n" % ((event_id or "").encode(), event.line)
-        self._put([Queued(event_id, event.op)], record, done, reply)
+        self._put([Queued(event_id, event.op)], encode_record(event_id, event.line), done, reply)
 
     # ── POST /events ────────────────────────────────────────────────────────────────────────────
 
@@ -117,7 +117,7 @@ class EventDoor:
                     continue
                 claimed.add(event_id)
             ops.append(Queued(event_id, event.op))
-            records.append(b"%s\t%s\n" % ((event_id or "").encode(), event.line))
+            records.append(encode_record(event_id, event.line))
             results.append(_ACCEPTED)
         counts = {"accepted": len(ops), "duplicates": duplicates, "rejected": rejected}
 

@@ -185,7 +185,13 @@ class EventIn:
         fields: dict[str, Any] = {
             "timestamp": timestamp or now or now_timestamp(),
             "endpoint": "scenario:fill" if endpoint is None else endpoint,
-            "input_summary": _default_summary(given) if summary is None else summary,
+            "input_summary": (
+                _default_summary(
+                    get("event_kind"), get("role"), get("count"), get("city"), get("state")
+                )
+                if summary is None
+                else summary
+            ),
             "success": success,
             "duration_ms": 0 if duration is None else duration,
             "output_summary": _default_output(given, success),
@@ -202,24 +208,18 @@ class EventIn:
         return fields
 
 
-def _default_summary(given: dict[str, Any]) -> str:
-    """The original's `${event_kind} ${role}×${count} in ${city}, ${state}`, "?" for a missing part."""
-    get = given.get
-    kind, role, count, city, state = (
-        get("event_kind"),
-        get("role"),
-        get("count"),
-        get("city"),
-        get("state"),
-    )
-    if count is None:
+def _default_summary(kind: Any, role: Any, count: Any, city: Any, state: Any) -> str:
+    """The original's `${event_kind} ${role}×${count} in ${city}, ${state}`, "?" for a missing part
+    (None, or unset in a decoded event); `count` as validated."""
+    if count is None or count is UNSET:
         count = "?"
     elif count > MAX_EXACT_INT:  # (never negative here)
         count = js_number(count)  # the double the original held: 1e+21, 12345678901234567000
     return (
-        f"{'?' if kind is None else kind} {'?' if role is None else role}"
-        f"×{count}"
-        f" in {'?' if city is None else city}, {'?' if state is None else state}"
+        f"{'?' if kind is None or kind is UNSET else kind}"
+        f" {'?' if role is None or role is UNSET else role}×{count}"
+        f" in {'?' if city is None or city is UNSET else city},"
+        f" {'?' if state is None or state is UNSET else state}"
     )
 
 
@@ -449,7 +449,9 @@ def _ready_fast(event: FastEvent, now: str | None) -> Ready | None:
     if count is not UNSET:
         event.count = count
     if event.input_summary is UNSET or event.input_summary is None:
-        event.input_summary = _summary_of(event, count)
+        event.input_summary = _default_summary(
+            event.event_kind, event.role, count, event.city, event.state
+        )
     success = event.success = event.success is True
     if duration is UNSET or duration is None:
         event.duration_ms = 0
@@ -465,18 +467,3 @@ def _ready_fast(event: FastEvent, now: str | None) -> Ready | None:
     event.rescue_attempted = event.rescue_attempted is True
     event.rescue_succeeded = event.rescue_succeeded is True
     return Ready(None if event_id is UNSET else event_id, event, _encode(event))
-
-
-def _summary_of(event: FastEvent, count: object) -> str:
-    """`_default_summary` read straight from the struct (no dict per event); `count` as validated."""
-    kind, role, city, state = event.event_kind, event.role, event.city, event.state
-    if count is UNSET or count is None:
-        count = "?"
-    elif count > MAX_EXACT_INT:  # type: ignore[operator]  # an int here, never negative
-        count = js_number(count)  # type: ignore[arg-type]
-    return (
-        f"{'?' if kind is UNSET or kind is None else kind}"
-        f" {'?' if role is UNSET or role is None else role}×{count}"
-        f" in {'?' if city is UNSET or city is None else city},"
-        f" {'?' if state is UNSET or state is None else state}"
-    )

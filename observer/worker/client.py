@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from observer.worker import protocol
 
@@ -78,24 +79,25 @@ class WarmTemplate:
 
     async def fork(self, request: protocol.RunRequest) -> protocol.Forked:
         """Ask for a forked process running this flow run; return once it exists."""
-        async with self._lock:
-            if self._writer is None or self.ready is None:
-                raise TemplateUnavailable("the warm template is not running (it is restarting)")
-            answer = asyncio.get_running_loop().create_future()
-            self._forking[request.flow_run_id] = answer
-            self._writer.write(protocol.encode(request))
-            await self._writer.drain()
-        forked = await answer
+        forked = await self._ask(request, self._forking)
         self.forks += 1
         return forked
 
     async def check(self, request: protocol.CheckRequest) -> protocol.Checked:
         """Whether the run would find nothing new, answered by the template without forking."""
+        return await self._ask(request, self._checking)
+
+    async def _ask(
+        self,
+        request: protocol.RunRequest | protocol.CheckRequest,
+        waiting: dict[str, asyncio.Future[Any]],
+    ) -> Any:
+        """Send a request; its answer arrives through `waiting`, keyed by the flow run's id."""
         async with self._lock:
             if self._writer is None or self.ready is None:
                 raise TemplateUnavailable("the warm template is not running (it is restarting)")
             answer = asyncio.get_running_loop().create_future()
-            self._checking[request.flow_run_id] = answer
+            waiting[request.flow_run_id] = answer
             self._writer.write(protocol.encode(request))
             await self._writer.drain()
         return await answer
