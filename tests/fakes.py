@@ -199,6 +199,24 @@ def spool_records(settings: Settings) -> list[bytes]:
     ]
 
 
+def api_request(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One Prefect API request, retried on 503 as Prefect's own client does (SQLite busy under
+    the load of a whole test session)."""
+    for _ in range(20):
+        answer = httpx.request(method, url, timeout=30, **kwargs)
+        if answer.status_code != 503:
+            return answer
+        time.sleep(0.5)
+    return answer
+
+
+def api_call(method: str, url: str, **kwargs: Any) -> Any:
+    """`api_request`, which must succeed; its JSON."""
+    answer = api_request(method, url, **kwargs)
+    answer.raise_for_status()
+    return answer.json()
+
+
 def stop_worker(process: subprocess.Popen[bytes]) -> None:
     """Stop a `prefect worker start` process as `observer up` does: Prefect 3.9's worker keeps
     going after its first SIGINT and kills itself at the second."""

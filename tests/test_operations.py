@@ -19,7 +19,7 @@ from observer.intake import record_ops
 from observer.ops import Op
 from observer.settings import load_settings
 from tests.conftest import ROOT
-from tests.fakes import WebhookProcess
+from tests.fakes import WebhookProcess, api_request
 
 
 def observer(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -192,7 +192,8 @@ def test_a_run_that_ends_badly_is_one_console_line_once(deployed_api: str) -> No
         # Scheduled an hour ahead, so that the session's worker leaves it to this test.
         later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
         scheduled = {"type": "SCHEDULED", "state_details": {"scheduled_time": later}}
-        run = httpx.post(
+        run = api_request(
+            "POST",
             f"{deployed_api}/deployments/{deployment['id']}/create_flow_run",
             json={
                 "name": f"console {state.lower()}",
@@ -203,7 +204,8 @@ def test_a_run_that_ends_badly_is_one_console_line_once(deployed_api: str) -> No
         assert run.status_code == 201, run.text
         run = run.json()
         final = {"type": state, "name": state.title(), "message": message}
-        httpx.post(
+        api_request(
+            "POST",
             f"{deployed_api}/flow_runs/{run['id']}/set_state",
             json={"state": final, "force": True},
         ).raise_for_status()

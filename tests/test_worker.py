@@ -30,7 +30,7 @@ from observer.worker.client import WarmTemplate
 from observer.worker.template import Template
 from observer.worker.worker import preload_modules
 from tests.conftest import ROOT
-from tests.fakes import FakeUpstream, Reply, WebhookProcess
+from tests.fakes import FakeUpstream, Reply, WebhookProcess, api_call
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -49,17 +49,6 @@ def create_run(
 
 def read_run(api: str, run_id: str) -> dict[str, Any]:
     return api_call("GET", f"{api}/flow_runs/{run_id}")
-
-
-def api_call(method: str, url: str, **kwargs: Any) -> Any:
-    """One API call, retried on 503 as Prefect's own client does (SQLite busy under load)."""
-    for _ in range(20):
-        answer = httpx.request(method, url, timeout=30, **kwargs)
-        if answer.status_code != 503:
-            answer.raise_for_status()
-            return answer.json()
-        time.sleep(0.5)
-    answer.raise_for_status()
 
 
 def wait_for(
