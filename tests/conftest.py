@@ -161,6 +161,7 @@ def worker(deployed_api: str, worker_data: Path) -> Iterator[dict[str, str]]:
     it; yields the environment its runs see. Its output goes to `worker.log` beside the data."""
     from deployments.apply import prefect_environment
     from observer.instance import WORK_POOL
+    from observer.worker.boot import worker_command
 
     env = prefect_environment(load_settings(data_dir=worker_data), deployed_api)
     env.update(
@@ -172,10 +173,9 @@ def worker(deployed_api: str, worker_data: Path) -> Iterator[dict[str, str]]:
         }
     )
     Path(env["PREFECT_HOME"]).mkdir(parents=True)
-    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL]
     with open(worker_data.parent / "worker.log", "wb") as log:
         process = subprocess.Popen(
-            [*command, "--name", "test-worker"],
+            worker_command("--pool", WORK_POOL, "--name", "test-worker"),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

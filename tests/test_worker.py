@@ -306,6 +306,19 @@ def test_the_template_is_single_threaded_when_it_forks_and_is_restarted_when_it_
     assert restarted.pid != ready.pid and restarted.threads == 1
 
 
+def test_the_worker_adopts_the_template_forked_at_its_boot_and_shares_its_imports(
+    worker: dict[str, str],
+) -> None:
+    """`observer.worker.boot` imports once and forks: the template is the worker's child running
+    the same command line (not a second interpreter), single-threaded, and the memory of what
+    both imported is shared between them (anonymous pages only fork can share)."""
+    (boot,) = [pid for pid in _children(os.getpid()) if "observer.worker.boot" in _cmdline(pid)]
+    (template,) = _children(boot)
+    assert _cmdline(template) == _cmdline(boot)
+    assert len(os.listdir(f"/proc/{template}/task")) == 1
+    assert _shared_anonymous_mb(template) >= 10
+
+
 def test_the_template_refuses_to_fork_when_it_is_not_single_threaded() -> None:
     ours, theirs = socket.socketpair()
     template = Template(theirs)  # in this process, which now runs a second thread
@@ -410,6 +423,29 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return found
+
+
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+def _shared_anonymous_mb(pid: int) -> float:
+    """Memory of `pid` shared with another process outside any file mapping (heap, anonymous)."""
+    shared, anonymous = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        first = line.split()
+        if not first[0].endswith(":"):  # a mapping's header: address range, perms, ..., [path]
+            anonymous = len(first) < 6 or first[5] == "[heap]"
+        elif anonymous and first[0] in ("Shared_Clean:", "Shared_Dirty:"):
+            shared += int(first[1])
+    return shared / 1024
 
 
 def _checkpointed(path: Path) -> int:

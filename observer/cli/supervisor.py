@@ -32,6 +32,7 @@ from observer.prefect_api import check_prefect_api, refuse_another_hosts_pool, w
 from observer.prefect_database import check_prefect_database
 from observer.settings import Settings
 from observer.webhook.listen import bind_socket
+from observer.worker.boot import worker_command
 
 SERVER_START_TIMEOUT = 180.0
 WATCH_SECONDS = 5.0
@@ -137,18 +138,16 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
         orphans = crash_orphaned_runs(api_url, instance.work_pool)
         if orphans:
             _say(f"marked {orphans} run(s) left unfinished by the previous stop as Crashed")
+        worker_args = ("--pool", instance.work_pool, "--name", worker_name())
         children.append(
-            _start(
+            _child(
                 "prefect worker",
+                worker_command(*worker_args)
+                if settings.worker == "warm"
+                else [sys.executable, "-m", "prefect", "worker", "start", *worker_args],
                 env,
                 signal.SIGINT,
                 settings.layout.logs_dir,
-                "worker",
-                "start",
-                "--pool",
-                instance.work_pool,
-                "--name",
-                worker_name(),
             )
         )
         children[-1].repeat_after = 3.0

@@ -1,9 +1,10 @@
 """The worker's side of the warm template: start it, ask it to fork runs, hear their exits, restart it.
 
 One `WarmTemplate` per worker. The template is a child process joined by a socket pair; when the
-worker goes, the socket closes and the template exits. When the template dies the worker starts a
-new one; runs it had forked carry on (they are their own sessions) and are watched by pid until
-they end, with an unknown exit status.
+worker goes, the socket closes and the template exits. A worker started through
+`observer.worker.boot` adopts the template forked at its boot (sharing its imports); otherwise, and
+whenever the template dies, the worker starts a new one. Runs a dead template had forked carry on
+(they are their own sessions) and are watched by pid until they end, with an unknown exit status.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 from observer.worker import protocol
+from observer.worker.boot import TEMPLATE_VARIABLE
 
 #: What a run's process is reported to have returned when its template died before it did.
 UNKNOWN_EXIT = 1
@@ -28,6 +31,38 @@ class TemplateUnavailable(RuntimeError):
     """The template could not fork this run (it refused, died or is not running)."""
 
 
+class AdoptedProcess:
+    """The template forked at boot, a child of this process: what `WarmTemplate` needs of it
+    (`asyncio.subprocess.Process` gives the same for a template it started itself)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    async def wait(self) -> int:
+        """Its exit status; asked once its socket has closed, so the wait is short."""
+        while self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+            else:
+                await asyncio.sleep(0.05)
+        return self.returncode
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def adopt_boot_template() -> tuple[AdoptedProcess, socket.socket] | None:
+    """The template `observer.worker.boot` forked for this worker, if any (once only)."""
+    offered = os.environ.pop(TEMPLATE_VARIABLE, None)
+    if not offered:
+        return None
+    fd, pid = (int(part) for part in offered.split(":"))
+    return AdoptedProcess(pid), socket.socket(fileno=fd)
+
+
 class WarmTemplate:
     def __init__(self, *, cwd: Path, preload: list[str], logger: logging.Logger) -> None:
         self.cwd = cwd
@@ -35,7 +70,7 @@ class WarmTemplate:
         self.logger = logger
         self.ready: protocol.Ready | None = None
         self.forks = 0
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: asyncio.subprocess.Process | AdoptedProcess | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[protocol.Ready] | None = None
@@ -54,18 +89,12 @@ class WarmTemplate:
         await self.close()
 
     async def start(self) -> protocol.Ready:
-        """Start the template and wait until it has imported everything."""
-        ours, theirs = socket.socketpair()
-        command = [sys.executable, "-m", "observer.worker.template", "--control-fd"]
-        command.append(str(theirs.fileno()))
-        for module in self.preload:
-            command += ["--preload", module]
-        try:
-            self._process = await asyncio.create_subprocess_exec(
-                *command, cwd=self.cwd, pass_fds=(theirs.fileno(),)
-            )
-        finally:
-            theirs.close()
+        """Adopt the boot's template or start one; wait until it has imported everything."""
+        adopted = adopt_boot_template()
+        if adopted is not None:
+            self._process, ours = adopted
+        else:
+            self._process, ours = await self._spawn()
         reader, self._writer = await asyncio.open_connection(sock=ours)
         self._ready = asyncio.get_running_loop().create_future()
         self._reader_task = asyncio.create_task(self._read(reader, self._process))
@@ -76,6 +105,20 @@ class WarmTemplate:
                 self.ready.threads,
             )
         return self.ready
+
+    async def _spawn(self) -> tuple[asyncio.subprocess.Process, socket.socket]:
+        ours, theirs = socket.socketpair()
+        command = [sys.executable, "-m", "observer.worker.template", "--control-fd"]
+        command.append(str(theirs.fileno()))
+        for module in self.preload:
+            command += ["--preload", module]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command, cwd=self.cwd, pass_fds=(theirs.fileno(),)
+            )
+        finally:
+            theirs.close()
+        return process, ours
 
     async def fork(self, request: protocol.RunRequest) -> protocol.Forked:
         """Ask for a forked process running this flow run; return once it exists."""
@@ -121,7 +164,7 @@ class WarmTemplate:
                 await asyncio.wait_for(self._reader_task, 5)
 
     async def _read(
-        self, reader: asyncio.StreamReader, process: asyncio.subprocess.Process
+        self, reader: asyncio.StreamReader, process: asyncio.subprocess.Process | AdoptedProcess
     ) -> None:
         while line := await reader.readline():
             reply = protocol.decode_reply(line)

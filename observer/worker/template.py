@@ -274,19 +274,21 @@ def forget_modules_under(directory: str) -> None:
             del sys.modules[name]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--control-fd", type=int, required=True)
-    parser.add_argument("--preload", action="append", default=[], metavar="MODULE")
-    args = parser.parse_args(argv)
-    control = socket.socket(fileno=args.control_fd)
-    template = Template(control)
+def warm_up(modules: Iterable[str]) -> list[str]:
+    """Everything done once, before any fork: the shared TLS contexts and the imports. What was
+    imported is then kept out of the garbage collector's walks: a collection touching those
+    objects would copy every page it touches into each forked process."""
     share_tls_contexts()
-    preloaded = preload(args.preload)
-    # Keep what was imported out of the children's garbage collections: a collection walking
-    # the template's objects would copy every page it touches into each child.
+    preloaded = preload(modules)
     gc.collect()
     gc.freeze()
+    return preloaded
+
+
+def serve(control: socket.socket, preloaded: list[str]) -> int:
+    """Be the template on `control` until the worker goes (then 0); in a forked child, run its
+    flow run and exit (this never returns there)."""
+    template = Template(control)
     template.announce(preloaded)
     request = template.serve()
     if request is None:
@@ -299,6 +301,15 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()  # as the interpreter would for an uncaught exception
         code = 1
     exit_without_teardown(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--preload", action="append", default=[], metavar="MODULE")
+    args = parser.parse_args(argv)
+    control = socket.socket(fileno=args.control_fd)
+    return serve(control, warm_up(args.preload))
 
 
 def exit_without_teardown(code: int) -> NoReturn:

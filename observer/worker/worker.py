@@ -64,6 +64,7 @@ from pydantic import Field, PrivateAttr
 
 from observer.catalog import flow_at
 from observer.worker import scheduling
+from observer.worker.boot import project_directory
 from observer.worker.client import TemplateUnavailable, WarmTemplate
 from observer.worker.protocol import CheckRequest
 from observer.worker.starter import TemplateStarter
@@ -187,9 +188,8 @@ class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, Obs
 
     async def setup(self) -> None:
         await super().setup()
-        project = Path(os.environ.get("OBSERVER_PROJECT_DIR") or Path.cwd())
         self.template = await self._warm_stack.enter_async_context(
-            WarmTemplate(cwd=project, preload=preload_modules(), logger=self._logger)
+            WarmTemplate(cwd=project_directory(), preload=preload_modules(), logger=self._logger)
         )
         self._executors = await self._warm_stack.enter_async_context(FlowRunExecutorContext())
         self._wake_tasks = await self._warm_stack.enter_async_context(anyio.create_task_group())
