@@ -29,7 +29,7 @@ import os
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 import anyio
@@ -70,6 +70,7 @@ from observer.worker.protocol import CheckRequest
 from observer.worker.starter import TemplateStarter
 
 if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.objects import APIFlow, FlowRun, WorkPool
     from prefect.client.schemas.responses import DeploymentResponse
     from prefect.flows import Flow
@@ -158,6 +159,25 @@ def working_directory(pull_steps: list[dict[str, Any]]) -> Path | None:
     return Path(directory) if directory else None
 
 
+class FlowsRemembered:
+    """The worker's client as a settled run's job configuration is resolved: a flow's record (its
+    name and labels, which do not move where a run starts or what it sees) is read once per flow
+    instead of once per run, one API call fewer for every quiet scheduled run; everything else
+    goes to the client as it is."""
+
+    def __init__(self, client: PrefectClient) -> None:
+        self._client = client
+        self._flows: dict[UUID, APIFlow] = {}
+
+    async def read_flow(self, flow_id: UUID) -> APIFlow:
+        if flow_id not in self._flows:
+            self._flows[flow_id] = await self._client.read_flow(flow_id)
+        return self._flows[flow_id]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
 def preload_modules() -> list[str]:
     """The flows' modules, imported once by the template."""
     from observer.catalog import FLOWS
@@ -185,6 +205,7 @@ class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, Obs
         self._woken = asyncio.Event()
         self._wake_timer: asyncio.TimerHandle | None = None
         self._locations: dict[UUID, tuple[Path, str]] = {}
+        self._flows_remembered: FlowsRemembered | None = None
 
     async def setup(self) -> None:
         await super().setup()
@@ -229,9 +250,11 @@ class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, Obs
         if not flow_run.auto_scheduled or self.template is None:
             return False
         try:
+            if self._flows_remembered is None:
+                self._flows_remembered = FlowsRemembered(self.client)
             configuration = await self.job_configuration.resolve_for_flow_run(
                 flow_run,
-                client=self.client,
+                client=cast("PrefectClient", self._flows_remembered),
                 work_pool=copy.deepcopy(self.work_pool),
                 worker_name=self.name,
                 worker_id=self.backend_id,
