@@ -88,19 +88,40 @@ def command_of(pid: int) -> str:
         return "?"
 
 
+#: (kind, what its command line holds)
+KINDS = (
+    ("prefect server", "server start"),
+    ("worker", "worker start"),
+    ("template", "observer.worker.template"),
+    ("webhook", "observer.cli webhook"),
+    ("fsync helper", "syncer_child"),
+    ("observer up", "observer.cli up"),
+    ("observer up", "console.py"),  # the same process once everything started (exec'd)
+)
+
+
+def kind_of(pid: int) -> str:
+    """What a process of the product is, from its command line. The worker started through
+    `observer.worker.boot` and the template it forked share one command line: the template is
+    the one whose parent has it too."""
+    command = command_of(pid)
+    if "observer.worker.boot" in command:
+        return "template" if command_of(parent_of(pid)) == command else "worker"
+    return next((kind for kind, marker in KINDS if marker in command), "other")
+
+
+def parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def breakdown(root: int) -> dict[str, tuple[float, float]]:
     """CPU seconds and RSS MB per kind of process in the tree (for the report)."""
-    kinds = {
-        "prefect server": "server start",
-        "worker": "worker start",
-        "template": "observer.worker.template",
-        "webhook": "observer.cli webhook",
-        "fsync helper": "syncer_child",
-    }
     result: dict[str, tuple[float, float]] = {}
     for pid in tree(root):
-        command = command_of(pid)
-        kind = next((k for k, marker in kinds.items() if marker in command), "other")
+        kind = kind_of(pid)
         rss = 0.0
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():

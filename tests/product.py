@@ -106,7 +106,7 @@ class ObserverUp:
                 try:
                     self.process.wait(timeout=90)
                 except subprocess.TimeoutExpired:
-                    for pid in [*_descendants(self.process.pid), self.process.pid]:
+                    for pid in [*descendants(self.process.pid), self.process.pid]:
                         with contextlib.suppress(ProcessLookupError):
                             os.killpg(pid, signal.SIGKILL)  # a child's group: its own runs
                         with contextlib.suppress(ProcessLookupError):
@@ -116,13 +116,13 @@ class ObserverUp:
             self._log.close()
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every process below `pid`, from /proc."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(OSError):
             for child in (task / "children").read_text().split():
-                found += [int(child), *_descendants(int(child))]
+                found += [int(child), *descendants(int(child))]
     return found
 
 

@@ -1,22 +1,225 @@
-"""What `observer up` says on its console about runs: one line for each run that ends badly.
+"""What `observer up` is once everything has started: its children's keeper and its console.
 
-The children's own output goes to log files (`OBSERVER_DATA_DIR/_observer/logs/`), and a run's
-full logs and traceback stay on its page in the UI. The console gets the one line that matters:
-which deployment, which run, why, and where to look. The watcher asks the Prefect API every few
-seconds for runs that ended Failed, Crashed or Cancelled since it last looked, over one kept-alive
-connection (a new client each time would build a TLS context every look: most of an idle
-supervisor's CPU).
+`observer up` starts the product with the whole package at hand (settings, checks, `prefect
+deploy`), then replaces itself (`exec`, same pid, same children) with this module run as a
+script on the standard library alone (`python -I -S console.py PLAN`): all day it only watches,
+so it should weigh what watching needs (about 10 MB, not the 60 MB of the start-up's imports).
+`start_console` does the hand-over, `main` is the other side; `keep` is the loop both run.
+
+The loop notices a child that stopped (then says which, with the end of its log, and stops the
+rest: exit 1), stops the children in reverse order on Ctrl-C or SIGTERM, each with the signal it
+obeys (a Prefect 3.9 worker keeps going after its first SIGINT and kills itself at the second, so
+it gets SIGINT twice), and caps their logs. The console gets one line per run that ends badly:
+the watcher asks the Prefect API every `WATCH_SECONDS` for runs that ended Failed, Crashed or
+Cancelled since it last looked, over one kept-alive connection. A run's full logs and traceback
+stay on its page in the UI.
+
+Only the standard library may be imported here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-
-import httpx
+from pathlib import Path
+from typing import Any
 
 BAD_STATES = ("FAILED", "CRASHED", "CANCELLED")
 MESSAGE_CHARS = 200
+# How often the watcher asks the API for runs that ended badly (and logs are capped): each look
+# is a query the Prefect server pays for, all day; a failure's line can wait 15 s.
+WATCH_SECONDS = 15.0
+LOG_BYTES = 10 * 1024 * 1024  # per log file; one older copy is kept
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def say(message: str) -> None:
+    print(f"observer: {message}", flush=True)
+
+
+# ── the children ────────────────────────────────────────────────────────────────────────────────
+
+
+@dataclass
+class Child:
+    """A process `observer up` started (and whose parent it stays, across the exec)."""
+
+    name: str
+    pid: int
+    stop_signal: int
+    log: str
+    repeat_after: float | None = None  # send the stop signal again after this many seconds
+    returncode: int | None = field(default=None, compare=False)
+    # The `subprocess.Popen` that started it, held so that `subprocess` never reaps it behind
+    # this object's back (it reaps the processes of Popen objects that were dropped).
+    handle: object = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """What the console needs to go on keeping it after the exec."""
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "stop_signal": self.stop_signal,
+            "log": self.log,
+            "repeat_after": self.repeat_after,
+        }
+
+    def last_lines(self, count: int = 20) -> str:
+        """The end of what it printed, to show when it stops unexpectedly."""
+        try:
+            text = Path(self.log).read_bytes()[-16384:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-count:])
+
+    def alive(self) -> bool:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode is None
+
+    def wait(self, timeout: float) -> bool:
+        """Whether it ended within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.alive():
+            return
+        self.signal(self.stop_signal)
+        if self.repeat_after is not None and not self.wait(self.repeat_after):
+            self.signal(self.stop_signal)
+        if not self.wait(timeout):
+            self.signal(signal.SIGKILL)
+            self.wait(10)
+
+    def signal(self, number: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, number)
+
+
+def cap_log(log: str) -> None:
+    """Bound a log while its process writes it: past LOG_BYTES, keep a copy (`.1`) and start
+    the file again (the writer appends, so it goes on at the new end)."""
+    try:
+        if os.stat(log).st_size <= LOG_BYTES:
+            return
+        shutil.copyfile(log, log + ".1")
+        os.truncate(log, 0)
+    except OSError:
+        pass
+
+
+class Stopped(Exception):
+    """A child stopped on its own; the message says which, with the end of its log."""
+
+
+def keep(
+    children: list[Child],
+    watcher: RunWatcher | None,
+    stopping: Callable[[], bool],
+) -> int:
+    """Watch until asked to stop (0) or until a child stops on its own (1); then stop the
+    children, last started first."""
+    code = 0
+    try:
+        next_look = 0.0
+        while not stopping():
+            dead = [child for child in children if not child.alive()]
+            if dead:
+                raise Stopped(
+                    f"{', '.join(c.name for c in dead)} stopped unexpectedly; the end of its log"
+                    f" ({dead[0].log}):\n{dead[0].last_lines()}"
+                )
+            if time.monotonic() >= next_look:
+                if watcher is not None:
+                    watcher.check()
+                for child in children:
+                    cap_log(child.log)
+                next_look = time.monotonic() + WATCH_SECONDS
+            time.sleep(0.5)
+    except Stopped as exc:
+        print(f"observer: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if watcher is not None:
+            watcher.close()
+        stop_all(children)
+    return code
+
+
+def stop_all(children: list[Child]) -> None:
+    for child in reversed(children):
+        say(f"stopping {child.name}")
+        child.stop()
+
+
+# ── the hand-over ───────────────────────────────────────────────────────────────────────────────
+
+
+def start_console(
+    children: list[Child], api_url: str, work_pool: str, stopping: Callable[[], bool]
+) -> int:
+    """Become the light console (this process, exec'd), unless a stop was asked for during the
+    start-up. Stop signals are held from that last look across the exec, so one sent meanwhile
+    is handled there. Should the exec fail, keep watching from here."""
+    plan = {"api_url": api_url, "work_pool": work_pool, "children": [c.to_json() for c in children]}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    if stopping():
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop_all(children)
+        return 0
+    try:
+        os.execv(sys.executable, [sys.executable, "-I", "-S", __file__, json.dumps(plan)])
+    except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        say(f"could not start the light console ({exc}); watching from here")
+    return run(children, api_url, work_pool)
+
+
+def run(children: list[Child], api_url: str, work_pool: str) -> int:
+    stop_requested = False
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    for number in STOP_SIGNALS:
+        signal.signal(number, request_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    return keep(children, RunWatcher(api_url, work_pool, say), lambda: stop_requested)
+
+
+def main(argv: list[str]) -> int:
+    plan = json.loads(argv[0])
+    children = [Child(**child) for child in plan["children"]]
+    return run(children, plan["api_url"], plan["work_pool"])
+
+
+# ── runs that end badly ─────────────────────────────────────────────────────────────────────────
 
 
 class RunWatcher:
@@ -31,10 +234,13 @@ class RunWatcher:
         self._since = datetime.now(UTC)
         self._reported: set[str] = set()
         self._deployments: dict[str, str] = {}
-        self._client = httpx.Client(timeout=5)
+        self._api = urllib.parse.urlsplit(self.api_url)
+        self._connection: http.client.HTTPConnection | None = None
 
     def close(self) -> None:
-        self._client.close()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def check(self) -> int:
         """Look once; returns how many lines were said. Never raises for the API being away."""
@@ -50,11 +256,8 @@ class RunWatcher:
             "sort": "END_TIME_DESC",
             "limit": 50,
         }
-        try:
-            response = self._client.post(f"{self.api_url}/flow_runs/filter", json=query)
-            response.raise_for_status()
-            runs = response.json()
-        except (httpx.HTTPError, ValueError):
+        runs = self._call("POST", "/flow_runs/filter", query)
+        if not isinstance(runs, list):
             return 0
         said = 0
         for run in reversed(runs):
@@ -68,10 +271,9 @@ class RunWatcher:
             self._reported = {run["id"] for run in runs}
         return said
 
-    def line(self, run: dict[str, object]) -> str:
+    def line(self, run: dict[str, Any]) -> str:
         """`deployment: run 'name' Failed: reason — URL`, on one line."""
         state = run.get("state") or {}
-        assert isinstance(state, dict)
         message = " ".join(str(state.get("message") or "no message").split())
         if len(message) > MESSAGE_CHARS:
             message = message[: MESSAGE_CHARS - 1] + "…"
@@ -83,10 +285,43 @@ class RunWatcher:
         if not isinstance(deployment_id, str):
             return "(no deployment)"
         if deployment_id not in self._deployments:
-            try:
-                response = self._client.get(f"{self.api_url}/deployments/{deployment_id}")
-                response.raise_for_status()
-                self._deployments[deployment_id] = response.json()["name"]
-            except (httpx.HTTPError, ValueError, KeyError):
+            found = self._call("GET", f"/deployments/{deployment_id}")
+            if not isinstance(found, dict) or not isinstance(found.get("name"), str):
                 return deployment_id
+            self._deployments[deployment_id] = found["name"]
         return self._deployments[deployment_id]
+
+    def _call(self, method: str, path: str, body: object = None) -> Any:
+        """The API's JSON answer, or None when it is away or answers anything but 2xx JSON (the
+        connection is then dropped and made again at the next call)."""
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"content-type": "application/json"} if payload is not None else {}
+        for _attempt in range(2):  # a kept-alive connection the server closed: once more
+            try:
+                connection = self._connection or self._connect()
+                connection.request(method, self._api.path + path, payload, headers)
+                response = connection.getresponse()
+                data = response.read()
+            except (OSError, http.client.HTTPException):
+                self.close()
+                continue
+            if not 200 <= response.status < 300:
+                return None
+            try:
+                return json.loads(data)
+            except ValueError:
+                return None
+        return None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        kind = (
+            http.client.HTTPSConnection
+            if self._api.scheme == "https"
+            else http.client.HTTPConnection
+        )
+        self._connection = kind(self._api.netloc, timeout=5)
+        return self._connection
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

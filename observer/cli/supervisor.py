@@ -4,28 +4,25 @@ Starts a local Prefect server (SQLite under the data dir, or the PostgreSQL that
 `PREFECT_SERVER_DATABASE_CONNECTION_URL` names, checked first; UI on 127.0.0.1), creates the work pool
 (type observer-warm, see observer/worker/), applies prefect.yaml, starts a worker and the webhook. Everything lives under
 `OBSERVER_DATA_DIR`, so a second start reuses the same runs, schedules and ops. `--no-server` starts
-all but the Prefect server and joins the one at PREFECT_API_URL (another host's). Ctrl-C (or SIGTERM)
-stops the children in reverse order, each with the signal it obeys (a
-Prefect 3.9 worker keeps going after its first SIGTERM or SIGINT and kills itself at the second, so
-it gets SIGINT twice; its warm template exits with it).
+all but the Prefect server and joins the one at PREFECT_API_URL (another host's). Once everything
+answers, the process becomes the light console (`observer.cli.console`: same pid, same children,
+the standard library only), which keeps the children until Ctrl-C or SIGTERM and then stops them
+in reverse order.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from deployments.apply import crash_orphaned_runs, deploy, prefect_environment
-from observer.cli.console import RunWatcher
+from observer.cli.console import LOG_BYTES, Child, say, start_console, stop_all
 from observer.errors import CommandError, SettingsError, StartupFailed
 from observer.instance import instance_of
 from observer.prefect_api import check_prefect_api, refuse_another_hosts_pool, worker_name
@@ -35,43 +32,6 @@ from observer.webhook.listen import bind_socket
 from observer.worker.boot import worker_command
 
 SERVER_START_TIMEOUT = 180.0
-WATCH_SECONDS = 5.0
-LOG_BYTES = 10 * 1024 * 1024  # per log file; one older copy is kept
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    stop_signal: int
-    log: Path
-    repeat_after: float | None = None  # send the stop signal again after this many seconds
-
-    def last_lines(self, count: int = 20) -> str:
-        """The end of what it printed, to show when it stops unexpectedly."""
-        try:
-            text = self.log.read_bytes()[-16384:].decode("utf-8", "replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-count:])
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if not self.alive():
-            return
-        self.process.send_signal(self.stop_signal)
-        try:
-            if self.repeat_after is not None:
-                try:
-                    self.process.wait(timeout=self.repeat_after)
-                except subprocess.TimeoutExpired:
-                    self.process.send_signal(self.stop_signal)
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool = True) -> int:
@@ -89,7 +49,6 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
     instance = instance_of(settings)
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     children: list[Child] = []
-    watcher: RunWatcher | None = None
     stopping = False
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -107,7 +66,7 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
                 ).close()
         if server:
             database = check_prefect_database(env)
-            _say(
+            say(
                 f"starting the Prefect server on {api_url.removesuffix('/api')}"
                 f" (database: {database}; home {env['PREFECT_HOME']})"
             )
@@ -129,15 +88,15 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
                 f"{api_url}/health", children[-1], "the Prefect server", lambda: stopping
             )
         else:
-            _say(f"joining the Prefect server at {api_url} ({check_prefect_api(api_url)})")
+            say(f"joining the Prefect server at {api_url} ({check_prefect_api(api_url)})")
         refuse_another_hosts_pool(api_url, instance.work_pool, "OBSERVER_INSTANCE")
-        _say(
+        say(
             f"applying prefect.yaml (work pool {instance.work_pool}, deployments, schedules, triggers)"
         )
         deploy(env)
         orphans = crash_orphaned_runs(api_url, instance.work_pool)
         if orphans:
-            _say(f"marked {orphans} run(s) left unfinished by the previous stop as Crashed")
+            say(f"marked {orphans} run(s) left unfinished by the previous stop as Crashed")
         worker_args = ("--pool", instance.work_pool, "--name", worker_name())
         children.append(
             _child(
@@ -163,39 +122,24 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
         _wait_until_healthy(
             f"http://{settings.host}:{settings.port}/health", children[-1], "the webhook"
         )
-        _say(
+        say(
             f"up: UI {api_url.removesuffix('/api')}  webhook http://{settings.host}:{settings.port}"
             f"  ops {settings.layout.ops_path.resolve()}  (Ctrl-C stops everything)"
         )
-        _say(
-            f"logs in {settings.layout.logs_dir.resolve()}; a run that ends badly is one line here"
-        )
-        watcher = RunWatcher(api_url, instance.work_pool, _say)
-        next_look = 0.0
-        while not stopping:
-            dead = [child for child in children if not child.alive()]
-            if dead:
-                raise StartupFailed(
-                    f"{', '.join(c.name for c in dead)} stopped unexpectedly; the end of its log"
-                    f" ({dead[0].log}):\n{dead[0].last_lines()}"
-                )
-            if time.monotonic() >= next_look:
-                watcher.check()
-                for child in children:
-                    _cap_log(child.log)
-                next_look = time.monotonic() + WATCH_SECONDS
-            time.sleep(0.5)
-        return 0
+        say(f"logs in {settings.layout.logs_dir.resolve()}; a run that ends badly is one line here")
+        return start_console(children, api_url, instance.work_pool, lambda: stopping)
     except CommandError as exc:
         print(f"observer: {exc}", file=sys.stderr)
+        _stop(children)
         return 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if watcher is not None:
-            watcher.close()
-        for child in reversed(children):
-            _say(f"stopping {child.name}")
-            child.stop()
+    except BaseException:
+        _stop(children)
+        raise
+
+
+def _stop(children: list[Child]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the stop short
+    stop_all(children)
 
 
 def _start(name: str, env: dict[str, str], stop_signal: int, logs: Path, *args: str) -> Child:
@@ -217,19 +161,7 @@ def _child(
         process = subprocess.Popen(
             command, env=env, process_group=0, stdout=output, stderr=subprocess.STDOUT
         )
-    return Child(name, process, stop_signal, log)
-
-
-def _cap_log(log: Path) -> None:
-    """Bound a log while its process writes it: past LOG_BYTES, keep a copy (`.1`) and start
-    the file again (the writer appends, so it goes on at the new end)."""
-    try:
-        if log.stat().st_size <= LOG_BYTES:
-            return
-        shutil.copyfile(log, log.with_suffix(".log.1"))
-        os.truncate(log, 0)
-    except OSError:
-        pass
+    return Child(name, process.pid, stop_signal, str(log), handle=process)
 
 
 def _wait_until_healthy(
@@ -251,7 +183,3 @@ def _wait_until_healthy(
             pass
         time.sleep(0.25)
     raise StartupFailed(f"{what} did not answer within {SERVER_START_TIMEOUT:.0f} s")
-
-
-def _say(message: str) -> None:
-    print(f"observer: {message}", flush=True)
