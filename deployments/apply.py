@@ -58,9 +58,11 @@ def prefect_environment(settings: Settings, api_url: str) -> dict[str, str]:
     layout = settings.layout
     cycle = _seconds(settings.cycle_seconds)
     # The warm worker is woken by the server's events and by its own timers, so its regular poll
-    # is only a safety net (and looks far enough ahead to set those timers); Prefect's process
-    # worker has only its poll, so it polls every second.
-    query, prefetch = ("10", "25") if settings.worker == "warm" else ("1", "5")
+    # is only a safety net, every 30 s (21-39 s: Prefect adds 30% jitter), and looks far enough
+    # ahead (50 s) to see every scheduled run before it is due and set its timer; a poll is a
+    # query the server pays for, all day. Prefect's process worker has only its poll, so it polls
+    # every second.
+    query, prefetch = ("30", "50") if settings.worker == "warm" else ("1", "5")
     day = 24 * 3600
     return {
         **os.environ,

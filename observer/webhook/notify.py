@@ -51,7 +51,8 @@ class SpoolNotifier:
     One run drains whatever is waiting, and at most one more waits behind it: the event is not
     sent while an ingest-events run is already waiting to start, so a burst of notifications makes
     a handful of runs, not one per batch. Re-sending every `renotify_interval` seconds while
-    `pending()` says records wait covers an event lost on its way (Prefect down, restarting).
+    `pending()` says records wait covers an event lost on its way (Prefect down, restarting); an
+    idle webhook, its spool drained, does not look.
     """
 
     def __init__(
@@ -92,14 +93,22 @@ class SpoolNotifier:
 
     async def _run(self) -> None:
         assert self._wanted is not None
+        # Whether records may still wait: then the spool is looked at every renotify_interval;
+        # once it is found drained, nothing is looked at until the next durable batch.
+        maybe_waiting = True
         async with httpx.AsyncClient(timeout=2.0) as client:
             while True:
                 try:
-                    await asyncio.wait_for(self._wanted.wait(), timeout=self.renotify_interval)
+                    await asyncio.wait_for(
+                        self._wanted.wait(),
+                        timeout=self.renotify_interval if maybe_waiting else None,
+                    )
                 except TimeoutError:
                     if not await asyncio.to_thread(self._pending):
+                        maybe_waiting = False
                         continue
                 self._wanted.clear()
+                maybe_waiting = True
                 if await self._ingestion_due(client):
                     # A run is waiting to start: it will take these records too.
                     continue
