@@ -19,6 +19,8 @@ from pathlib import Path
 
 #: "FD:PID" of the template forked at boot, for the worker to adopt (read once, then removed).
 TEMPLATE_VARIABLE = "OBSERVER_WARM_TEMPLATE"
+#: What `prefect worker start` imports on its way to the worker (found by listing `sys.modules`).
+WORKER_MODULES = ("prefect.cli", "prefect.cli.worker")
 
 
 def worker_command(*worker_args: str) -> list[str]:
@@ -38,9 +40,9 @@ def main(worker_args: list[str]) -> None:
 
     os.chdir(project_directory())
 
-    # The worker's own module is imported before the fork too: what the template does not use
-    # costs it nothing, and the worker then shares it.
-    preloaded = warm_up(preload_modules())
+    # The worker's own modules (its class, Prefect's command line) are imported before the fork
+    # too: what the template does not use costs it nothing, and the worker then shares it.
+    preloaded = warm_up([*preload_modules(), *WORKER_MODULES])
     ours, theirs = socket.socketpair()
     pid = os.fork()
     if pid == 0:
