@@ -69,6 +69,10 @@ def prefect_environment(settings: Settings, api_url: str) -> dict[str, str]:
         "PREFECT_API_URL": api_url,
         "PREFECT_HOME": str(layout.prefect_home.resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # glibc gives each thread that allocates its own malloc arena (up to 8 a core), each
+        # keeping what was freed in it; the server's threads (one per SQLite connection, a
+        # thread pool) held about 10 MB more that way, measured at idle.
+        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
         "DO_NOT_TRACK": "1",
         "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", query),
         "PREFECT_WORKER_PREFETCH_SECONDS": os.environ.get(
