@@ -116,14 +116,22 @@ class ObserverUp:
             self._log.close()
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid`, from /proc."""
+def children(pid: int) -> list[int]:
+    """The processes `pid` started, from /proc."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(OSError):
-            for child in (task / "children").read_text().split():
-                found += [int(child), *descendants(int(child))]
+            found += [int(child) for child in (task / "children").read_text().split()]
     return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc."""
+    return [d for child in children(pid) for d in (child, *descendants(child))]
+
+
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 def run_deployment(

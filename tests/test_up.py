@@ -12,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.product import ObserverUp, descendants, free_port
+from tests.product import ObserverUp, command_line, descendants, free_port
 
 A_YEAR = str(365 * 24 * 3600)
-
-
-def _cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 def _rss_mb(pid: int) -> float:
@@ -40,11 +36,11 @@ def test_observer_up_keeps_its_children_as_a_light_console_and_stops_them_when_o
 ) -> None:
     up.wait_up()
     deadline = time.monotonic() + 10
-    while "console.py" not in _cmdline(up.process.pid) and time.monotonic() < deadline:
+    while "console.py" not in command_line(up.process.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert "-I -S" in _cmdline(up.process.pid) and "console.py" in _cmdline(up.process.pid)
+    assert "-I -S" in command_line(up.process.pid) and "console.py" in command_line(up.process.pid)
     assert _rss_mb(up.process.pid) < 30  # the start-up's imports are gone with the exec
-    children = {pid: _cmdline(pid) for pid in descendants(up.process.pid)}
+    children = {pid: command_line(pid) for pid in descendants(up.process.pid)}
     (webhook,) = [pid for pid, line in children.items() if "observer.cli webhook" in line]
     worker = [pid for pid, line in children.items() if "observer.worker.boot" in line]
     assert worker

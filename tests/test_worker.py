@@ -31,6 +31,7 @@ from observer.worker.template import Template
 from observer.worker.worker import preload_modules
 from tests.conftest import ROOT
 from tests.fakes import FakeUpstream, Reply, WebhookProcess, api_call
+from tests.product import children, command_line
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -312,9 +313,9 @@ def test_the_worker_adopts_the_template_forked_at_its_boot_and_shares_its_import
     """`observer.worker.boot` imports once and forks: the template is the worker's child running
     the same command line (not a second interpreter), single-threaded, and the memory of what
     both imported is shared between them (anonymous pages only fork can share)."""
-    (boot,) = [pid for pid in _children(os.getpid()) if "observer.worker.boot" in _cmdline(pid)]
-    (template,) = _children(boot)
-    assert _cmdline(template) == _cmdline(boot)
+    (boot,) = [pid for pid in children(os.getpid()) if "observer.worker.boot" in command_line(pid)]
+    (template,) = children(boot)
+    assert command_line(template) == command_line(boot)
     assert len(os.listdir(f"/proc/{template}/task")) == 1
     assert _shared_anonymous_mb(template) >= 10
 
@@ -423,17 +424,6 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-    return found
-
-
-def _cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
 
 
 def _shared_anonymous_mb(pid: int) -> float:

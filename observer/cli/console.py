@@ -117,13 +117,18 @@ class Child:
             os.kill(self.pid, number)
 
 
+def old_copy(log: str) -> str:
+    """Where a log's one older copy is kept."""
+    return log + ".1"
+
+
 def cap_log(log: str) -> None:
-    """Bound a log while its process writes it: past LOG_BYTES, keep a copy (`.1`) and start
-    the file again (the writer appends, so it goes on at the new end)."""
+    """Bound a log while its process writes it: past LOG_BYTES, keep a copy (`old_copy`) and
+    start the file again (the writer appends, so it goes on at the new end)."""
     try:
         if os.stat(log).st_size <= LOG_BYTES:
             return
-        shutil.copyfile(log, log + ".1")
+        shutil.copyfile(log, old_copy(log))
         os.truncate(log, 0)
     except OSError:
         pass
@@ -133,11 +138,7 @@ class Stopped(Exception):
     """A child stopped on its own; the message says which, with the end of its log."""
 
 
-def keep(
-    children: list[Child],
-    watcher: RunWatcher | None,
-    stopping: Callable[[], bool],
-) -> int:
+def keep(children: list[Child], watcher: RunWatcher, stopping: Callable[[], bool]) -> int:
     """Watch until asked to stop (0) or until a child stops on its own (1); then stop the
     children, last started first."""
     code = 0
@@ -151,8 +152,7 @@ def keep(
                     f" ({dead[0].log}):\n{dead[0].last_lines()}"
                 )
             if time.monotonic() >= next_look:
-                if watcher is not None:
-                    watcher.check()
+                watcher.check()
                 for child in children:
                     cap_log(child.log)
                 next_look = time.monotonic() + WATCH_SECONDS
@@ -161,14 +161,14 @@ def keep(
         print(f"observer: {exc}", file=sys.stderr, flush=True)
         code = 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if watcher is not None:
-            watcher.close()
+        watcher.close()
         stop_all(children)
     return code
 
 
 def stop_all(children: list[Child]) -> None:
+    """Stop the children, last started first; a second Ctrl-C does not cut that short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for child in reversed(children):
         say(f"stopping {child.name}")
         child.stop()
@@ -189,7 +189,6 @@ def start_console(
     held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     if stopping():
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         stop_all(children)
         return 0
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from deployments.apply import crash_orphaned_runs, deploy, prefect_environment
-from observer.cli.console import LOG_BYTES, Child, say, start_console, stop_all
+from observer.cli.console import LOG_BYTES, Child, old_copy, say, start_console, stop_all
 from observer.errors import CommandError, SettingsError, StartupFailed
 from observer.instance import instance_of
 from observer.prefect_api import check_prefect_api, refuse_another_hosts_pool, worker_name
@@ -130,16 +130,11 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
         return start_console(children, api_url, instance.work_pool, lambda: stopping)
     except CommandError as exc:
         print(f"observer: {exc}", file=sys.stderr)
-        _stop(children)
+        stop_all(children)
         return 1
     except BaseException:
-        _stop(children)
+        stop_all(children)
         raise
-
-
-def _stop(children: list[Child]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the stop short
-    stop_all(children)
 
 
 def _start(name: str, env: dict[str, str], stop_signal: int, logs: Path, *args: str) -> Child:
@@ -154,7 +149,7 @@ def _child(
     log = logs / f"{name.replace(' ', '-')}.log"
     logs.mkdir(parents=True, exist_ok=True)
     if log.exists() and log.stat().st_size > LOG_BYTES:
-        log.replace(log.with_suffix(".log.1"))
+        log.replace(old_copy(str(log)))
     with open(log, "ab") as output:
         # A process group of its own: a terminal's Ctrl-C reaches only the supervisor, which
         # then stops the children in order.

@@ -209,6 +209,7 @@ class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, Obs
 
     async def setup(self) -> None:
         await super().setup()
+        self._flows_remembered = FlowsRemembered(self.client)
         self.template = await self._warm_stack.enter_async_context(
             WarmTemplate(cwd=project_directory(), preload=preload_modules(), logger=self._logger)
         )
@@ -250,8 +251,6 @@ class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, Obs
         if not flow_run.auto_scheduled or self.template is None:
             return False
         try:
-            if self._flows_remembered is None:
-                self._flows_remembered = FlowsRemembered(self.client)
             configuration = await self.job_configuration.resolve_for_flow_run(
                 flow_run,
                 client=cast("PrefectClient", self._flows_remembered),
