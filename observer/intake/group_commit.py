@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -34,20 +34,13 @@ Answer = TypeVar("Answer")
 
 
 @dataclass(slots=True)
-class Queued:
-    """One op waiting for the disk: its id and its validated fields."""
-
-    event_id: str | None
-    fields: dict[str, Any]
-
-
-@dataclass(slots=True)
 class Submission(Generic[Answer]):
     """Ops one request hands over together: written in one write, made durable by one fsync, and
     kept or refused as a whole. `done` gets the listener's answer, `failed` the reason nothing of
-    it was kept."""
+    it was kept. The intake does not read the ops: it hands them to its listener."""
 
-    ops: list[Queued]
+    ops: Sequence[Any]  # each op's validated fields
+    event_ids: Sequence[str]  # the ids among them (an op may have none)
     payload: bytes  # their spool records
     done: Callable[[Answer], None]
     failed: Callable[[IntakeError], None]
@@ -65,11 +58,6 @@ class DurableBatch(Generic[Answer]):
     def size(self) -> int:
         return self.end.offset - self.start.offset
 
-    @property
-    def ops(self) -> Iterator[Queued]:
-        for submission in self.submissions:
-            yield from submission.ops
-
 
 class DurableListener(Protocol[Answer]):
     """What follows the intake: told of every batch once durable, and of every refused op."""
@@ -78,8 +66,8 @@ class DurableListener(Protocol[Answer]):
         """The batch is on disk: return each submission's answer, in order."""
         ...
 
-    def refused(self, ops: Sequence[Queued]) -> None:
-        """These ops were not kept (their requests get a 503)."""
+    def refused(self, event_ids: Sequence[str]) -> None:
+        """The ops with these ids were not kept (their requests get a 503)."""
         ...
 
 
@@ -143,12 +131,14 @@ class Intake(Generic[Answer]):
 
     def put(
         self,
-        ops: list[Queued],
+        ops: Sequence[Any],
+        event_ids: Sequence[str],
         payload: bytes,
         done: Callable[[Answer], None],
         failed: Callable[[IntakeError], None],
     ) -> None:
-        """Queue ops written together (`payload`: their spool records, in order). Once durable the
+        """Queue ops written together (`event_ids`: the ids among them; `payload`: their spool
+        records, in order). Once durable the
         listener's answer goes to `done`; if the disk refuses them, `failed` gets why (nothing of
         them kept). Raises Overloaded at once when the queue cannot take them all."""
         if (
@@ -156,7 +146,7 @@ class Intake(Generic[Answer]):
             or self._waiting_bytes + len(payload) > MAX_PENDING_BYTES
         ):
             raise Overloaded("the intake queue is full")
-        self._queue.append(Submission(ops, payload, done, failed))
+        self._queue.append(Submission(ops, event_ids, payload, done, failed))
         self._waiting_events += len(ops)
         self._waiting_bytes += len(payload)
         if not self._flush_scheduled:
@@ -176,7 +166,8 @@ class Intake(Generic[Answer]):
             if not future.done():
                 future.set_exception(error)
 
-        self.put([Queued(event_id, fields)], encode_record(event_id, op_line(fields)), done, failed)
+        record = encode_record(event_id, op_line(fields))
+        self.put([fields], () if event_id is None else (event_id,), record, done, failed)
         return await future
 
     @property
@@ -268,11 +259,11 @@ class Intake(Generic[Answer]):
     def _refuse(self, batches: list[list[Submission[Answer]]], size: int, exc: OSError) -> None:
         self.write_errors += 1
         submissions = [submission for batch in batches for submission in batch]
-        ops = [op for submission in submissions for op in submission.ops]
-        log.error("spool write failed, %d event(s) refused: %s", len(ops), exc)
+        events = sum(len(submission.ops) for submission in submissions)
+        log.error("spool write failed, %d event(s) refused: %s", events, exc)
         failure = WriteFailed(f"cannot write the spool: {exc.strerror or exc}")
-        self._waiting_events -= len(ops)
+        self._waiting_events -= events
         self._waiting_bytes -= size
-        self._listener.refused(ops)
+        self._listener.refused([i for submission in submissions for i in submission.event_ids])
         for submission in submissions:
             submission.failed(failure)

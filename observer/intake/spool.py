@@ -16,7 +16,7 @@ import contextlib
 import fcntl
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -40,6 +40,13 @@ class SpoolRecord(NamedTuple):
 
 def encode_record(event_id: str | None, op_line: bytes) -> bytes:
     return (event_id or "").encode() + b"\t" + op_line + b"\n"
+
+
+def encode_records(event_ids: Sequence[str | None], op_lines: Sequence[bytes]) -> bytes:
+    """The records of ops in order (`event_ids[i]` is `op_lines[i]`'s id, or None)."""
+    if not any(event_ids):  # the usual batch: one join in C
+        return b"\t" + b"\n\t".join(op_lines) + b"\n" if op_lines else b""
+    return b"".join([encode_record(i, line) for i, line in zip(event_ids, op_lines, strict=True)])
 
 
 def decode_record(raw: bytes) -> SpoolRecord:

@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 
 from observer.errors import EventError, IntakeError
-from observer.intake.group_commit import Intake, Queued
-from observer.intake.spool import encode_record
+from observer.intake.group_commit import Intake
+from observer.intake.spool import encode_record, encode_records
 from observer.ops import now_timestamp
 from observer.settings import Settings
 from observer.values import json_type_name
@@ -82,7 +82,8 @@ class EventDoor:
         def done(ring_size: int) -> None:
             reply(200, b'{"accepted":true,"ring_size":%d}' % ring_size, NO_HEADERS)
 
-        self._put([Queued(event_id, event.op)], encode_record(event_id, event.line), done, reply)
+        event_ids = () if event_id is None else (event_id,)
+        self._put([event.op], event_ids, encode_record(event_id, event.line), done, reply)
 
     # ── POST /events ────────────────────────────────────────────────────────────────────────────
 
@@ -96,28 +97,29 @@ class EventDoor:
             return
         ledger = self.ledger
         results: list[dict[str, Any]] = []
-        ops: list[Queued] = []
-        records: list[bytes] = []
+        ops: list[Any] = []
+        lines: list[bytes] = []
+        ids: list[str | None] = []  # each op's id, or None
         claimed: set[str] = set()  # ids taken by an earlier event of this batch
         rejected = duplicates = 0
         now = now_timestamp()  # one arrival time for the batch's events without a timestamp
         for index, item in enumerate(items):
             try:
-                event = _event_of(item, now)
+                event_id, op, line = _event_of(item, now)
             except EventError as exc:
                 refusal = {"accepted": False, "index": index, "status": exc.status}
                 results.append(refusal | exc.to_json())
                 rejected += 1
                 continue
-            event_id = event.event_id
             if event_id is not None:
                 if event_id in claimed or ledger.is_duplicate(event_id):
                     results.append(_DUPLICATE)
                     duplicates += 1
                     continue
                 claimed.add(event_id)
-            ops.append(Queued(event_id, event.op))
-            records.append(encode_record(event_id, event.line))
+            ops.append(op)
+            lines.append(line)
+            ids.append(event_id)
             results.append(_ACCEPTED)
         counts = {"accepted": len(ops), "duplicates": duplicates, "rejected": rejected}
 
@@ -128,7 +130,7 @@ class EventDoor:
         if not ops:
             done(len(ledger.window))
             return
-        self._put(ops, b"".join(records), done, reply)
+        self._put(ops, list(claimed), encode_records(ids, lines), done, reply)
 
     def _items(self, body: bytes, content_type: bytes | None) -> list[Any]:
         """The batch's events: decoded at once when every one has its fields' JSON types, else
@@ -172,21 +174,25 @@ class EventDoor:
     # ── both ────────────────────────────────────────────────────────────────────────────────────
 
     def _put(
-        self, ops: list[Queued], payload: bytes, done: Callable[[int], None], reply: Reply
+        self,
+        ops: list[Any],
+        event_ids: Sequence[str],
+        payload: bytes,
+        done: Callable[[int], None],
+        reply: Reply,
     ) -> None:
         """Hand the ops to the intake; their ids count as stored until the disk says otherwise."""
-        ledger = self.ledger
 
         def failed(error: IntakeError) -> None:
             reply(503, error_payload(str(error)), RETRY_AFTER)
 
         try:
-            self.intake.put(ops, payload, done, failed)
+            self.intake.put(ops, event_ids, payload, done, failed)
         except IntakeError as exc:
             failed(exc)
             return
-        for op in ops:
-            ledger.expect(op.event_id)
+        if event_ids:
+            self.ledger.expect(event_ids)
 
 
 def _event_of(item: Any, now: str) -> Ready:

@@ -304,20 +304,24 @@ def load_unusual(body: bytes, error: orjson.JSONDecodeError) -> Any:
 UNSET = msgspec.UNSET
 Text = str | None | msgspec.UnsetType
 Number = int | float | None | msgspec.UnsetType
-Flag = bool | None | msgspec.UnsetType
 
 
-class FastEvent(msgspec.Struct):
-    """An event as msgspec decodes it; once `ready`, the op (what the stats window reads)."""
+class FastEvent(msgspec.Struct, gc=False):
+    """An event as msgspec decodes it; once `ready`, the op (what the stats window reads).
 
-    timestamp: Text = UNSET
-    endpoint: Text = UNSET
-    input_summary: Text = UNSET
-    success: Flag = UNSET
-    duration_ms: Number | msgspec.Raw = UNSET
-    output_summary: Text = UNSET
+    A field every op line holds is None when absent (absent and null get the same default); a field
+    the line holds only when the client sent it is UNSET when absent. Only strings, numbers and
+    booleans: no reference cycle is possible, so the garbage collector need not track it.
+    """
+
+    timestamp: str | None = None
+    endpoint: str | None = None
+    input_summary: str | None = None
+    success: bool | None = None
+    duration_ms: int | float | msgspec.Raw | None = None
+    output_summary: str | None = None
     error: Text = UNSET
-    source: Text = UNSET
+    source: str | None = None
     staffer_id: Text = UNSET
     sig_hash: Text = UNSET
     event_kind: Text = UNSET
@@ -325,8 +329,8 @@ class FastEvent(msgspec.Struct):
     city: Text = UNSET
     state: Text = UNSET
     count: Number = UNSET
-    rescue_attempted: Flag = UNSET
-    rescue_succeeded: Flag = UNSET
+    rescue_attempted: bool | None = None
+    rescue_succeeded: bool | None = None
     event_id: Text = UNSET  # last, and unset before the line is written: not part of the op
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -342,6 +346,8 @@ class Ready(NamedTuple):
     op: FastEvent | dict[str, Any]
     line: bytes
 
+
+_ready = tuple.__new__  # `_ready(Ready, (...))`: a NamedTuple without its Python-level __new__
 
 _decode_event = msgspec.json.Decoder(FastEvent).decode
 _decode_events = msgspec.json.Decoder(list[FastEvent]).decode
@@ -412,7 +418,7 @@ def _as_parsed(value: object) -> object:
 
 def ready_slowly(event: EventIn, now: str | None = None) -> Ready:
     fields = event.to_fields(now)
-    return Ready(event.event_id, fields, op_line(fields))
+    return _ready(Ready, (event.event_id, fields, op_line(fields)))
 
 
 def _ready_fast(event: FastEvent, now: str | None) -> Ready | None:
@@ -426,7 +432,7 @@ def _ready_fast(event: FastEvent, now: str | None) -> Ready | None:
         and (not event_id or len(event_id) > MAX_EVENT_ID_LENGTH or _NOT_PRINTABLE.search(event_id))
     ):
         return None
-    if timestamp is not UNSET and timestamp is not None:
+    if timestamp is not None:
         try:
             datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
         except ValueError:
@@ -438,32 +444,37 @@ def _ready_fast(event: FastEvent, now: str | None) -> Ready | None:
             count = int(count)
         if not 0 <= count <= MAX_EXACT_INT:
             return None
-    if duration is not UNSET and duration is not None and not 0 <= duration <= MAX_EXACT_INT:
+    if duration is not None and not 0 <= duration <= MAX_EXACT_INT:
         return None  # a negative, or beyond what a double holds exactly
     # Valid: the original's defaults, as `EventIn.to_fields` applies them.
-    event.event_id = UNSET
+    if event_id is not UNSET:
+        event.event_id = UNSET
     if not timestamp:
         event.timestamp = now or now_timestamp()
-    if event.endpoint is UNSET or event.endpoint is None:
+    if event.endpoint is None:
         event.endpoint = "scenario:fill"
     if count is not UNSET:
         event.count = count
-    if event.input_summary is UNSET or event.input_summary is None:
+    if event.input_summary is None:
         event.input_summary = _default_summary(
             event.event_kind, event.role, count, event.city, event.state
         )
-    success = event.success = event.success is True
-    if duration is UNSET or duration is None:
+    success = event.success
+    if success is None:
+        event.success = success = False
+    if duration is None:
         event.duration_ms = 0
     elif type(duration) is float:
         event.duration_ms = msgspec.Raw(js_number(duration).encode())
-    if event.output_summary is UNSET or event.output_summary is None:
+    if event.output_summary is None:
         error = event.error
         event.output_summary = (
             "filled" if success else "failed" if error is UNSET or error is None else error
         )
-    if event.source is UNSET or event.source is None:
+    if event.source is None:
         event.source = "scenario"
-    event.rescue_attempted = event.rescue_attempted is True
-    event.rescue_succeeded = event.rescue_succeeded is True
-    return Ready(None if event_id is UNSET else event_id, event, _encode(event))
+    if event.rescue_attempted is None:
+        event.rescue_attempted = False
+    if event.rescue_succeeded is None:
+        event.rescue_succeeded = False
+    return _ready(Ready, (None if event_id is UNSET else event_id, event, _encode(event)))

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from observer.files import file_lock, read_tail
 from observer.intake.checkpoint import RecentIds, load_checkpoint, load_recent_ids
-from observer.intake.group_commit import DurableBatch, Queued
+from observer.intake.group_commit import DurableBatch
 from observer.intake.spool import SpoolPosition, read_spool
 from observer.settings import Settings
 from observer.webhook.window import WINDOW_SIZE, StatsWindow
@@ -51,15 +51,9 @@ class Ledger:
         """Whether an op with this id is stored, or accepted and on its way to the disk."""
         return event_id is not None and (event_id in self._ids or event_id in self._pending_ids)
 
-    def expect(self, event_id: str | None) -> None:
-        """An op with this id is on its way: a retry arriving meanwhile is a duplicate."""
-        if event_id is not None:
-            self._pending_ids.add(event_id)
-
-    def refused_id(self, event_id: str | None) -> None:
-        """The op with this id was not kept: a retry is a new op again."""
-        if event_id is not None:
-            self._pending_ids.discard(event_id)
+    def expect(self, event_ids: Sequence[str]) -> None:
+        """Ops with these ids are on their way: a retry arriving meanwhile is a duplicate."""
+        self._pending_ids.update(event_ids)
 
     # ── following the intake ────────────────────────────────────────────────────────────────────
 
@@ -68,23 +62,28 @@ class Ledger:
         the window's size once its last op is counted."""
         if self._position < batch.start:
             self._read_spool_until(batch.start)  # other writers' records come first
+        window = self.window
         answers = []
-        pending, ids, add = self._pending_ids, self._ids, self.window.add_fields
+        counted = len(window)
         for submission in batch.submissions:
-            for op in submission.ops:
-                if op.event_id is not None:
-                    pending.discard(op.event_id)
-                    ids.add(op.event_id)
-                add(op.fields)
-            answers.append(len(self.window))
+            if submission.event_ids:
+                self._pending_ids.difference_update(submission.event_ids)
+                for event_id in submission.event_ids:
+                    self._ids.add(event_id)
+            counted += len(submission.ops)
+            answers.append(min(counted, window.size))
+        if len(batch.submissions) == 1:
+            window.add_ops(batch.submissions[0].ops)
+        else:
+            window.add_ops([op for submission in batch.submissions for op in submission.ops])
         self._position = batch.end
         if self._on_durable is not None:
             self._on_durable()
         return answers
 
-    def refused(self, ops: Sequence[Queued]) -> None:
-        for op in ops:
-            self.refused_id(op.event_id)
+    def refused(self, event_ids: Sequence[str]) -> None:
+        """The ops with these ids were not kept: a retry is a new op again."""
+        self._pending_ids.difference_update(event_ids)
 
     def catch_up(self, in_flight: bool) -> None:
         """Count records other processes appended since the last look (for /stats and /health);

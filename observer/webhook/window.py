@@ -3,48 +3,49 @@
 Like the original's in-memory ring, an op counts as soon as it is acknowledged, before ingestion;
 unlike it, the window is rebuilt from the durable files at start (the tail of ops.jsonl plus what
 the spool holds beyond the ingestion checkpoint), so it survives a restart. Counters are kept
-incrementally, so answering costs O(1) whatever the window holds.
+incrementally, so answering costs O(1) whatever the window holds; a durable batch of like ops
+(the usual case) is counted in one step.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import orjson
 
 WINDOW_SIZE = 2000
+RECENT_SCENARIO_OPS = 10
 
 
 class Fields(Protocol):
-    """An op's fields as the window reads them: a dict, or the webhook's decoded event."""
+    """An op's fields as the window reads them: a dict, or the webhook's decoded event (whose
+    `source` and `success` attributes are already a string and a boolean)."""
 
     def get(self, key: str, default: Any = None, /) -> Any: ...
 
 
-RECENT_SCENARIO_OPS = 10
-
-
-class WindowEntry(NamedTuple):
-    seq: int
-    source: str
-    success: bool
-
-
 class StatsWindow:
-    """Counts over the last `size` ops, updated one op at a time."""
+    """Counts over the last `size` ops.
+
+    The ops themselves are not kept, only runs of consecutive ops with the same source and outcome
+    (`[source, success, count]`, oldest first): a batch of like ops is one run, added and evicted
+    in one step.
+    """
 
     def __init__(self, size: int = WINDOW_SIZE) -> None:
         self.size = size
-        self._entries: deque[WindowEntry] = deque()
+        self._runs: deque[list[Any]] = deque()
+        self._total = 0
         self._by_source: dict[str, int] = {}
         self._successes = 0
-        self._seq = 0
+        self._added = 0  # ops counted since start: the sequence number of the last one
         # The last scenario ops themselves: their summaries are made when /stats asks.
         self._recent_scenario: deque[tuple[int, Fields]] = deque(maxlen=RECENT_SCENARIO_OPS)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._total
 
     def add_line(self, line: bytes) -> None:
         """Count an op from its ops.jsonl line (written by another process, or before a restart)."""
@@ -53,27 +54,56 @@ class StatsWindow:
         except orjson.JSONDecodeError:
             return
         if isinstance(fields, dict):
-            self.add_fields(fields)
+            self.add_ops((fields,))
 
     def add_fields(self, fields: Fields) -> None:
-        """Count an op from its fields (a dict, or anything that reads like one with `get`)."""
-        source = fields.get("source")
-        # The original merged 5 and "5" into one key; a key here is always the string form.
-        source = "mcp" if source is None else source if type(source) is str else str(source)
-        success = fields.get("success") is True
-        self._seq += 1
-        self._entries.append(WindowEntry(self._seq, source, success))
-        by_source = self._by_source
-        by_source[source] = by_source.get(source, 0) + 1
-        self._successes += success
-        if source == "scenario":
-            self._recent_scenario.append((self._seq, fields))
-        if len(self._entries) > self.size:
-            self._evict()
+        """Count one op."""
+        self.add_ops((fields,))
+
+    def add_ops(self, ops: Sequence[Fields]) -> None:
+        """Count ops in the order given."""
+        sources = [_source(op) if type(op) is dict else op.source for op in ops]  # type: ignore[attr-defined]
+        outcomes = [op.get("success") is True if type(op) is dict else op.success for op in ops]  # type: ignore[attr-defined]
+        count = len(sources)
+        if not count:
+            return
+        first, last = sources[0], outcomes[0]
+        if sources.count(first) == count and outcomes.count(last) == count:
+            self._add_run(first, last, count)
+        else:
+            for source, success in zip(sources, outcomes, strict=True):
+                self._add_run(source, success, 1)
+        self._recent(ops, sources)
+        overflow = self._total - self.size
+        if overflow > 0:
+            self._evict(overflow)
+
+    def _add_run(self, source: str, success: bool, count: int) -> None:
+        runs = self._runs
+        if runs and runs[-1][0] == source and runs[-1][1] is success:
+            runs[-1][2] += count
+        else:
+            runs.append([source, success, count])
+        self._total += count
+        self._added += count
+        self._by_source[source] = self._by_source.get(source, 0) + count
+        if success:
+            self._successes += count
+
+    def _recent(self, ops: Sequence[Fields], sources: list[str]) -> None:
+        """Keep the last scenario ops of these (only the last few can ever be shown)."""
+        first = self._added - len(ops) + 1
+        found = []
+        for index in range(len(ops) - 1, -1, -1):
+            if sources[index] == "scenario":
+                found.append((first + index, ops[index]))
+                if len(found) == RECENT_SCENARIO_OPS:
+                    break
+        self._recent_scenario.extend(reversed(found))
 
     def stats(self) -> dict[str, Any]:
-        total = len(self._entries)
-        oldest = self._entries[0].seq if self._entries else self._seq + 1
+        total = self._total
+        oldest = self._added - total + 1
         return {
             "total": total,
             "successes": self._successes,
@@ -84,14 +114,32 @@ class StatsWindow:
             ],
         }
 
-    def _evict(self) -> None:
-        old = self._entries.popleft()
-        remaining = self._by_source[old.source] - 1
-        if remaining:
-            self._by_source[old.source] = remaining
-        else:
-            del self._by_source[old.source]
-        self._successes -= old.success
+    def _evict(self, count: int) -> None:
+        """Forget the oldest `count` ops."""
+        runs, by_source = self._runs, self._by_source
+        while count:
+            run = runs[0]
+            source, success, size = run
+            gone = min(size, count)
+            if gone == size:
+                runs.popleft()
+            else:
+                run[2] = size - gone
+            count -= gone
+            self._total -= gone
+            if success:
+                self._successes -= gone
+            left = by_source[source] - gone
+            if left:
+                by_source[source] = left
+            else:
+                del by_source[source]
+
+
+def _source(fields: dict[str, Any]) -> str:
+    source = fields.get("source")
+    # The original merged 5 and "5" into one key; a key here is always the string form.
+    return "mcp" if source is None else source if type(source) is str else str(source)
 
 
 _SUMMARY_KEYS = (
