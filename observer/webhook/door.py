@@ -15,6 +15,7 @@ as a whole), and the answer holds one result per event, in order.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -27,14 +28,11 @@ from observer.settings import Settings
 from observer.values import json_type_name
 from observer.webhook.events import (
     DecodeFailed,
-    FastEvent,
     Ready,
+    batch_item,
     decode_events,
     load_unusual,
-    ready_decoded,
     ready_event,
-    ready_slowly,
-    validate_event,
 )
 from observer.webhook.ledger import Ledger
 
@@ -95,42 +93,23 @@ class EventDoor:
         except EventError as exc:
             reply(exc.status, orjson.dumps(exc.to_json()), NO_HEADERS)
             return
-        ledger = self.ledger
-        results: list[dict[str, Any]] = []
-        ops: list[Any] = []
-        lines: list[bytes] = []
-        ids: list[str | None] = []  # each op's id, or None
-        claimed: set[str] = set()  # ids taken by an earlier event of this batch
-        rejected = duplicates = 0
         now = now_timestamp()  # one arrival time for the batch's events without a timestamp
-        for index, item in enumerate(items):
-            try:
-                event_id, op, line = _event_of(item, now)
-            except EventError as exc:
-                refusal = {"accepted": False, "index": index, "status": exc.status}
-                results.append(refusal | exc.to_json())
-                rejected += 1
-                continue
-            if event_id is not None:
-                if event_id in claimed or ledger.is_duplicate(event_id):
-                    results.append(_DUPLICATE)
-                    duplicates += 1
-                    continue
-                claimed.add(event_id)
-            ops.append(op)
-            lines.append(line)
-            ids.append(event_id)
-            results.append(_ACCEPTED)
-        counts = {"accepted": len(ops), "duplicates": duplicates, "rejected": rejected}
+        batch = _sort_out([batch_item(item, now) for item in items], self.ledger)
+        counts = {
+            "accepted": len(batch.ops),
+            "duplicates": batch.duplicates,
+            "rejected": batch.rejected,
+        }
 
         def done(ring_size: int) -> None:
-            answer = counts | {"ring_size": ring_size, "results": results}
+            answer = counts | {"ring_size": ring_size, "results": batch.results}
             reply(200, orjson.dumps(answer), NO_HEADERS)
 
-        if not ops:
-            done(len(ledger.window))
+        if not batch.ops:
+            done(len(self.ledger.window))
             return
-        self._put(ops, list(claimed), encode_records(ids, lines), done, reply)
+        records = encode_records(batch.ids, batch.lines)
+        self._put(batch.ops, list(batch.claimed), records, done, reply)
 
     def _items(self, body: bytes, content_type: bytes | None) -> list[Any]:
         """The batch's events: decoded at once when every one has its fields' JSON types, else
@@ -195,15 +174,47 @@ class EventDoor:
             self.ledger.expect(event_ids)
 
 
-def _event_of(item: Any, now: str) -> Ready:
-    """One event of a batch: decoded, an NDJSON line, or a parsed JSON value."""
-    if type(item) is FastEvent:
-        return ready_decoded(item, now)
-    if type(item) is bytes:
-        return ready_event(item, now)
-    if type(item) is not dict:
-        raise EventError(f"an event must be a JSON object, got {json_type_name(item)}", status=400)
-    return ready_slowly(validate_event(item), now)
+@dataclass(slots=True)
+class SortedBatch:
+    """A batch's events sorted out: the new valid ones to store, and one result per event."""
+
+    results: list[dict[str, Any]]
+    ops: list[Any] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)
+    ids: list[str | None] = field(default_factory=list)  # each op's id, or None
+    claimed: set[str] = field(default_factory=set)  # the ids among them
+    duplicates: int = 0
+    rejected: int = 0
+
+
+def _sort_out(outcomes: list[Ready | EventError], ledger: Ledger) -> SortedBatch:
+    if not any(type(outcome) is not Ready or outcome[0] is not None for outcome in outcomes):
+        # The usual batch, every event valid and none with an id: nothing to look up.
+        return SortedBatch(
+            [_ACCEPTED] * len(outcomes),
+            [outcome[1] for outcome in outcomes],  # type: ignore[index]
+            [outcome[2] for outcome in outcomes],  # type: ignore[index]
+            [None] * len(outcomes),
+        )
+    batch = SortedBatch([])
+    for index, outcome in enumerate(outcomes):
+        if type(outcome) is not Ready:
+            refusal = {"accepted": False, "index": index, "status": outcome.status}
+            batch.results.append(refusal | outcome.to_json())  # type: ignore[union-attr]
+            batch.rejected += 1
+            continue
+        event_id, op, line = outcome
+        if event_id is not None:
+            if event_id in batch.claimed or ledger.is_duplicate(event_id):
+                batch.results.append(_DUPLICATE)
+                batch.duplicates += 1
+                continue
+            batch.claimed.add(event_id)
+        batch.ops.append(op)
+        batch.lines.append(line)
+        batch.ids.append(event_id)
+        batch.results.append(_ACCEPTED)
+    return batch
 
 
 def media_type(content_type: bytes) -> bytes:

@@ -416,6 +416,27 @@ def _as_parsed(value: object) -> object:
     return value
 
 
+def batch_item(item: FastEvent | bytes | Any, now: str) -> Ready | EventError:
+    """One event of a batch (decoded, an NDJSON line, or a parsed JSON value) as a `Ready` event,
+    or the `EventError` saying what is wrong with it (returned: a batch goes on past it)."""
+    if type(item) is FastEvent:
+        ready = _ready_fast(item, now)
+        if ready is not None:
+            return ready
+    try:
+        if type(item) is FastEvent:
+            return ready_decoded(item, now)
+        if type(item) is bytes:
+            return ready_event(item, now)
+        if type(item) is not dict:
+            raise EventError(
+                f"an event must be a JSON object, got {json_type_name(item)}", status=400
+            )
+        return ready_slowly(validate_event(item), now)
+    except EventError as exc:
+        return exc
+
+
 def ready_slowly(event: EventIn, now: str | None = None) -> Ready:
     fields = event.to_fields(now)
     return _ready(Ready, (event.event_id, fields, op_line(fields)))
