@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
+import mmap
 import os
 import signal
 import time
@@ -62,6 +64,46 @@ def test_the_helper_fsyncs_and_answers_each_errno(tmp_path: Path) -> None:
     answers, returncode = asyncio.run(scenario())
     assert answers == [0, errno.ENOENT, 0]
     assert returncode == 0  # it left on its own once its input closed
+
+
+def resident_pages(path: Path) -> int:
+    """How many of a file's pages are in the page cache (mincore(2) over a mapping of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
+    libc.mmap.argtypes += [ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    with path.open("rb") as file:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, file.fileno(), 0)
+        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vector = ctypes.create_string_buffer(pages)
+            assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+            return sum(byte & 1 for byte in vector.raw)
+        finally:
+            libc.munmap(address, size)
+
+
+def test_the_helper_leaves_no_fsynced_page_in_the_cache(tmp_path: Path) -> None:
+    target = tmp_path / "segment.jsonl"
+    target.write_bytes((b"x" * 229 + b"\n") * 4096)  # about 1 MB, cached as it was written
+    assert resident_pages(target) > 0
+
+    async def scenario() -> list[int]:
+        answers: list[int] = []
+        syncer = Syncer(on_synced=answers.append, on_lost=lambda: None)
+        syncer.start(asyncio.get_running_loop())
+        syncer.request(target)
+        while not answers:
+            await asyncio.sleep(0.01)
+        syncer.stop()
+        return answers
+
+    assert asyncio.run(scenario()) == [0]
+    assert resident_pages(target) == 0
 
 
 class FailingDisk:
