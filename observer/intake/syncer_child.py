@@ -12,13 +12,14 @@ import os
 import signal
 
 EIO = 5
+RELEASE_BYTES = 8 * 1024 * 1024
 
 
 def serve(requests: int = 0, replies: int = 1) -> None:
     """The child's loop: fsync each path asked for, answer its errno; stop at end of input."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the webhook, which stops us
     inbox = os.fdopen(requests, "rb", buffering=4096)
-    open_path, fd = b"", -1
+    open_path, fd, released = b"", -1, 0
     for line in inbox:
         path = line.rstrip(b"\n")
         error = 0
@@ -26,24 +27,36 @@ def serve(requests: int = 0, replies: int = 1) -> None:
             if path != open_path:
                 if fd >= 0:
                     os.close(fd)
-                open_path, fd = b"", -1
+                open_path, fd, released = b"", -1, 0
                 fd = os.open(path, os.O_RDONLY)
                 open_path = path
             os.fsync(fd)
         except OSError as exc:
             error = exc.errno or EIO  # when the OS gave no number
-        else:
-            release_cache(fd)
         os.write(replies, b"%d\n" % error)
+        if not error:
+            released = release_cache(fd, released)  # after the answer: nobody waits for it
 
 
-def release_cache(fd: int) -> None:
-    """Let the kernel drop the segment's pages now that they are on disk: nothing in the webhook
-    reads them again, and a page cache that only grows makes every later write slower on a VM
-    whose memory is backed lazily (measured: 75 µs per 184 KB write with this, 590 µs without
-    once the spool passed about 1 GB). Advice only: a refusal changes nothing."""
-    with contextlib.suppress(OSError):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+def release_cache(fd: int, released: int) -> int:
+    """Let the kernel drop the segment's pages that are on disk, in steps of `RELEASE_BYTES` well
+    behind its end (the page the next append writes into stays cached: dropping it would make that
+    write read it back); return how far the segment is released.
+
+    Nothing in the webhook reads them again, and a page cache that only grows made every later
+    write slower on a VM whose memory is backed lazily (measured here: 590 µs per 184 KB write once
+    the spool passed about 1 GB, 75 µs with the pages dropped). Advice only: a refusal changes
+    nothing."""
+    try:
+        end = os.fstat(fd).st_size
+    except OSError:
+        return released
+    upto = end - end % RELEASE_BYTES
+    if upto > released:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, released, upto - released, os.POSIX_FADV_DONTNEED)
+        released = upto
+    return released
 
 
 if __name__ == "__main__":
