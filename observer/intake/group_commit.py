@@ -71,6 +71,12 @@ class DurableListener(Protocol[Answer]):
         ...
 
 
+def _answer(owed: list[tuple[list[Submission[Answer]], Sequence[Answer]]]) -> None:
+    for submissions, answers in owed:
+        for submission, answer in zip(submissions, answers, strict=True):
+            submission.done(answer)
+
+
 class Intake(Generic[Answer]):
     """Group commit onto the spool: `put` hands over a request's ops and a callback, which runs
     once they are durable; there is no task or future per request. (`submit` is the same for one
@@ -79,7 +85,8 @@ class Intake(Generic[Answer]):
     The first submission queued schedules a flush with `call_soon`, which runs once the loop has handled
     every request that was ready in the same turn. The flush writes the batch and asks the fsync
     child to make it durable. While that fsync runs the loop keeps serving, and what it queues
-    meanwhile is written as one batch when the fsync answers. Without the child (it could not
+    meanwhile is written as one batch when the fsync answers, and its fsync asked for before the
+    answers of the first are sent (the disk works while the loop answers). Without the child (it could not
     start, or died) the flush fsyncs on the loop's thread. So does it when `sole_client` says one
     client is connected and the batch is its one request: nothing else would be served during
     the fsync, and the round trip to the child would only delay the answer.
@@ -229,9 +236,11 @@ class Intake(Generic[Answer]):
             return
         if error:
             self._refuse_unsynced(OSError(error, os.strerror(error)))
-        else:
-            self._complete_through(end)
-        self._flush()
+            self._flush()
+            return
+        answers = self._durable_through(end)
+        self._flush()  # the next batch goes to the disk, and its fsync starts, before the answers
+        _answer(answers)
 
     def _syncer_lost(self) -> None:
         self._syncer, self._syncing_to = None, None
@@ -239,13 +248,20 @@ class Intake(Generic[Answer]):
 
     def _complete_through(self, end: SpoolPosition) -> None:
         """Every batch up to `end` is durable: tell the listener, answer the requests."""
+        _answer(self._durable_through(end))
+
+    def _durable_through(
+        self, end: SpoolPosition
+    ) -> list[tuple[list[Submission[Answer]], Sequence[Answer]]]:
+        """Tell the listener, in spool order, of every batch up to `end`; return each batch's
+        submissions with the answers they are owed."""
+        answers = []
         while self._unsynced and self._unsynced[0].end <= end:
             batch = self._unsynced.popleft()
             self._waiting_events -= sum(len(submission.ops) for submission in batch.submissions)
             self._waiting_bytes -= batch.size
-            answers = self._listener.durable(batch)
-            for submission, answer in zip(batch.submissions, answers, strict=True):
-                submission.done(answer)
+            answers.append((batch.submissions, self._listener.durable(batch)))
+        return answers
 
     def _refuse_unsynced(self, exc: OSError) -> None:
         """An fsync failed: no batch still waiting can be called durable. Remove them from the spool
