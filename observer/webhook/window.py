@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any, Protocol
 
 import orjson
 
 WINDOW_SIZE = 2000
 RECENT_SCENARIO_OPS = 10
+_SOURCE, _SUCCESS = attrgetter("source"), attrgetter("success")
 
 
 class Fields(Protocol):
@@ -62,8 +64,12 @@ class StatsWindow:
 
     def add_ops(self, ops: Sequence[Fields]) -> None:
         """Count ops in the order given."""
-        sources = [_source(op) if type(op) is dict else op.source for op in ops]  # type: ignore[attr-defined]
-        outcomes = [op.get("success") is True if type(op) is dict else op.success for op in ops]  # type: ignore[attr-defined]
+        try:  # the webhook's decoded events: a string and a boolean already
+            sources: list[str] = list(map(_SOURCE, ops))
+            outcomes: list[bool] = list(map(_SUCCESS, ops))
+        except AttributeError:  # dicts of fields among them
+            sources = [_source(op) if type(op) is dict else op.source for op in ops]  # type: ignore[attr-defined]
+            outcomes = [op.get("success") is True if type(op) is dict else op.success for op in ops]  # type: ignore[attr-defined]
         count = len(sources)
         if not count:
             return
