@@ -11,8 +11,18 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from observer.errors import EventError
+from observer.intake.spool import encode_records, records_without_ids
 from observer.ops import op_line
-from observer.webhook.events import decode_events, parse_event, ready_decoded, ready_event
+from observer.webhook.events import (
+    FastEvent,
+    Ready,
+    batch_item,
+    decode_events,
+    line_of,
+    lines_of,
+    parse_event,
+    ready_event,
+)
 from tests.bodies import Body, bodies
 
 NOW = "2026-04-23T10:00:00.000Z"
@@ -56,13 +66,20 @@ def test_a_batch_decoded_at_once_gives_each_event_its_line(events: list[Body]) -
         return  # not every event has its fields' JSON types: each goes its own way
     if len(decoded) != len(events):
         return  # an empty body is no array item
+    written: list[FastEvent] = []  # the events whose lines the batch writes together
     for item, body in zip(decoded, events, strict=True):
-        try:
-            ready = ready_decoded(item, NOW)
-        except EventError as exc:
-            assert ("refused", exc.status, exc.to_json()) == slow(body.raw)
+        outcome = batch_item(item, NOW)
+        if type(outcome) is FastEvent:
+            assert ("ready", None, line_of(outcome)) == slow(body.raw)
+            written.append(outcome)
+        elif type(outcome) is Ready:
+            assert ("ready", outcome.event_id, outcome.line) == slow(body.raw)
         else:
-            assert ("ready", ready.event_id, ready.line) == slow(body.raw)
+            assert isinstance(outcome, EventError)
+            assert ("refused", outcome.status, outcome.to_json()) == slow(body.raw)
+    lines = [line_of(event) for event in written]
+    assert lines_of(written) == b"".join(line + b"\n" for line in lines)
+    assert records_without_ids(lines_of(written)) == encode_records([None] * len(lines), lines)
 
 
 def test_the_usual_body_goes_the_fast_way() -> None:

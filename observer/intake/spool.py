@@ -42,6 +42,12 @@ def encode_record(event_id: str | None, op_line: bytes) -> bytes:
     return (event_id or "").encode() + b"\t" + op_line + b"\n"
 
 
+def records_without_ids(op_lines: bytes) -> bytes:
+    """The records of ops without ids, from their lines each ending with a newline (a JSON line
+    holds no raw newline): one pass in C for a batch."""
+    return b"\t" + op_lines.replace(b"\n", b"\n\t")[:-1] if op_lines else b""
+
+
 def encode_records(event_ids: Sequence[str | None], op_lines: Sequence[bytes]) -> bytes:
     """The records of ops in order (`event_ids[i]` is `op_lines[i]`'s id, or None)."""
     if not any(event_ids):  # the usual batch: one join in C

@@ -22,15 +22,18 @@ import orjson
 
 from observer.errors import EventError, IntakeError
 from observer.intake.group_commit import Intake
-from observer.intake.spool import encode_record, encode_records
+from observer.intake.spool import encode_record, encode_records, records_without_ids
 from observer.ops import now_timestamp
 from observer.settings import Settings
 from observer.values import json_type_name
 from observer.webhook.events import (
     DecodeFailed,
+    FastEvent,
     Ready,
     batch_item,
     decode_events,
+    line_of,
+    lines_of,
     load_unusual,
     ready_event,
 )
@@ -108,7 +111,10 @@ class EventDoor:
         if not batch.ops:
             done(len(self.ledger.window))
             return
-        records = encode_records(batch.ids, batch.lines)
+        if batch.lines is None:
+            records = records_without_ids(lines_of(batch.ops))
+        else:
+            records = encode_records(batch.ids, batch.lines)
         self._put(batch.ops, list(batch.claimed), records, done, reply)
 
     def _items(self, body: bytes, content_type: bytes | None) -> list[Any]:
@@ -180,30 +186,30 @@ class SortedBatch:
 
     results: list[dict[str, Any]]
     ops: list[Any] = field(default_factory=list)
-    lines: list[bytes] = field(default_factory=list)
+    #: Each op's line; None when every op is a decoded event without an id (written together).
+    lines: list[bytes] | None = field(default_factory=list)
     ids: list[str | None] = field(default_factory=list)  # each op's id, or None
     claimed: set[str] = field(default_factory=set)  # the ids among them
     duplicates: int = 0
     rejected: int = 0
 
 
-def _sort_out(outcomes: list[Ready | EventError], ledger: Ledger) -> SortedBatch:
-    if not any(type(outcome) is not Ready or outcome[0] is not None for outcome in outcomes):
+def _sort_out(outcomes: list[FastEvent | Ready | EventError], ledger: Ledger) -> SortedBatch:
+    if all(type(outcome) is FastEvent for outcome in outcomes):
         # The usual batch, every event valid and none with an id: nothing to look up.
-        return SortedBatch(
-            [_ACCEPTED] * len(outcomes),
-            [outcome[1] for outcome in outcomes],  # type: ignore[index]
-            [outcome[2] for outcome in outcomes],  # type: ignore[index]
-            [None] * len(outcomes),
-        )
+        return SortedBatch([_ACCEPTED] * len(outcomes), outcomes, None)
     batch = SortedBatch([])
+    assert batch.lines is not None
     for index, outcome in enumerate(outcomes):
-        if type(outcome) is not Ready:
+        if type(outcome) is FastEvent:
+            event_id, op, line = None, outcome, line_of(outcome)
+        elif type(outcome) is Ready:
+            event_id, op, line = outcome
+        else:
             refusal = {"accepted": False, "index": index, "status": outcome.status}
             batch.results.append(refusal | outcome.to_json())  # type: ignore[union-attr]
             batch.rejected += 1
             continue
-        event_id, op, line = outcome
         if event_id is not None:
             if event_id in batch.claimed or ledger.is_duplicate(event_id):
                 batch.results.append(_DUPLICATE)

@@ -351,7 +351,8 @@ _ready = tuple.__new__  # `_ready(Ready, (...))`: a NamedTuple without its Pytho
 
 _decode_event = msgspec.json.Decoder(FastEvent).decode
 _decode_events = msgspec.json.Decoder(list[FastEvent]).decode
-_encode = msgspec.json.Encoder().encode
+_encoder = msgspec.json.Encoder()
+_encode, _encode_lines = _encoder.encode, _encoder.encode_lines
 
 
 class DecodeFailed(ValueError):
@@ -394,15 +395,20 @@ def _utf8(body: bytes) -> bool:
 
 def ready_decoded(event: FastEvent, now: str | None = None) -> Ready:
     """An event msgspec decoded: the fast way when its values allow, else the checks above."""
-    ready = _ready_fast(event, now)
-    if ready is not None:
-        return ready
+    event_id = event.event_id
+    if _defaults_applied(event, now):
+        return _ready(Ready, (None if event_id is UNSET else event_id, event, _encode(event)))
+    return ready_slowly(_checked(event), now)
+
+
+def _checked(event: FastEvent) -> EventIn:
+    """A decoded event the fast way did not take, through the field-by-field checks."""
     given = {
         key: _as_parsed(value)
         for key in EVENT_FIELDS
         if (value := getattr(event, key)) is not UNSET
     }
-    return ready_slowly(validate_event(given), now)
+    return validate_event(given)
 
 
 def _as_parsed(value: object) -> object:
@@ -416,16 +422,19 @@ def _as_parsed(value: object) -> object:
     return value
 
 
-def batch_item(item: FastEvent | bytes | Any, now: str) -> Ready | EventError:
-    """One event of a batch (decoded, an NDJSON line, or a parsed JSON value) as a `Ready` event,
-    or the `EventError` saying what is wrong with it (returned: a batch goes on past it)."""
+def batch_item(item: FastEvent | bytes | Any, now: str) -> FastEvent | Ready | EventError:
+    """One event of a batch (decoded, an NDJSON line, or a parsed JSON value), valid: the decoded
+    event itself when it has no id (its line is written with the batch's others, `lines_of`), else
+    a `Ready` event; invalid: the `EventError` saying what is wrong (returned: a batch goes on)."""
     if type(item) is FastEvent:
-        ready = _ready_fast(item, now)
-        if ready is not None:
-            return ready
+        event_id = item.event_id
+        if _defaults_applied(item, now):
+            if event_id is UNSET or event_id is None:
+                return item
+            return _ready(Ready, (event_id, item, _encode(item)))
     try:
         if type(item) is FastEvent:
-            return ready_decoded(item, now)
+            return ready_slowly(_checked(item), now)
         if type(item) is bytes:
             return ready_event(item, now)
         if type(item) is not dict:
@@ -437,14 +446,24 @@ def batch_item(item: FastEvent | bytes | Any, now: str) -> Ready | EventError:
         return exc
 
 
+def line_of(event: FastEvent) -> bytes:
+    """A decoded event's ops.jsonl line, once its defaults are applied."""
+    return _encode(event)
+
+
+def lines_of(events: list[FastEvent]) -> bytes:
+    """The lines of decoded events, each ending with a newline: one call for a batch."""
+    return _encode_lines(events)
+
+
 def ready_slowly(event: EventIn, now: str | None = None) -> Ready:
     fields = event.to_fields(now)
     return _ready(Ready, (event.event_id, fields, op_line(fields)))
 
 
-def _ready_fast(event: FastEvent, now: str | None) -> Ready | None:
-    """Apply the defaults and write the line, or None (and the event untouched) when a value needs
-    the field-by-field checks."""
+def _defaults_applied(event: FastEvent, now: str | None) -> bool:
+    """Apply the defaults (and unset the id: the line does not hold it); False, and the event
+    untouched, when a value needs the field-by-field checks."""
     event_id, timestamp = event.event_id, event.timestamp
     count, duration = event.count, event.duration_ms
     if (
@@ -452,21 +471,21 @@ def _ready_fast(event: FastEvent, now: str | None) -> Ready | None:
         and event_id is not None
         and (not event_id or len(event_id) > MAX_EVENT_ID_LENGTH or _NOT_PRINTABLE.search(event_id))
     ):
-        return None
+        return False
     if timestamp is not None:
         try:
             datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
         except ValueError:
-            return None
+            return False
     if count is not UNSET and count is not None:
         if type(count) is float:
             if not count.is_integer():
-                return None
+                return False
             count = int(count)
         if not 0 <= count <= MAX_EXACT_INT:
-            return None
+            return False
     if duration is not None and not 0 <= duration <= MAX_EXACT_INT:
-        return None  # a negative, or beyond what a double holds exactly
+        return False  # a negative, or beyond what a double holds exactly
     # Valid: the original's defaults, as `EventIn.to_fields` applies them.
     if event_id is not UNSET:
         event.event_id = UNSET
@@ -498,4 +517,4 @@ def _ready_fast(event: FastEvent, now: str | None) -> Ready | None:
         event.rescue_attempted = False
     if event.rescue_succeeded is None:
         event.rescue_succeeded = False
-    return _ready(Ready, (None if event_id is UNSET else event_id, event, _encode(event)))
+    return True
