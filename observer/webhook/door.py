@@ -48,6 +48,7 @@ RETRY_AFTER: Headers = ((b"retry-after", b"1"),)
 NDJSON = b"application/x-ndjson"
 
 _ACCEPTED = {"accepted": True}
+_DECODED_ONLY = {FastEvent}
 _DUPLICATE = {"accepted": True, "duplicate": True}
 
 
@@ -195,7 +196,7 @@ class SortedBatch:
 
 
 def _sort_out(outcomes: list[FastEvent | Ready | EventError], ledger: Ledger) -> SortedBatch:
-    if all(type(outcome) is FastEvent for outcome in outcomes):
+    if set(map(type, outcomes)) == _DECODED_ONLY:
         # The usual batch, every event valid and none with an id: nothing to look up.
         return SortedBatch([_ACCEPTED] * len(outcomes), outcomes, None)
     batch = SortedBatch([])
