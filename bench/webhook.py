@@ -503,7 +503,7 @@ def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
     load.sample()
 
     print_summary(plan, observer, original, fsync_rates)
-    print_ceiling(observer, original, ceiling)
+    print_ceiling(observer, original, ceiling, fsync_rates)
     print_batches(batches, originals, ceilings)
     print(
         f"\nMachine: load average (1 min) {min(load.loads):.2f}-{max(load.loads):.2f} during the"
@@ -673,8 +673,11 @@ def print_summary(
     )
 
 
-def print_ceiling(observer: Server, original: Server, ceiling: Server) -> None:
-    """How far the ASGI server alone gets against the original, and Observer against it."""
+def print_ceiling(
+    observer: Server, original: Server, ceiling: Server, fsync_rates: dict[int, list[float]]
+) -> None:
+    """How far the ASGI server alone gets against the original, and Observer against it; at one
+    connection, where each event waits for its own fsync, the two in series."""
     print(
         "\nCeiling: the same uvicorn serving an app that parses the body and answers, writing"
         " nothing (bench/ceiling_app.py), alternated with the two above:"
@@ -689,6 +692,15 @@ def print_ceiling(observer: Server, original: Server, ceiling: Server) -> None:
             f"  c={connections:<3} ceiling {bare.median:>7.0f} req/s = {bare.median / theirs.median:.3f}"
             f" x the original; Observer = {ours.median / bare.median:.3f} x the ceiling"
         )
+        if connections == 1:
+            fsync = Figure("fsync", fsync_rates[1], "/s").median
+            serial = 1 / (1 / fsync + 1 / bare.median)
+            print(
+                f"        in series with the raw fsync'd append of the same cell ({fsync:.0f}/s):"
+                f" {serial:.0f} req/s = {serial / theirs.median:.3f} x the original (the most one"
+                f" connection can get with an fsync per event); Observer = {ours.median / serial:.3f}"
+                f" x that"
+            )
 
 
 def children(pid: int) -> list[int]:

@@ -192,7 +192,12 @@ class Intake(Generic[Answer]):
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._syncing_to is not None:
-            return  # an fsync is running: what is queued meanwhile is written when it answers
+            # An fsync is running: what is queued meanwhile is written when it answers. Its answer
+            # may be waiting already: the loop would only see it once it has served every other
+            # connection ready in this turn, while these requests and the disk wait.
+            if self._syncer is not None:
+                self._syncer.poll()
+            return
         batch, self._queue = self._queue, []
         if batch:
             payload = b"".join([submission.payload for submission in batch])

@@ -83,6 +83,12 @@ class Syncer:
         assert process.stdout is not None
         process.stdout.close()
 
+    def poll(self) -> None:
+        """Take the child's answers that are already there (`on_synced` runs for each), without
+        waiting for the event loop to notice them."""
+        if self._process is not None:
+            self._read_replies()
+
     def _read_replies(self) -> None:
         assert self._process is not None and self._process.stdout is not None
         try:
