@@ -87,6 +87,7 @@ class SpoolWriter:
         self._lock_path = spool_dir / ".lock"
         self._segment = 0
         self._fd: int | None = None
+        self._path: Path | None = None  # the open segment's
         self._lock_fd: int | None = None
         self._next_path = ""  # checked before every write: a plain string, not a Path
         self._unsynced = False  # written to the open segment since its last fsync
@@ -149,6 +150,8 @@ class SpoolWriter:
             return True
 
     def segment_file(self, position: SpoolPosition) -> Path:
+        if position.segment == self._segment and self._path is not None:
+            return self._path  # the open segment's: asked for after every write
         return segment_path(self.spool_dir, position.segment)
 
     def close(self) -> None:
@@ -196,7 +199,7 @@ class SpoolWriter:
         except OSError:
             os.close(fd)
             raise
-        self._fd, self._segment = fd, segment
+        self._fd, self._segment, self._path = fd, segment, path
         self._next_path = str(segment_path(self.spool_dir, segment + 1))
         return fd
 

@@ -44,6 +44,8 @@ class Syncer:
         self._process: subprocess.Popen[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._replies = b""
+        self._asked_path: Path | None = None
+        self._asked = b""
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the child; raises OSError if it cannot be started."""
@@ -61,8 +63,10 @@ class Syncer:
     def request(self, path: Path) -> None:
         """Ask for one fsync of `path` (the answer comes through `on_synced`)."""
         assert self._process is not None and self._process.stdin is not None
+        if path is not self._asked_path:  # the same segment's path, again and again
+            self._asked_path, self._asked = path, os.fsencode(path) + b"\n"
         try:
-            self._process.stdin.write(os.fsencode(path) + b"\n")
+            self._process.stdin.write(self._asked)
         except OSError:
             self._lose()
 
