@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.product import ObserverUp, command_line, descendants, free_port
+from observer.intake.record import record_ops
+from observer.ops import Op
+from observer.settings import load_settings
+from tests.product import ObserverUp, command_line, descendants, free_port, run_deployment
 
 A_YEAR = str(365 * 24 * 3600)
 
@@ -63,3 +66,51 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_stopping_waits_for_a_flow_run_the_worker_leaves_and_leaves_no_process(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    up = ObserverUp(tmp_path, {"OBSERVER_CYCLE": A_YEAR}, "--prefect-port", str(port))
+    try:
+        up.wait_up()
+        # Records in the spool (through the library door, which wakes no run), then an ingestion
+        # run that drains them and keeps watching the spool for 12 s: longer than the worker
+        # takes to stop, so the run outlives its worker.
+        settings = load_settings(data_dir=up.data_dir)
+        op = Op(
+            timestamp="2026-04-23T10:00:00.000Z",
+            endpoint="e",
+            input_summary="i",
+            success=True,
+            duration_ms=1,
+            output_summary="o",
+        )
+        record_ops(settings, [(None, op)])
+        before = set(descendants(up.process.pid))
+        run_deployment(
+            f"http://127.0.0.1:{port}/api",
+            "ingest-events",
+            "ingest-events",
+            {"params": {"reason": "manual", "linger_seconds": 12}},
+        )
+        deadline = time.monotonic() + 60
+        runs: list[int] = []
+        while not runs and time.monotonic() < deadline:
+            runs = [pid for pid in descendants(up.process.pid) if pid not in before]
+            time.sleep(0.1)
+        assert runs, "no flow run process started"
+        everything = descendants(up.process.pid)
+
+        up.process.send_signal(signal.SIGINT)
+        assert up.process.wait(timeout=90) == 0
+        # Gone when `observer up` returns: the run was waited for (it is this process's to wait
+        # for once its worker is gone), not left retrying to report to a stopped server.
+        # (A run that writes nothing while it lingers can outlive its worker; one that writes to
+        # the worker's pipe meanwhile ends with it. Both must be gone.)
+        left = [pid for pid in everything if _running(pid)]
+        assert not left, [command_line(pid) for pid in left if _running(pid)]
+        assert up.ops_path.read_bytes().count(b"\n") == 1  # the run did its work
+    finally:
+        up.stop()

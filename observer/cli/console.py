@@ -20,6 +20,7 @@ Only the standard library may be imported here.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.client
 import json
 import os
@@ -152,6 +153,7 @@ def keep(children: list[Child], watcher: RunWatcher, stopping: Callable[[], bool
                     f" ({dead[0].log}):\n{dead[0].last_lines()}"
                 )
             if time.monotonic() >= next_look:
+                reap_orphans(children)  # a run whose worker went ends as this process's child
                 watcher.check()
                 for child in children:
                     cap_log(child.log)
@@ -167,11 +169,108 @@ def keep(children: list[Child], watcher: RunWatcher, stopping: Callable[[], bool
 
 
 def stop_all(children: list[Child]) -> None:
-    """Stop the children, last started first; a second Ctrl-C does not cut that short."""
+    """Stop the children, last started first; a second Ctrl-C does not cut that short. After
+    each, the flow runs a stopped worker left are given time to end (`finish_runs`): the worker
+    stops before the Prefect server, which can then still record their states."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for child in reversed(children):
         say(f"stopping {child.name}")
         child.stop()
+        finish_runs(children)
+
+
+# ── flow runs left by a stopped worker ──────────────────────────────────────────────────────────
+# A flow run is a process of its own (forked by the worker's template, leading its own session),
+# and it outlives its worker: stopped with everything else, it would go on trying to report its
+# end to a server that is gone (about a minute) after `observer up` has returned. This process is
+# made the reaper of its descendants' orphans (`adopt_orphans`), so those runs become its own
+# children once the worker and its template are gone: it can wait for them, and stop them.
+
+PR_SET_CHILD_SUBREAPER = 36
+RUN_GRACE_SECONDS = 20.0
+RUN_STOP_SECONDS = 5.0
+
+
+def adopt_orphans() -> None:
+    """Become the reaper of this process's descendants' orphans (Linux; kept across `exec`). Where
+    the kernel refuses, runs left by a stopped worker are simply not waited for."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def finish_runs(children: list[Child]) -> None:
+    """Wait up to RUN_GRACE_SECONDS for the processes under this one that none of `children`
+    leads (flow runs whose worker has stopped); then stop those still running, each with its
+    session (SIGTERM, then SIGKILL)."""
+    left = orphans(children)
+    if not left:
+        return
+    say(f"waiting up to {RUN_GRACE_SECONDS:.0f} s for {len(left)} flow run process(es) to end")
+    for grace, stop_signal in (
+        (RUN_GRACE_SECONDS, None),
+        (RUN_STOP_SECONDS, signal.SIGTERM),
+        (RUN_STOP_SECONDS, signal.SIGKILL),
+    ):
+        if stop_signal is not None:
+            say(f"sending {stop_signal.name} to {len(left)} flow run process(es)")
+            for pid in left:
+                _signal_session(pid, stop_signal)
+        deadline = time.monotonic() + grace
+        while (left := orphans(children)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not left:
+            return
+
+
+def orphans(children: list[Child]) -> list[int]:
+    """The live processes under this one outside the trees of `children` (the dead are reaped)."""
+    reap_orphans(children)
+    known = {child.pid for child in children}
+    found: list[int] = []
+    for pid in _children_of(os.getpid()):
+        if pid not in known:
+            found.extend([pid, *_tree(pid)])
+    return [pid for pid in found if _running(pid)]
+
+
+def reap_orphans(children: list[Child]) -> None:
+    """Collect the exit of every child of this process that is not one of `children`."""
+    known = {child.pid for child in children}
+    for pid in _children_of(os.getpid()):
+        if pid not in known:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _tree(pid: int) -> list[int]:
+    below = _children_of(pid)
+    return below + [grandchild for child in below for grandchild in _tree(child)]
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _signal_session(pid: int, number: int) -> None:
+    """Signal a run and what it started (it leads its own session and process group)."""
+    with contextlib.suppress(OSError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, number)
+            return
+    with contextlib.suppress(OSError):
+        os.kill(pid, number)
 
 
 # ── the hand-over ───────────────────────────────────────────────────────────────────────────────

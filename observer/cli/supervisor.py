@@ -22,7 +22,15 @@ from pathlib import Path
 import httpx
 
 from deployments.apply import crash_orphaned_runs, deploy, prefect_environment
-from observer.cli.console import LOG_BYTES, Child, old_copy, say, start_console, stop_all
+from observer.cli.console import (
+    LOG_BYTES,
+    Child,
+    adopt_orphans,
+    old_copy,
+    say,
+    start_console,
+    stop_all,
+)
 from observer.errors import CommandError, SettingsError, StartupFailed
 from observer.instance import instance_of
 from observer.prefect_api import check_prefect_api, refuse_another_hosts_pool, worker_name
@@ -57,6 +65,7 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    adopt_orphans()  # a flow run outlives its worker: it comes back here, to be waited for
     try:
         ports = ((prefect_port, "--prefect-port"),) if server else ()
         for port, variable in (*ports, (settings.port, "OBSERVER_PORT")):
