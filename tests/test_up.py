@@ -107,8 +107,8 @@ def test_stopping_waits_for_a_flow_run_the_worker_leaves_and_leaves_no_process(
         assert up.process.wait(timeout=90) == 0
         # Gone when `observer up` returns: the run was waited for (it is this process's to wait
         # for once its worker is gone), not left retrying to report to a stopped server.
-        # (A run that writes nothing while it lingers can outlive its worker; one that writes to
-        # the worker's pipe meanwhile ends with it. Both must be gone.)
+        # (The run outlives its worker in some stops and ends with it in others; seen both ways.
+        # Either way none may be left.)
         left = [pid for pid in everything if _running(pid)]
         assert not left, [command_line(pid) for pid in left if _running(pid)]
         assert up.ops_path.read_bytes().count(b"\n") == 1  # the run did its work
