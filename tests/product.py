@@ -16,6 +16,9 @@ from typing import Any
 
 import httpx
 
+from observer.cli.console import descendants
+from observer.ops import Op
+
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # Variables of the test process that must not leak into a product started for a test.
@@ -116,18 +119,17 @@ class ObserverUp:
             self._log.close()
 
 
-def children(pid: int) -> list[int]:
-    """The processes `pid` started, from /proc."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            found += [int(child) for child in (task / "children").read_text().split()]
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid`, from /proc."""
-    return [d for child in children(pid) for d in (child, *descendants(child))]
+def sample_op(**fields: Any) -> Op:
+    """An op with every field an op needs, `fields` over them."""
+    required = {
+        "timestamp": "2026-04-23T10:00:00.000Z",
+        "endpoint": "e",
+        "input_summary": "i",
+        "success": True,
+        "duration_ms": 1,
+        "output_summary": "o",
+    }
+    return Op(**(required | fields))
 
 
 def command_line(pid: int) -> str:

@@ -16,10 +16,10 @@ import pytest
 from observer.catalog import ANALYZE_ERRORS, FLOWS
 from observer.instance import WORK_POOL
 from observer.intake import record_ops
-from observer.ops import Op
 from observer.settings import load_settings
 from tests.conftest import ROOT
 from tests.fakes import WebhookProcess, api_request
+from tests.product import sample_op
 
 
 def observer(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -120,14 +120,7 @@ def test_observer_run_runs_the_deployment_and_follows_it(
     worker: dict[str, str], worker_data: Path
 ) -> None:
     settings = load_settings(data_dir=worker_data)
-    op = Op(
-        timestamp="2026-04-23T10:00:00.000Z",
-        endpoint="e",
-        input_summary="via observer run",
-        success=True,
-        duration_ms=1,
-        output_summary="o",
-    )
+    op = sample_op(input_summary="via observer run")
     record_ops(settings, [(None, op)])
     result = observer("run", "ingest-events", "-p", "reason=cli", env=worker, timeout=300)
     assert result.returncode == 0, result.stderr

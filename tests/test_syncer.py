@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from observer.cli.console import process_children
 from observer.errors import WriteFailed
 from observer.intake.group_commit import Intake
 from observer.intake.spool import SpoolPosition, read_spool
@@ -23,11 +24,6 @@ from observer.webhook.ledger import Ledger
 from tests.fakes import WebhookProcess
 
 EVENT = {"input_summary": "x", "success": True, "source": "scenario"}
-
-
-def children_of(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(child) for child in children]
 
 
 def gone(pid: int, within_s: float = 10.0) -> bool:
@@ -205,7 +201,7 @@ def test_what_arrives_during_an_fsync_waits_and_is_written_as_one_batch(
 def test_without_the_helper_the_webhook_still_acknowledges_durably(
     webhook: WebhookProcess, settings: Settings
 ) -> None:
-    [helper] = children_of(webhook.process.pid)
+    [helper] = process_children(webhook.process.pid)
     os.kill(helper, signal.SIGKILL)
     assert gone(helper)
     for n in range(5):
@@ -217,7 +213,7 @@ def test_without_the_helper_the_webhook_still_acknowledges_durably(
 
 
 def test_the_helper_does_not_outlive_a_killed_webhook(webhook: WebhookProcess) -> None:
-    [helper] = children_of(webhook.process.pid)
+    [helper] = process_children(webhook.process.pid)
     assert httpx.post(f"{webhook.url}/event", json=EVENT).status_code == 200
     webhook.kill(signal.SIGKILL)
     assert gone(helper), "the fsync helper is still running after its webhook died"

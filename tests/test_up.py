@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from observer.cli.console import descendants, running
 from observer.intake.record import record_ops
-from observer.ops import Op
 from observer.settings import load_settings
-from tests.product import ObserverUp, command_line, descendants, free_port, run_deployment
+from tests.product import ObserverUp, command_line, free_port, run_deployment, sample_op
 
 A_YEAR = str(365 * 24 * 3600)
 
@@ -54,18 +54,9 @@ def test_observer_up_keeps_its_children_as_a_light_console_and_stops_them_when_o
     assert "webhook stopped unexpectedly; the end of its log" in log
     assert "stopping prefect worker" in log and "stopping prefect server" in log
     deadline = time.monotonic() + 15
-    while (left := [pid for pid in children if _running(pid)]) and time.monotonic() < deadline:
+    while (left := [pid for pid in children if running(pid)]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, [children[pid] for pid in left]
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie waiting to be reaped."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_stopping_waits_for_a_flow_run_the_worker_leaves_and_leaves_no_process(
@@ -79,15 +70,7 @@ def test_stopping_waits_for_a_flow_run_the_worker_leaves_and_leaves_no_process(
         # run that drains them and keeps watching the spool for 12 s, longer than the worker
         # takes to stop.
         settings = load_settings(data_dir=up.data_dir)
-        op = Op(
-            timestamp="2026-04-23T10:00:00.000Z",
-            endpoint="e",
-            input_summary="i",
-            success=True,
-            duration_ms=1,
-            output_summary="o",
-        )
-        record_ops(settings, [(None, op)])
+        record_ops(settings, [(None, sample_op())])
         before = set(descendants(up.process.pid))
         run_deployment(
             f"http://127.0.0.1:{port}/api",
@@ -110,10 +93,8 @@ def test_stopping_waits_for_a_flow_run_the_worker_leaves_and_leaves_no_process(
         # (The run outlives its worker in some stops and ends with it in others, before or after
         # its work: seen each way. Either way none may be left.)
         deadline = time.monotonic() + 5  # (left without the wait, a run went on for a minute)
-        while (
-            left := [pid for pid in everything if _running(pid)]
-        ) and time.monotonic() < deadline:
+        while (left := [pid for pid in everything if running(pid)]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not left, [command_line(pid) for pid in left if _running(pid)]
+        assert not left, [command_line(pid) for pid in left if running(pid)]
     finally:
         up.stop()

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from observer.catalog import ANALYZE_ERRORS, INGEST_EVENTS, TAIL_CORRECTIONS
+from observer.cli.console import process_children
 from observer.intake import record_lines
 from observer.ops import Op
 from observer.settings import load_settings
@@ -31,7 +32,7 @@ from observer.worker.template import Template
 from observer.worker.worker import preload_modules
 from tests.conftest import ROOT
 from tests.fakes import FakeUpstream, Reply, WebhookProcess, api_call
-from tests.product import children, command_line
+from tests.product import command_line
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -313,8 +314,10 @@ def test_the_worker_adopts_the_template_forked_at_its_boot_and_shares_its_import
     """`observer.worker.boot` imports once and forks: the template is the worker's child running
     the same command line (not a second interpreter), single-threaded, and the memory of what
     both imported is shared between them (anonymous pages only fork can share)."""
-    (boot,) = [pid for pid in children(os.getpid()) if "observer.worker.boot" in command_line(pid)]
-    (template,) = children(boot)
+    (boot,) = [
+        pid for pid in process_children(os.getpid()) if "observer.worker.boot" in command_line(pid)
+    ]
+    (template,) = process_children(boot)
     assert command_line(template) == command_line(boot)
     assert len(os.listdir(f"/proc/{template}/task")) == 1
     assert _shared_anonymous_mb(template) >= 10

@@ -153,7 +153,7 @@ def keep(children: list[Child], watcher: RunWatcher, stopping: Callable[[], bool
                     f" ({dead[0].log}):\n{dead[0].last_lines()}"
                 )
             if time.monotonic() >= next_look:
-                reap_orphans(children)  # a run whose worker went ends as this process's child
+                orphans(children)  # reaps a run that ended here, its worker gone before it
                 watcher.check()
                 for child in children:
                     cap_log(child.log)
@@ -224,38 +224,37 @@ def finish_runs(children: list[Child]) -> None:
 
 
 def orphans(children: list[Child]) -> list[int]:
-    """The live processes under this one outside the trees of `children` (the dead are reaped)."""
-    reap_orphans(children)
+    """The live processes under this one outside the trees of `children`; those of them that are
+    this process's own children and have ended are reaped on the way."""
     known = {child.pid for child in children}
     found: list[int] = []
-    for pid in _children_of(os.getpid()):
-        if pid not in known:
-            found.extend([pid, *_tree(pid)])
-    return [pid for pid in found if _running(pid)]
-
-
-def reap_orphans(children: list[Child]) -> None:
-    """Collect the exit of every child of this process that is not one of `children`."""
-    known = {child.pid for child in children}
-    for pid in _children_of(os.getpid()):
+    for pid in process_children(os.getpid()):
         if pid not in known:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
+            found += [pid, *descendants(pid)]
+    return [pid for pid in found if running(pid)]
 
 
-def _children_of(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except (OSError, ValueError):
-        return []
+# ── processes, from /proc ───────────────────────────────────────────────────────────────────────
 
 
-def _tree(pid: int) -> list[int]:
-    below = _children_of(pid)
-    return below + [grandchild for child in below for grandchild in _tree(child)]
+def process_children(pid: int) -> list[int]:
+    """The processes `pid` started, whichever of its threads started them."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
-def _running(pid: int) -> bool:
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`."""
+    return [d for child in process_children(pid) for d in (child, *descendants(child))]
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):

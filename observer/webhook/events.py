@@ -398,17 +398,12 @@ def ready_decoded(event: FastEvent, now: str | None = None) -> Ready:
     event_id = event.event_id
     if _defaults_applied(event, now):
         return _ready(Ready, (None if event_id is UNSET else event_id, event, _encode(event)))
-    return ready_slowly(_checked(event), now)
-
-
-def _checked(event: FastEvent) -> EventIn:
-    """A decoded event the fast way did not take, through the field-by-field checks."""
     given = {
         key: _as_parsed(value)
         for key in EVENT_FIELDS
         if (value := getattr(event, key)) is not UNSET
     }
-    return validate_event(given)
+    return ready_slowly(validate_event(given), now)
 
 
 def _as_parsed(value: object) -> object:
@@ -426,15 +421,12 @@ def batch_item(item: FastEvent | bytes | Any, now: str) -> FastEvent | Ready | E
     """One event of a batch (decoded, an NDJSON line, or a parsed JSON value), valid: the decoded
     event itself when it has no id (its line is written with the batch's others, `lines_of`), else
     a `Ready` event; invalid: the `EventError` saying what is wrong (returned: a batch goes on)."""
-    if type(item) is FastEvent:
-        event_id = item.event_id
-        if _defaults_applied(item, now):
-            if event_id is UNSET or event_id is None:
-                return item
-            return _ready(Ready, (event_id, item, _encode(item)))
     try:
         if type(item) is FastEvent:
-            return ready_slowly(_checked(item), now)
+            event_id = item.event_id
+            if (event_id is UNSET or event_id is None) and _defaults_applied(item, now):
+                return item
+            return ready_decoded(item, now)
         if type(item) is bytes:
             return ready_event(item, now)
         if type(item) is not dict:

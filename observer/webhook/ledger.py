@@ -72,10 +72,7 @@ class Ledger:
                     self._ids.add(event_id)
             counted += len(submission.ops)
             answers.append(min(counted, window.size))
-        if len(batch.submissions) == 1:
-            window.add_ops(batch.submissions[0].ops)
-        else:
-            window.add_ops([op for submission in batch.submissions for op in submission.ops])
+        window.add_ops([op for submission in batch.submissions for op in submission.ops])
         self._position = batch.end
         if self._on_durable is not None:
             self._on_durable()
