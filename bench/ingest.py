@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench.common import Figure, ratio_line, repeat, stopwatch
 from observer.intake.record import record_lines
+from observer.intake.spool import segment_end, segment_records
 from observer.ops import Op
 from observer.pipelines.ingest import drain_spool
 from observer.settings import Settings, load_settings
@@ -53,7 +54,7 @@ def fill_spool(settings: Settings, events: int) -> int:
             settings,
             ((f"ev-{n}" if n % 10 == 0 else None, _line(n)) for n in range(start, start + BLOCK)),
         )
-    return sum(p.stat().st_size for p in settings.layout.spool_dir.glob("*.jsonl"))
+    return sum(segment_end(path) for path in settings.layout.spool_dir.glob("*.jsonl"))
 
 
 def ingest_once(template: Path, settings: Settings) -> float:
@@ -74,7 +75,7 @@ def copy_once(template: Path, target: Path) -> float:
     def copy() -> None:
         with open(target, "wb") as out:
             for segment in sorted(template.glob("*.jsonl")):
-                out.write(segment.read_bytes())
+                out.write(segment_records(segment))
             out.flush()
             os.fsync(out.fileno())
 

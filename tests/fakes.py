@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from observer.intake.spool import list_segments, segment_path
+from observer.intake.spool import list_segments, segment_path, segment_records
 from observer.settings import Settings
 
 
@@ -195,7 +195,7 @@ def spool_records(settings: Settings) -> list[bytes]:
     return [
         line
         for segment in list_segments(spool)
-        for line in segment_path(spool, segment).read_bytes().splitlines()
+        for line in segment_records(segment_path(spool, segment)).splitlines()
     ]
 
 

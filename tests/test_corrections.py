@@ -21,7 +21,7 @@ from prefect.states import State
 import observer.pipelines.corrections as corrections
 from flows.tail_corrections import tail_corrections as tail_flow
 from observer.files import load_state
-from observer.intake.spool import list_segments, segment_path
+from observer.intake.spool import list_segments, segment_path, segment_records
 from observer.lines import KEPT_PREFIX_BYTES, read_lines
 from observer.ops import Op, op_line
 from observer.pipelines.corrections import (
@@ -65,7 +65,7 @@ def _spooled(settings: Settings) -> int:
     """Records in the spool (ingested or not): shows what the intake had to drop."""
     segments = list_segments(settings.layout.spool_dir)
     return sum(
-        segment_path(settings.layout.spool_dir, s).read_bytes().count(b"\n") for s in segments
+        segment_records(segment_path(settings.layout.spool_dir, s)).count(b"\n") for s in segments
     )
 
 

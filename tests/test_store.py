@@ -5,17 +5,23 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from observer.files import read_tail
 from observer.intake import record_ops
+from observer.intake.checkpoint import spool_bytes_waiting
 from observer.intake.spool import (
+    BOOT_ID,
+    PREALLOCATE_BYTES,
     SpoolPosition,
+    SpoolRecord,
     SpoolWriter,
     encode_record,
     list_segments,
     read_spool,
     segment_path,
+    segment_records,
 )
 from observer.ops import Op
 from observer.pipelines.ingest import drain_spool
@@ -106,10 +112,7 @@ def test_a_failed_write_leaves_nothing_behind(settings: Settings, tmp_path: Path
     writer.append(encode_record(None, make_op("after").to_line()))
     writer.close()
     chunk = read_spool(settings.layout.spool_dir, SpoolPosition(0, 0))
-    assert [Op.model_validate_json(r.line).input_summary for r in chunk.records] == [
-        "kept",
-        "after",
-    ]
+    assert markers_in(chunk.records) == ["kept", "after"]
 
 
 def test_unterminated_records_wait_and_torn_ones_in_old_segments_are_skipped(
@@ -125,6 +128,70 @@ def test_unterminated_records_wait_and_torn_ones_in_old_segments_are_skipped(
     assert chunk.end == SpoolPosition(2, len(line))
     assert chunk.torn_bytes == len(b"\t{partial")
     assert len(list(chunk.records)) == 2
+
+
+def record(marker: str) -> bytes:
+    return encode_record(None, make_op(marker).to_line())
+
+
+def markers_in(records: Iterable[SpoolRecord]) -> list[str]:
+    return [Op.model_validate_json(r.line).input_summary for r in records]
+
+
+def test_a_segment_is_allocated_ahead_and_writers_continue_after_its_records(
+    settings: Settings,
+) -> None:
+    spool = settings.layout.spool_dir
+    first = SpoolWriter(spool, settings.spool_segment_bytes)
+    first.append(record("a"))
+    path = segment_path(spool, 1)
+    records = record("a")
+    assert path.stat().st_size == PREALLOCATE_BYTES  # space for what follows, read as zeros
+    assert path.read_bytes() == records + bytes(PREALLOCATE_BYTES - len(records))
+    second = SpoolWriter(spool, settings.spool_segment_bytes)  # another process, say
+    second.append(record("b"))
+    first.append(record("c"))  # it sees b and writes after it
+    second.shutdown()
+    first.shutdown()
+    assert segment_records(path) == record("a") + record("b") + record("c")
+    chunk = read_spool(spool, SpoolPosition(0, 0))
+    assert markers_in(chunk.records) == ["a", "b", "c"]
+    assert chunk.end == SpoolPosition(1, len(segment_records(path)))
+    assert spool_bytes_waiting(settings) == chunk.end.offset
+
+
+def test_a_batch_cut_back_is_zeroed_and_the_next_write_takes_its_place(settings: Settings) -> None:
+    writer = SpoolWriter(settings.layout.spool_dir, settings.spool_segment_bytes)
+    writer.append(record("kept"))
+    start, end = writer.write(record("refused"))
+    assert writer.cut_back(start, end)
+    writer.append(record("next"))
+    writer.shutdown()
+    assert segment_records(segment_path(settings.layout.spool_dir, 1)) == (
+        record("kept") + record("next")
+    )
+
+
+def test_after_the_machine_restarts_writers_start_a_new_segment(settings: Settings) -> None:
+    """A crash of the machine can lose a block of records that were never made durable and keep
+    the next one: the segment then holds zeros between records. Nothing may be written after that
+    hole (readers stop at it), so the first writer of a boot starts a new segment."""
+    spool = settings.layout.spool_dir
+    record_ops(settings, [(None, make_op("durable"))])
+    path = segment_path(spool, 1)
+    kept = segment_records(path)
+    with path.open("r+b") as segment:  # as a crash may leave it: a hole, then a later record
+        segment.seek(len(kept) + 4096)
+        segment.write(record("never acknowledged"))
+    (spool / ".lock").write_bytes(b"the boot before")
+    record_ops(settings, [(None, make_op("after the restart"))])
+    assert list_segments(spool) == [1, 2]
+    assert segment_records(path) == kept
+    chunk = read_spool(spool, SpoolPosition(0, 0))
+    assert markers_in(chunk.records) == ["durable", "after the restart"]
+    assert (spool / ".lock").read_bytes() == BOOT_ID
+    record_ops(settings, [(None, make_op("same boot"))])
+    assert list_segments(spool) == [1, 2]
 
 
 def _append_many(settings: Settings, worker: int) -> None:

@@ -16,7 +16,7 @@ import httpx
 from observer.cli.console import process_children
 from observer.errors import WriteFailed
 from observer.intake.group_commit import Intake
-from observer.intake.spool import SpoolPosition, read_spool
+from observer.intake.spool import PREALLOCATE_BYTES, SpoolPosition, read_spool
 from observer.intake.syncer import Syncer
 from observer.intake.syncer_child import RELEASE_BYTES
 from observer.settings import Settings
@@ -87,8 +87,11 @@ def resident_pages(path: Path) -> int:
 def test_the_helper_drops_fsynced_pages_from_the_cache_but_the_tail(tmp_path: Path) -> None:
     target = tmp_path / "segment.jsonl"
     line = b"x" * 229 + b"\n"
-    target.write_bytes(line * (2 * RELEASE_BYTES // len(line) + 4096))  # cached as written
-    page_count = -(-target.stat().st_size // mmap.PAGESIZE)
+    records = line * (2 * RELEASE_BYTES // len(line) + 4096)
+    target.write_bytes(records)  # cached as written
+    with target.open("r+b") as segment:  # and allocated ahead, as the spool's writer does
+        os.posix_fallocate(segment.fileno(), len(records), PREALLOCATE_BYTES)
+    page_count = -(-len(records) // mmap.PAGESIZE)
     assert resident_pages(target) > page_count // 2
 
     async def scenario() -> list[int]:
@@ -102,9 +105,9 @@ def test_the_helper_drops_fsynced_pages_from_the_cache_but_the_tail(tmp_path: Pa
         return answers
 
     assert asyncio.run(scenario()) == [0]
-    # Everything but the part past the last whole step is gone; that part (with the page the next
-    # append writes into) is still cached.
-    tail_pages = -(-(target.stat().st_size - 2 * RELEASE_BYTES) // mmap.PAGESIZE)
+    # Everything but the records past the last whole step is gone; they (with the page the next
+    # write goes into) are still cached.
+    tail_pages = -(-(len(records) - 2 * RELEASE_BYTES) // mmap.PAGESIZE)
     assert resident_pages(target) == tail_pages
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from observer.intake.spool import list_segments, segment_path
+from observer.intake.spool import list_segments, segment_path, segment_records
 from observer.pipelines.ingest import drain_spool
 from observer.settings import Settings
 from tests.fakes import WebhookProcess
@@ -20,7 +20,7 @@ def spool_lines(settings: Settings) -> list[bytes]:
     return [
         line
         for segment in list_segments(settings.layout.spool_dir)
-        for line in segment_path(settings.layout.spool_dir, segment).read_bytes().splitlines()
+        for line in segment_records(segment_path(settings.layout.spool_dir, segment)).splitlines()
     ]
 
 

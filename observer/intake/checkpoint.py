@@ -4,7 +4,6 @@ has ingested, and how much of the spool still waits. The webhook reads this at s
 
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from observer.files import count_lines, load_state, read_tail
-from observer.intake.spool import SpoolPosition, list_segments, segment_path
+from observer.intake.spool import SpoolPosition, list_segments, segment_end, segment_path
 from observer.settings import Settings
 
 
@@ -66,11 +65,10 @@ def _waiting_segments(settings: Settings, checkpoint: IngestCheckpoint) -> list[
 
 
 def spool_bytes_waiting(settings: Settings, checkpoint: IngestCheckpoint | None = None) -> int:
-    """Spool bytes written but not ingested yet (by any producer): a few stat calls."""
+    """Spool bytes written but not ingested yet (by any producer): a few reads of one byte."""
     waiting = 0
     for path, start in _waiting_segments(settings, checkpoint or load_checkpoint(settings)):
-        with contextlib.suppress(FileNotFoundError):
-            waiting += path.stat().st_size - start
+        waiting += max(0, segment_end(path, start) - start)
     return waiting
 
 

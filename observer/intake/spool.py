@@ -7,7 +7,15 @@ reads ops.jsonl.
 A spool record is one line: the client's `event_id` (possibly empty), a tab, the op's exact
 ops.jsonl line. A JSON line never holds a raw tab, so the split is unambiguous, and ingestion copies
 the op's bytes as they are. Several processes may append at once: an exclusive `flock` on
-`spool/.lock` covers each append, and a failed write is cut back so no half-record is ever left.
+`spool/.lock` covers each append, and a failed write is zeroed back so no half-record is ever left.
+
+Segments are preallocated `PREALLOCATE_BYTES` at a time, and their records end at the first NUL
+byte (a record never holds one): a write into space already allocated leaves the file's size alone,
+so making it durable is an `fdatasync` that flushes the data alone, without the journal commit an
+append's new size needs (on this project's ext4 disk about 120 µs against 180 µs). Within one boot
+a segment is records, then zeros. After a crash of the machine a lost block can leave zeros between
+records that were never made durable, so the first writer of each boot (the boot id is kept in the
+lock file) starts a new segment, and readers stop at the first NUL of an older one.
 """
 
 from __future__ import annotations
@@ -19,11 +27,26 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
-from observer.files import fsync_dir, read_from, write_or_cut_back
+from observer.files import fsync_dir
 
 SEGMENT_PATTERN = re.compile(r"^(\d{12})\.jsonl$")
+#: How much of a segment is allocated ahead of its records.
+PREALLOCATE_BYTES = 4 * 1024 * 1024
+#: How a reader looks for the end of a segment's records: small first (it is usually near).
+_FIRST_READ_BYTES = 64 * 1024
+_MAX_READ_BYTES = 1024 * 1024
+
+
+def _boot_id() -> bytes:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_bytes().strip()
+    except OSError:
+        return b"unknown"
+
+
+BOOT_ID = _boot_id()
 
 
 class SpoolPosition(NamedTuple):
@@ -73,12 +96,44 @@ def list_segments(spool_dir: Path) -> list[int]:
     return sorted(int(m.group(1)) for name in names if (m := SEGMENT_PATTERN.match(name)))
 
 
-class SpoolWriter:
-    """Appends batches of records to the newest spool segment, safe across processes.
+def data_end(fd: int, start: int = 0) -> int:
+    """Where a segment's records end: its first NUL byte at or after `start` (a known end), or its
+    size. Within one boot a segment is records, then zeros, so a binary search finds it."""
+    low, high = start, os.fstat(fd).st_size
+    while low < high:
+        middle = (low + high) // 2
+        if os.pread(fd, 1, middle) in (b"\0", b""):
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
-    `append` writes and fsyncs. The webhook uses `write` and makes the batch durable later
-    (`observer.intake.syncer`), so the write and the fsync are separate steps here; whatever was written
-    to a segment is fsync'd before the writer leaves it for the next one.
+
+def segment_end(path: Path, start: int = 0) -> int:
+    """`data_end` of the segment at `path` (0 when it does not exist)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return 0
+    try:
+        return data_end(fd, start)
+    finally:
+        os.close(fd)
+
+
+def segment_records(path: Path) -> bytes:
+    """A segment's records, without the allocated space after them."""
+    data = path.read_bytes()
+    end = data.find(b"\0")
+    return data if end < 0 else data[:end]
+
+
+class SpoolWriter:
+    """Writes batches of records at the end of the newest spool segment, safe across processes.
+
+    `append` writes and makes durable. The webhook uses `write` and makes the batch durable later
+    (`observer.intake.syncer`), so the write and the fsync are separate steps here; whatever was
+    written to a segment is made durable before the writer leaves it for the next one.
     """
 
     def __init__(self, spool_dir: Path, segment_bytes: int) -> None:
@@ -88,13 +143,15 @@ class SpoolWriter:
         self._segment = 0
         self._fd: int | None = None
         self._path: Path | None = None  # the open segment's
+        self._end = 0  # where its records end, as last seen under the lock
+        self._allocated = 0  # its size, as last seen
         self._lock_fd: int | None = None
         self._next_path = ""  # checked before every write: a plain string, not a Path
-        self._unsynced = False  # written to the open segment since its last fsync
+        self._unsynced = False  # written to the open segment since it was last made durable
         spool_dir.mkdir(parents=True, exist_ok=True)
 
     def append(self, payload: bytes) -> tuple[SpoolPosition, SpoolPosition]:
-        """Write `payload` (whole records) and fsync it; return where it starts and ends.
+        """Write `payload` (whole records) and make it durable; return where it starts and ends.
 
         On any OSError nothing of it is kept and the error propagates (the caller retries).
         """
@@ -107,46 +164,50 @@ class SpoolWriter:
         return start, end
 
     def write(self, payload: bytes) -> tuple[SpoolPosition, SpoolPosition]:
-        """Write `payload` (whole records) without fsync; return where it starts and ends.
+        """Write `payload` (whole records) without making it durable; return where it starts and
+        ends.
 
-        On any OSError the segment is cut back to where it was, so readers never see a torn record,
+        On any OSError what was written of it is zeroed back, so readers never see a torn record,
         and the error propagates (the webhook answers 503).
         """
         with self._locked():
             fd = self._current_fd()
-            start = os.fstat(fd).st_size
+            start = self._current_end(fd)
             if start >= self.segment_bytes:
                 fd = self._open_segment(self._segment + 1, create=True)
                 start = 0
+            end = start + len(payload)
             try:
-                write_or_cut_back(fd, start, payload, sync=False)
+                if end > self._allocated:
+                    self._preallocate(fd, start, len(payload))
+                _write_all_at(fd, payload, start)
             except OSError:
+                _zero(fd, start, len(payload))
                 self.close()  # look for the newest segment afresh next time
                 raise
+            self._end = end
             self._unsynced = True
-            return (
-                SpoolPosition(self._segment, start),
-                SpoolPosition(self._segment, start + len(payload)),
-            )
+            return SpoolPosition(self._segment, start), SpoolPosition(self._segment, end)
 
     def sync(self) -> None:
-        """fsync what was written to the open segment (earlier segments were synced on leaving)."""
+        """Make what was written to the open segment durable (earlier segments were on leaving)."""
         if self._fd is not None and self._unsynced:
-            os.fsync(self._fd)
+            os.fdatasync(self._fd)
             self._unsynced = False
 
     def cut_back(self, start: SpoolPosition, end: SpoolPosition) -> bool:
-        """Remove records written from `start` that never became durable, if `end` is still the
-        segment's end (no other writer appended after them); True when they are gone."""
+        """Remove records written from `start` that never became durable, if `end` is still where
+        the segment's records end (no other writer appended after them); True when they are gone."""
         with self._locked():
             if self._fd is None or not self._segment == start.segment == end.segment:
                 return False
             try:
-                if os.fstat(self._fd).st_size != end.offset:
+                if self._current_end(self._fd) != end.offset:
                     return False
-                os.ftruncate(self._fd, start.offset)
+                _write_all_at(self._fd, bytes(end.offset - start.offset), start.offset)
             except OSError:
                 return False
+            self._end = start.offset
             return True
 
     def segment_file(self, position: SpoolPosition) -> Path:
@@ -183,25 +244,71 @@ class SpoolWriter:
         # Called under the spool lock. Another writer may have started newer segments: follow them.
         if self._fd is None:
             segments = list_segments(self.spool_dir)
-            return self._open_segment(segments[-1] if segments else 1, create=True)
+            if segments and self._same_boot():
+                return self._open_segment(segments[-1], create=True)
+            fd = self._open_segment(segments[-1] + 1 if segments else 1, create=True)
+            self._note_boot()
+            return fd
         while os.path.exists(self._next_path):
             self._open_segment(self._segment + 1, create=False)
         return self._fd
 
+    def _current_end(self, fd: int) -> int:
+        """Where the open segment's records end now: where this writer left them, unless another
+        writer appended since (one byte read)."""
+        if os.pread(fd, 1, self._end) not in (b"\0", b""):
+            self._end = data_end(fd, self._end)
+        return self._end
+
+    def _preallocate(self, fd: int, start: int, length: int) -> None:
+        """Allocate the segment ahead of its records. Where the filesystem cannot, the write
+        extends the file as an append does."""
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(fd, start, max(length, PREALLOCATE_BYTES))
+        self._allocated = os.fstat(fd).st_size
+
+    def _same_boot(self) -> bool:
+        """Whether the newest segment was written since the machine last started (the lock file
+        holds the boot id of the writer that started it)."""
+        assert self._lock_fd is not None
+        return os.pread(self._lock_fd, 64, 0) == BOOT_ID
+
+    def _note_boot(self) -> None:
+        # Not made durable on purpose: lost in a crash, it differs from the next boot's id anyway.
+        assert self._lock_fd is not None
+        os.pwrite(self._lock_fd, BOOT_ID, 0)
+        os.ftruncate(self._lock_fd, len(BOOT_ID))
+
     def _open_segment(self, segment: int, *, create: bool) -> int:
         path = segment_path(self.spool_dir, segment)
         existed = path.exists()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | (os.O_CREAT if create else 0), 0o644)
-        if not existed:
-            fsync_dir(self.spool_dir)
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
         try:
-            self.close()  # fsyncs what this writer left unsynced in the segment it leaves
+            if not existed:
+                fsync_dir(self.spool_dir)
+            self.close()  # makes durable what this writer left in the segment it leaves
+            end = data_end(fd) if existed else 0
+            allocated = os.fstat(fd).st_size
         except OSError:
             os.close(fd)
             raise
         self._fd, self._segment, self._path = fd, segment, path
+        self._end, self._allocated = end, allocated
         self._next_path = str(segment_path(self.spool_dir, segment + 1))
         return fd
+
+
+def _write_all_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _zero(fd: int, start: int, length: int) -> None:
+    """Zero what a failed write may have left (best effort: the disk just refused a write)."""
+    with contextlib.suppress(OSError):
+        _write_all_at(fd, bytes(length), start)
 
 
 @dataclass
@@ -248,17 +355,46 @@ def read_spool(
             limit = min(limit, until.offset - position.offset)
         path = segment_path(spool_dir, position.segment)
         # One record longer than the budget is read whole rather than never progress.
-        data = read_from(path, position.offset, limit, whole_line=size == 0 and until is None)
+        data, reached_end = _read_records(
+            path, position.offset, limit, whole_line=size == 0 and until is None
+        )
         cut = data.rfind(b"\n") + 1
         parts.append(data[:cut])
         size += cut
         position = SpoolPosition(position.segment, position.offset + cut)
-        reached_end = len(data) < limit
         if not (newer_exists and reached_end):
             break
         torn += len(data) - cut  # a record that will never be finished: skipped, and counted
         position = SpoolPosition(position.segment + 1, 0)
     return SpoolChunk(b"".join(parts), position, torn)
+
+
+def _read_records(path: Path, offset: int, limit: int, *, whole_line: bool) -> tuple[bytes, bool]:
+    """Up to `limit` bytes of a segment's records from `offset` (with `whole_line`, on until a
+    newline when there is none), and whether the end of its records was reached. Read in growing
+    steps: the end is usually near, and what follows it is allocated space."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return _read_to_end(handle, limit, whole_line)
+    except FileNotFoundError:
+        return b"", True
+
+
+def _read_to_end(handle: BinaryIO, limit: int, whole_line: bool) -> tuple[bytes, bool]:
+    parts: list[bytes] = []
+    size, step, newline = 0, _FIRST_READ_BYTES, False
+    while size < limit or (whole_line and not newline):
+        chunk = handle.read(min(step, limit - size) if size < limit else step)
+        end = chunk.find(b"\0")
+        if end >= 0 or not chunk:
+            parts.append(chunk[:end] if end >= 0 else chunk)
+            return b"".join(parts), True
+        parts.append(chunk)
+        size += len(chunk)
+        newline = newline or b"\n" in chunk
+        step = min(step * 2, _MAX_READ_BYTES)
+    return b"".join(parts), False
 
 
 def delete_segments_before(spool_dir: Path, segment: int) -> int:

@@ -3,11 +3,13 @@
 Group commit on the event loop alone stalls every connection for each fsync (0.2–0.3 ms here);
 a thread does not help, because once its fsync returns it waits for the GIL that the busy loop
 holds. A child process has its own interpreter: the loop writes a batch, asks the child to fsync
-the segment, and goes on parsing the next requests; the answer arrives as a readable pipe. fsync
-flushes the file whichever descriptor wrote to it, so the child's own descriptor is enough.
+the segment, and goes on parsing the next requests; the answer arrives as a readable pipe. A flush
+covers the file whichever descriptor wrote to it, so the child's own descriptor is enough. (The
+child's flush is an `fdatasync`: the spool writes into space allocated ahead, see
+`observer.intake.spool`.)
 
 Protocol, one request at a time: the parent writes a segment's path and a newline on the child's
-stdin; the child fsyncs that file and answers the errno (0 on success) and a newline. It exits
+stdin; the child flushes that file and answers the errno (0 on success) and a newline. It exits
 when its stdin closes, so it never outlives the webhook, even after a `kill -9`.
 
 The child is `syncer_child.py` next to this module, run by path with `python -I -S`: no site, no package
@@ -24,6 +26,8 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from observer.intake.spool import PREALLOCATE_BYTES
 
 log = logging.getLogger("observer.intake.syncer")
 
@@ -50,7 +54,7 @@ class Syncer:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the child; raises OSError if it cannot be started."""
         process = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(CHILD)],
+            [sys.executable, "-I", "-S", str(CHILD), str(PREALLOCATE_BYTES)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,

@@ -1,8 +1,10 @@
-"""The fsync helper process of `observer.intake.syncer`: fsync each path asked for, answer its errno.
+"""The fsync helper process of `observer.intake.syncer`: make each path asked for durable, answer
+its errno.
 
-Run by path with `python -I -S` (no site, no package import), so it imports only what is here.
-It reads one path per line on stdin and writes one errno per line on stdout (0 on success), and
-exits at the end of its input: when the webhook closes the pipe or dies.
+Run by path with `python -I -S` (no site, no package import), so it imports only what is here; its
+one argument is how far a segment is allocated ahead of its records (the spool's
+`PREALLOCATE_BYTES`). It reads one path per line on stdin and writes one errno per line on stdout
+(0 on success), and exits at the end of its input: when the webhook closes the pipe or dies.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 
 EIO = 5
 RELEASE_BYTES = 8 * 1024 * 1024
 
 
-def serve(requests: int = 0, replies: int = 1) -> None:
-    """The child's loop: fsync each path asked for, answer its errno; stop at end of input."""
+def serve(ahead: int, requests: int = 0, replies: int = 1) -> None:
+    """The child's loop: `fdatasync` each path asked for (the spool writes into allocated space,
+    so the data is all there is to flush), answer its errno; stop at end of input."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the webhook, which stops us
     inbox = os.fdopen(requests, "rb", buffering=4096)
     open_path, fd, released = b"", -1, 0
@@ -30,25 +34,26 @@ def serve(requests: int = 0, replies: int = 1) -> None:
                 open_path, fd, released = b"", -1, 0
                 fd = os.open(path, os.O_RDONLY)
                 open_path = path
-            os.fsync(fd)
+            os.fdatasync(fd)
         except OSError as exc:
             error = exc.errno or EIO  # when the OS gave no number
         os.write(replies, b"%d\n" % error)
         if not error:
-            released = release_cache(fd, released)  # after the answer: nobody waits for it
+            released = release_cache(fd, released, ahead)  # after the answer: nobody waits for it
 
 
-def release_cache(fd: int, released: int) -> int:
+def release_cache(fd: int, released: int, ahead: int) -> int:
     """Let the kernel drop the segment's pages that are on disk, in steps of `RELEASE_BYTES` well
-    behind its end (the page the next append writes into stays cached: dropping it would make that
-    write read it back); return how far the segment is released.
+    behind the end of its records (at most `ahead` bytes before the file's end; the page the next
+    write goes into stays cached: dropping it would make that write read it back); return how far
+    the segment is released.
 
     Nothing in the webhook reads them again, and a page cache that only grows made every later
     write slower on a VM whose memory is backed lazily (measured here: 590 µs per 184 KB write once
     the spool passed about 1 GB, 75 µs with the pages dropped). Advice only: a refusal changes
     nothing."""
     try:
-        end = os.fstat(fd).st_size
+        end = os.fstat(fd).st_size - ahead
     except OSError:
         return released
     upto = end - end % RELEASE_BYTES
@@ -60,4 +65,4 @@ def release_cache(fd: int, released: int) -> int:
 
 
 if __name__ == "__main__":
-    serve()
+    serve(int(sys.argv[1]))
