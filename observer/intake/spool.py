@@ -261,10 +261,11 @@ class SpoolWriter:
         return self._end
 
     def _preallocate(self, fd: int, start: int, length: int) -> None:
-        """Allocate the segment ahead of its records. Where the filesystem cannot, the write
-        extends the file as an append does."""
+        """Allocate the segment ahead of its records (not beyond its size). Where the filesystem
+        cannot, the write extends the file as an append does."""
+        ahead = min(PREALLOCATE_BYTES, self.segment_bytes - start)
         with contextlib.suppress(OSError):
-            os.posix_fallocate(fd, start, max(length, PREALLOCATE_BYTES))
+            os.posix_fallocate(fd, start, max(length, ahead))
         self._allocated = os.fstat(fd).st_size
 
     def _same_boot(self) -> bool:
