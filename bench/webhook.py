@@ -659,7 +659,7 @@ def print_summary(
             figures[1][0],
             Figure("fsync", fsync_rates[1], "/s"),
         )
-        + "  (same cell; 1 connection = 1 event per fsync)"
+        + "  (same cell; 1 connection = 1 event per flush)"
     )
     for connections, target in ((16, ISSUE_TARGET_AT_16), (1, ISSUE_TARGET_AT_1)):
         ratio = figures[connections][0].median / figures[connections][1].median
@@ -704,7 +704,7 @@ def print_ceiling(
             print(
                 f"        in series with the raw durable write of the same cell ({fsync:.0f}/s):"
                 f" {serial:.0f} req/s = {serial / theirs.median:.3f} x the original (the most one"
-                f" connection can get with an fsync per event); Observer = {ours.median / serial:.3f}"
+                f" connection can get with a flush per event); Observer = {ours.median / serial:.3f}"
                 f" x that"
             )
 
