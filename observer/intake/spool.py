@@ -1,4 +1,4 @@
-"""The spool: an fsync'd append-only log of acknowledged ops, cut into numbered segments.
+"""The spool: a durable append-only log of acknowledged ops, cut into numbered segments.
 
 Data flows one way: producers (the webhook, the corrections tailer, `observed()`) append records to
 the spool; the ingestion flow moves them, in order and exactly once, into ops.jsonl; everything else
