@@ -76,7 +76,7 @@ class Plan:
     runs: int
     seconds: int
     warmup_seconds: int
-    fsync_seconds: float
+    durable_seconds: float
     rss_events: int
 
 
@@ -172,7 +172,7 @@ def parse_options(options: list[str]) -> tuple[Plan, Path]:
         runs=1 if quick else 3,
         seconds=3 if quick else 5,
         warmup_seconds=1 if quick else 2,
-        fsync_seconds=1.0 if quick else 2.0,
+        durable_seconds=1.0 if quick else 2.0,
         rss_events=20_000 if quick else 200_000,
     )
     reference = Path(os.environ.get("OBSERVER_REFERENCE_DIR") or DEFAULT_REFERENCE)
@@ -483,7 +483,9 @@ def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
         if warmup.failed:
             print(f"  {server.name}: FAILED during the warm-up: {warmup.problems()}")
             failed = True
-    fsync_rates: dict[int, list[float]] = {}  # per cell: the disk's speed changes with others' I/O
+    durable_rates: dict[
+        int, list[float]
+    ] = {}  # per cell: the disk's speed changes with others' I/O
     for connections in CONNECTIONS:
         for run in range(plan.runs):
             load.sample()
@@ -500,16 +502,16 @@ def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
                     + (f"  FAILED: {result.problems()}" if result.failed else ""),
                     flush=True,
                 )
-            rate = durable_writes_per_second(scratch, plan.fsync_seconds)
-            fsync_rates.setdefault(connections, []).append(rate)
+            rate = durable_writes_per_second(scratch, plan.durable_seconds)
+            durable_rates.setdefault(connections, []).append(rate)
     batches, originals, ceilings = measure_batches(plan, observer, original, ceiling, load)
     failed |= any(r.failed for results in batches.values() for r in results)
     failed |= any(r.failed for r in originals)
     others = load.others_share()
     load.sample()
 
-    print_summary(plan, observer, original, fsync_rates)
-    print_ceiling(observer, original, ceiling, fsync_rates)
+    print_summary(plan, observer, original, durable_rates)
+    print_ceiling(observer, original, ceiling, durable_rates)
     print_batches(batches, originals, ceilings)
     print(
         f"\nMachine: load average (1 min) {min(load.loads):.2f}-{max(load.loads):.2f} during the"
@@ -609,7 +611,7 @@ def print_batches(
 
 
 def print_summary(
-    plan: Plan, observer: Server, original: Server, fsync_rates: dict[int, list[float]]
+    plan: Plan, observer: Server, original: Server, durable_rates: dict[int, list[float]]
 ) -> None:
     print(f"\nMedians of {plan.runs} run(s) per cell (ratio = Observer / original):")
     print(
@@ -643,13 +645,13 @@ def print_summary(
         print("  " + ratio_line(f"Observer / original, {connections} connection(s)", ours, theirs))
     every = Figure(
         "raw durable writes, all cells",
-        [rate for rates in fsync_rates.values() for rate in rates],
+        [rate for rates in durable_rates.values() for rate in rates],
         "/s",
     )
     print("  " + every.line())
     for connections in CONNECTIONS:
         near = Figure(
-            f"raw durable writes during the c={connections} cell", fsync_rates[connections], "/s"
+            f"raw durable writes during the c={connections} cell", durable_rates[connections], "/s"
         )
         print("  " + near.line())
     print(
@@ -657,7 +659,7 @@ def print_summary(
         + ratio_line(
             "Observer at 1 connection / raw durable writes",
             figures[1][0],
-            Figure("fsync", fsync_rates[1], "/s"),
+            Figure("durable writes", durable_rates[1], "/s"),
         )
         + "  (same cell; 1 connection = 1 event per flush)"
     )
@@ -680,7 +682,7 @@ def print_summary(
 
 
 def print_ceiling(
-    observer: Server, original: Server, ceiling: Server, fsync_rates: dict[int, list[float]]
+    observer: Server, original: Server, ceiling: Server, durable_rates: dict[int, list[float]]
 ) -> None:
     """How far the ASGI server alone gets against the original, and Observer against it; at one
     connection, where each event waits for its own fsync, the two in series."""
@@ -699,10 +701,10 @@ def print_ceiling(
             f" x the original; Observer = {ours.median / bare.median:.3f} x the ceiling"
         )
         if connections == 1:
-            fsync = Figure("fsync", fsync_rates[1], "/s").median
-            serial = 1 / (1 / fsync + 1 / bare.median)
+            durable = Figure("durable writes", durable_rates[1], "/s").median
+            serial = 1 / (1 / durable + 1 / bare.median)
             print(
-                f"        in series with the raw durable write of the same cell ({fsync:.0f}/s):"
+                f"        in series with the raw durable write of the same cell ({durable:.0f}/s):"
                 f" {serial:.0f} req/s = {serial / theirs.median:.3f} x the original (the most one"
                 f" connection can get with a flush per event); Observer = {ours.median / serial:.3f}"
                 f" x that"

@@ -122,6 +122,14 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def write_all_at(fd: int, data: bytes, offset: int) -> None:
+    """Write all of `data` at `offset` (`pwrite` may write part of it)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 @dataclass
 class Tail:
     """The last complete lines of a file, each with the byte offset where it starts."""

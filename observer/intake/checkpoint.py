@@ -65,7 +65,8 @@ def _waiting_segments(settings: Settings, checkpoint: IngestCheckpoint) -> list[
 
 
 def spool_bytes_waiting(settings: Settings, checkpoint: IngestCheckpoint | None = None) -> int:
-    """Spool bytes written but not ingested yet (by any producer): a few reads of one byte."""
+    """Spool bytes written but not ingested yet (by any producer): a binary search for the end of
+    each waiting segment's records."""
     waiting = 0
     for path, start in _waiting_segments(settings, checkpoint or load_checkpoint(settings)):
         waiting += max(0, segment_end(path, start) - start)

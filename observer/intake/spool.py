@@ -27,16 +27,13 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
-from observer.files import fsync_dir
+from observer.files import fsync_dir, read_from, write_all_at
 
 SEGMENT_PATTERN = re.compile(r"^(\d{12})\.jsonl$")
 #: How much of a segment is allocated ahead of its records.
 PREALLOCATE_BYTES = 4 * 1024 * 1024
-#: How a reader looks for the end of a segment's records: small first (it is usually near).
-_FIRST_READ_BYTES = 64 * 1024
-_MAX_READ_BYTES = 1024 * 1024
 
 
 def _boot_id() -> bytes:
@@ -180,7 +177,7 @@ class SpoolWriter:
             try:
                 if end > self._allocated:
                     self._preallocate(fd, start, len(payload))
-                _write_all_at(fd, payload, start)
+                write_all_at(fd, payload, start)
             except OSError:
                 _zero(fd, start, len(payload))
                 self.close()  # look for the newest segment afresh next time
@@ -204,7 +201,7 @@ class SpoolWriter:
             try:
                 if self._current_end(self._fd) != end.offset:
                     return False
-                _write_all_at(self._fd, bytes(end.offset - start.offset), start.offset)
+                write_all_at(self._fd, bytes(end.offset - start.offset), start.offset)
             except OSError:
                 return False
             self._end = start.offset
@@ -299,17 +296,10 @@ class SpoolWriter:
         return fd
 
 
-def _write_all_at(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
 def _zero(fd: int, start: int, length: int) -> None:
     """Zero what a failed write may have left (best effort: the disk just refused a write)."""
     with contextlib.suppress(OSError):
-        _write_all_at(fd, bytes(length), start)
+        write_all_at(fd, bytes(length), start)
 
 
 @dataclass
@@ -355,47 +345,26 @@ def read_spool(
         if until is not None and until.segment == position.segment:
             limit = min(limit, until.offset - position.offset)
         path = segment_path(spool_dir, position.segment)
-        # One record longer than the budget is read whole rather than never progress.
-        data, reached_end = _read_records(
-            path, position.offset, limit, whole_line=size == 0 and until is None
+        # Read as far as the records go (a binary search), not into the allocated space: the
+        # records then come out without a copy. A write still under way can show zeros: the
+        # first one ends what is taken. One record longer than the budget is read whole rather
+        # than never progress.
+        available = max(0, segment_end(path, position.offset) - position.offset)
+        data = read_from(
+            path, position.offset, min(limit, available), whole_line=size == 0 and until is None
         )
-        cut = data.rfind(b"\n") + 1
+        end = data.find(b"\0")
+        if end < 0:
+            end = len(data)
+        cut = data.rfind(b"\n", 0, end) + 1
         parts.append(data[:cut])
         size += cut
         position = SpoolPosition(position.segment, position.offset + cut)
-        if not (newer_exists and reached_end):
+        if not (newer_exists and available <= limit):
             break
-        torn += len(data) - cut  # a record that will never be finished: skipped, and counted
+        torn += end - cut  # a record that will never be finished: skipped, and counted
         position = SpoolPosition(position.segment + 1, 0)
     return SpoolChunk(b"".join(parts), position, torn)
-
-
-def _read_records(path: Path, offset: int, limit: int, *, whole_line: bool) -> tuple[bytes, bool]:
-    """Up to `limit` bytes of a segment's records from `offset` (with `whole_line`, on until a
-    newline when there is none), and whether the end of its records was reached. Read in growing
-    steps: the end is usually near, and what follows it is allocated space."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            return _read_to_end(handle, limit, whole_line)
-    except FileNotFoundError:
-        return b"", True
-
-
-def _read_to_end(handle: BinaryIO, limit: int, whole_line: bool) -> tuple[bytes, bool]:
-    parts: list[bytes] = []
-    size, step, newline = 0, _FIRST_READ_BYTES, False
-    while size < limit or (whole_line and not newline):
-        chunk = handle.read(min(step, limit - size) if size < limit else step)
-        end = chunk.find(b"\0")
-        if end >= 0 or not chunk:
-            parts.append(chunk[:end] if end >= 0 else chunk)
-            return b"".join(parts), True
-        parts.append(chunk)
-        size += len(chunk)
-        newline = newline or b"\n" in chunk
-        step = min(step * 2, _MAX_READ_BYTES)
-    return b"".join(parts), False
 
 
 def delete_segments_before(spool_dir: Path, segment: int) -> int:

@@ -112,11 +112,7 @@ class EventDoor:
         if not batch.ops:
             done(len(self.ledger.window))
             return
-        if batch.lines is None:
-            records = records_without_ids(lines_of(batch.ops))
-        else:
-            records = encode_records(batch.ids, batch.lines)
-        self._put(batch.ops, list(batch.claimed), records, done, reply)
+        self._put(batch.ops, list(batch.claimed), batch.records(), done, reply)
 
     def _items(self, body: bytes, content_type: bytes | None) -> list[Any]:
         """The batch's events: decoded at once when every one has its fields' JSON types, else
@@ -194,13 +190,19 @@ class SortedBatch:
     duplicates: int = 0
     rejected: int = 0
 
+    def records(self) -> bytes:
+        """The spool records of the ops to store (those of the usual batch in one pass)."""
+        if self.lines is None:
+            return records_without_ids(lines_of(self.ops))
+        return encode_records(self.ids, self.lines)
+
 
 def _sort_out(outcomes: list[FastEvent | Ready | EventError], ledger: Ledger) -> SortedBatch:
     if set(map(type, outcomes)) == _DECODED_ONLY:
         # The usual batch, every event valid and none with an id: nothing to look up.
         return SortedBatch([_ACCEPTED] * len(outcomes), outcomes, None)
-    batch = SortedBatch([])
-    assert batch.lines is not None
+    lines: list[bytes] = []
+    batch = SortedBatch([], lines=lines)
     for index, outcome in enumerate(outcomes):
         if type(outcome) is FastEvent:
             event_id, op, line = None, outcome, line_of(outcome)
@@ -218,7 +220,7 @@ def _sort_out(outcomes: list[FastEvent | Ready | EventError], ledger: Ledger) ->
                 continue
             batch.claimed.add(event_id)
         batch.ops.append(op)
-        batch.lines.append(line)
+        lines.append(line)
         batch.ids.append(event_id)
         batch.results.append(_ACCEPTED)
     return batch
