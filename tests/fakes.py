@@ -3,6 +3,8 @@ webhook run as a real process. Tests tell the fakes to answer, fail, hang or sen
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import os
 import signal
@@ -18,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from observer.intake.group_commit import Intake
 from observer.intake.spool import list_segments, segment_path, segment_records
 from observer.settings import Settings
 
@@ -187,6 +190,20 @@ class WebhookProcess:
         for stream in (self.process.stdout, self.process.stderr):
             if stream:
                 stream.close()
+
+
+class FailingFsync:
+    """Stands in for the webhook's fsync helper and answers every fsync with EIO (for unit tests
+    of the intake; the real helper's own failures are tested with missing files)."""
+
+    def __init__(self, intake: Intake[Any]) -> None:
+        self.intake = intake
+
+    def request(self, path: Path) -> None:
+        asyncio.get_running_loop().call_soon(self.intake._synced, errno.EIO, 1)
+
+    def stop(self) -> None:
+        pass
 
 
 def spool_records(settings: Settings) -> list[bytes]:

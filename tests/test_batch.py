@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import signal
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from observer.pipelines.ingest import drain_spool
 from observer.settings import Settings
 from observer.webhook.app import WebhookApp
-from tests.fakes import WebhookProcess, spool_records
+from tests.fakes import FailingFsync, WebhookProcess, spool_records
 
 NDJSON = {"content-type": "application/x-ndjson"}
 STAMP = "2026-04-23T10:00:00.123Z"
@@ -204,19 +203,6 @@ def test_a_batch_the_disk_cannot_take_is_a_503_and_nothing_of_it_is_kept(
     assert stored_ids(settings) == ["", *(f"id-{n}" for n in range(5))]
 
 
-class FailingFsync:
-    """Stands in for the fsync helper and answers every fsync with EIO (a unit test's stub)."""
-
-    def __init__(self, app: WebhookApp) -> None:
-        self.app = app
-
-    def request(self, path: Path) -> None:
-        asyncio.get_running_loop().call_soon(self.app.intake._synced, errno.EIO)
-
-    def stop(self) -> None:
-        pass
-
-
 def test_a_failed_fsync_refuses_the_whole_batch(settings: Settings) -> None:
     """Through the ASGI app in this process, with the fsync failing."""
     app = WebhookApp(settings)
@@ -225,7 +211,7 @@ def test_a_failed_fsync_refuses_the_whole_batch(settings: Settings) -> None:
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
         app.ledger.open()
         app.intake.open()
-        helper, app.intake._syncer = app.intake._syncer, FailingFsync(app)  # type: ignore[assignment]
+        helper, app.intake._syncer = app.intake._syncer, FailingFsync(app.intake)  # type: ignore[assignment]
         assert helper is not None
         helper.stop()
         transport = httpx.ASGITransport(app=app)

@@ -18,10 +18,10 @@ from observer.errors import WriteFailed
 from observer.intake.group_commit import Intake
 from observer.intake.spool import PREALLOCATE_BYTES, SpoolPosition, read_spool
 from observer.intake.syncer import Syncer
-from observer.intake.syncer_child import RELEASE_BYTES
+from observer.intake.syncer_child import RELEASE_BYTES, serve
 from observer.settings import Settings
 from observer.webhook.ledger import Ledger
-from tests.fakes import WebhookProcess
+from tests.fakes import FailingFsync, WebhookProcess, spool_records
 
 EVENT = {"input_summary": "x", "success": True, "source": "scenario"}
 
@@ -46,7 +46,10 @@ def test_the_helper_fsyncs_and_answers_each_errno(tmp_path: Path) -> None:
     async def scenario() -> tuple[list[int], int | None]:
         answers: list[int] = []
         lost: list[bool] = []
-        syncer = Syncer(on_synced=answers.append, on_lost=lambda: lost.append(True))
+        syncer = Syncer(
+            on_synced=lambda error, covered: answers.extend([error] * covered),
+            on_lost=lambda: lost.append(True),
+        )
         syncer.start(asyncio.get_running_loop())
         for path in (target, tmp_path / "missing.jsonl", target):
             syncer.request(path)
@@ -61,6 +64,24 @@ def test_the_helper_fsyncs_and_answers_each_errno(tmp_path: Path) -> None:
     answers, returncode = asyncio.run(scenario())
     assert answers == [0, errno.ENOENT, 0]
     assert returncode == 0  # it left on its own once its input closed
+
+
+def test_requests_that_queued_during_a_flush_are_answered_by_the_next_one(tmp_path: Path) -> None:
+    """The child flushes the newest path it has read once, and says how many requests that
+    answers (the parent counts them off oldest first)."""
+    older, newer = tmp_path / "1.jsonl", tmp_path / "2.jsonl"
+    older.write_bytes(b"a\n")
+    newer.write_bytes(b"b\n")
+    requests_read, requests_write = os.pipe()
+    replies_read, replies_write = os.pipe()
+    asked = b"".join(os.fsencode(p) + b"\n" for p in (older, newer, newer))
+    os.write(requests_write, asked + os.fsencode(tmp_path / "missing.jsonl") + b"\n")
+    os.close(requests_write)
+    serve(PREALLOCATE_BYTES, requests_read, replies_write)  # returns at the end of its input
+    os.close(replies_write)
+    with os.fdopen(replies_read, "rb") as replies:
+        assert replies.read() == b"%d 4\n" % errno.ENOENT  # one flush, of the newest path
+    os.close(requests_read)
 
 
 def resident_pages(path: Path) -> int:
@@ -96,7 +117,7 @@ def test_the_helper_drops_fsynced_pages_from_the_cache_but_the_tail(tmp_path: Pa
 
     async def scenario() -> list[int]:
         answers: list[int] = []
-        syncer = Syncer(on_synced=answers.append, on_lost=lambda: None)
+        syncer = Syncer(on_synced=lambda error, _: answers.append(error), on_lost=lambda: None)
         syncer.start(asyncio.get_running_loop())
         syncer.request(target)
         while not answers:
@@ -111,25 +132,12 @@ def test_the_helper_drops_fsynced_pages_from_the_cache_but_the_tail(tmp_path: Pa
     assert resident_pages(target) == tail_pages
 
 
-class FailingDisk:
-    """Stands in for the helper process and answers every fsync with EIO (a unit test's stub)."""
-
-    def __init__(self, intake: Intake[int]) -> None:
-        self.intake = intake
-
-    def request(self, path: Path) -> None:
-        asyncio.get_running_loop().call_soon(self.intake._synced, errno.EIO)
-
-    def stop(self) -> None:
-        pass
-
-
 def test_a_failed_fsync_refuses_the_batch_and_keeps_nothing_of_it(settings: Settings) -> None:
     async def scenario() -> Intake[int]:
         intake = Intake(settings, Ledger(settings))
         intake.open()
         await intake.submit(None, {**EVENT, "input_summary": "kept"})
-        helper, intake._syncer = intake._syncer, FailingDisk(intake)  # type: ignore[assignment]
+        helper, intake._syncer = intake._syncer, FailingFsync(intake)  # type: ignore[assignment]
         assert helper is not None
         helper.stop()
         results = await asyncio.gather(
@@ -159,42 +167,96 @@ class HeldDisk:
     def request(self, path: Path) -> None:
         self.asked.append(path)
 
-    def answer(self) -> None:
-        self.intake._synced(0)
+    def answer(self, error: int = 0) -> None:
+        self.intake._synced(error, 1)
 
     def stop(self) -> None:
         pass
 
 
-def test_what_arrives_during_an_fsync_waits_and_is_written_as_one_batch(
+def held_intake(settings: Settings) -> tuple[Intake[int], HeldDisk]:
+    """An intake on an event loop whose fsyncs wait for the test (its real helper stopped)."""
+    intake = Intake(settings, Ledger(settings))
+    intake.open()
+    helper, disk = intake._syncer, HeldDisk(intake)
+    assert helper is not None
+    helper.stop()
+    intake._syncer = disk  # type: ignore[assignment]
+    return intake, disk
+
+
+def submit_all(intake: Intake[int], *summaries: str) -> list[asyncio.Future[int]]:
+    return [
+        asyncio.ensure_future(intake.submit(None, {**EVENT, "input_summary": summary}))
+        for summary in summaries
+    ]
+
+
+def test_the_next_batch_is_written_and_its_fsync_asked_for_while_one_runs(
     settings: Settings,
 ) -> None:
-    def spool_lines() -> int:
-        return len(list(read_spool(settings.layout.spool_dir, SpoolPosition(0, 0)).records))
+    """Two fsyncs in flight at most: the running one and the next, which the helper starts as
+    soon as the first ends; what arrives after that waits for an answer, then goes as one batch."""
 
     async def scenario() -> None:
-        intake = Intake(settings, Ledger(settings))
-        intake.open()
-        disk = HeldDisk(intake)
-        intake._syncer = disk  # type: ignore[assignment]
-        first = asyncio.ensure_future(intake.submit(None, {**EVENT, "input_summary": "a"}))
+        intake, disk = held_intake(settings)
+        [first] = submit_all(intake, "a")
         await asyncio.sleep(0.01)
-        assert (spool_lines(), len(disk.asked)) == (1, 1)  # written, its fsync running
-        later = [
-            asyncio.ensure_future(intake.submit(None, {**EVENT, "input_summary": f"b{n}"}))
-            for n in range(3)
-        ]
+        assert (len(spool_records(settings)), len(disk.asked)) == (1, 1)  # written, fsync running
+        second = submit_all(intake, "b0", "b1", "b2")
         await asyncio.sleep(0.01)
-        assert (spool_lines(), len(disk.asked), intake.queued) == (1, 1, 4)  # queued, unwritten
+        # One write and one fsync request for all three, while the first fsync runs.
+        assert (len(spool_records(settings)), len(disk.asked)) == (4, 2)
+        third = submit_all(intake, "c0", "c1")
+        await asyncio.sleep(0.01)
+        assert (len(spool_records(settings)), len(disk.asked), intake.queued) == (4, 2, 6)
         assert not first.done()
         disk.answer()
         await asyncio.sleep(0.01)
-        assert first.done() and not any(f.done() for f in later)
-        assert (spool_lines(), len(disk.asked)) == (4, 2)  # one write, one fsync for all three
+        assert first.done() and not any(f.done() for f in second + third)
+        assert (len(spool_records(settings)), len(disk.asked)) == (6, 3)  # the third batch went
         disk.answer()
         await asyncio.sleep(0.01)
-        assert [f.result() for f in later] == [2, 3, 4]
+        assert [f.result() for f in second] == [2, 3, 4]
+        assert not any(f.done() for f in third)
+        disk.answer()
+        await asyncio.sleep(0.01)
+        assert [f.result() for f in third] == [5, 6]
         assert intake.queued == 0
+        intake._syncer = None
+        intake.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_fsync_refuses_every_batch_in_flight_and_later_answers_cover_nothing(
+    settings: Settings,
+) -> None:
+    """After a failed fsync no batch written before it can be called durable, even if the next
+    fsync succeeds; the answer still due for the refused second batch must not count for what is
+    written after the refusal (it takes the refused records' place in the spool)."""
+
+    async def scenario() -> None:
+        intake, disk = held_intake(settings)
+        first = submit_all(intake, "refused-a")
+        await asyncio.sleep(0.01)
+        second = submit_all(intake, "refused-b")
+        await asyncio.sleep(0.01)
+        assert len(disk.asked) == 2
+        disk.answer(errno.EIO)
+        await asyncio.sleep(0.01)
+        for future in first + second:
+            assert isinstance(future.exception(), WriteFailed)
+        assert spool_records(settings) == []  # cut back: nothing of them is kept
+        [after] = submit_all(intake, "after")
+        await asyncio.sleep(0.01)
+        assert spool_records(settings) and len(disk.asked) == 3  # written, fsync asked for
+        disk.answer()  # the refused second batch's fsync: covers nothing written since
+        await asyncio.sleep(0.01)
+        assert not after.done()
+        disk.answer()
+        await asyncio.sleep(0.01)
+        assert after.result() == 1
         intake._syncer = None
         intake.close()
 
@@ -230,12 +292,7 @@ def test_the_one_request_of_a_sole_client_is_fsynced_without_the_helper(
     clients = 1
 
     async def scenario() -> HeldDisk:
-        intake = Intake(settings, Ledger(settings))
-        intake.open()
-        helper, disk = intake._syncer, HeldDisk(intake)
-        assert helper is not None
-        helper.stop()
-        intake._syncer = disk  # type: ignore[assignment]
+        intake, disk = held_intake(settings)
         intake.sole_client = lambda: clients == 1
         await asyncio.wait_for(intake.submit(None, {**EVENT, "input_summary": "alone"}), 5)
         assert disk.asked == []  # answered once fsync'd here, without the helper
@@ -252,5 +309,4 @@ def test_the_one_request_of_a_sole_client_is_fsynced_without_the_helper(
 
     disk = asyncio.run(scenario())
     assert len(disk.asked) == 1
-    records = read_spool(settings.layout.spool_dir, SpoolPosition(0, 0)).records
-    assert [b'"alone"' in r.line for r in records] == [True, False]
+    assert [b'"alone"' in line for line in spool_records(settings)] == [True, False]

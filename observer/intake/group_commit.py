@@ -1,9 +1,10 @@
 """The webhook's door onto the spool: group commit, with the fsync in a helper process.
 
 Requests queue their records with a callback; what is queued is written as one batch and fsync'd
-once by a child process (`observer.intake.syncer`), and what arrives during that fsync queues for
-the next one. Each request's callback runs, in spool order, only once its batch is durable: one
-pass over the batch answers every request in it.
+once by a child process (`observer.intake.syncer`). While that fsync runs, the next batch is
+written and its fsync asked for, so the child starts it the moment the first ends; what arrives
+after that queues for the batch after. Each request's callback runs, in spool order, only once its
+batch is durable: one pass over the batch answers every request in it.
 
 The intake only writes and makes durable. Whoever keeps state about what is stored (the webhook's
 stats window and idempotency ids) follows it through a `DurableListener`: told of each durable
@@ -29,6 +30,10 @@ from observer.settings import Settings
 log = logging.getLogger("observer.intake")
 
 MAX_PENDING_BYTES = 64 * 1024 * 1024
+#: fsyncs asked of the child and not answered yet, at most: the one running and the next. With one,
+#: the disk idled while the answer went to the loop and the next request came back (the loop is
+#: busy serving); more only made smaller batches.
+FSYNCS_IN_FLIGHT = 2
 
 Answer = TypeVar("Answer")
 
@@ -82,14 +87,16 @@ class Intake(Generic[Answer]):
     once they are durable; there is no task or future per request. (`submit` is the same for one
     op, awaited.)
 
-    The first submission queued schedules a flush with `call_soon`, which runs once the loop has handled
-    every request that was ready in the same turn. The flush writes the batch and asks the fsync
-    child to make it durable. While that fsync runs the loop keeps serving, and what it queues
-    meanwhile is written as one batch when the fsync answers, and its fsync asked for before the
-    answers of the first are sent (the disk works while the loop answers). Without the child (it could not
-    start, or died) the flush fsyncs on the loop's thread. So does it when `sole_client` says one
-    client is connected and the batch is its one request: nothing else would be served during
-    the fsync, and the round trip to the child would only delay the answer.
+    The first submission queued schedules a flush with `call_soon`, which runs once the loop has
+    handled every request that was ready in the same turn. The flush writes the batch and asks the
+    fsync child to make it durable. While that fsync runs the loop keeps serving: the next flush
+    writes what queued meanwhile and asks for its fsync too, which the child starts as soon as the
+    first ends; beyond those two (`FSYNCS_IN_FLIGHT`), what arrives queues until an answer, and is
+    written, with its fsync asked for, before the answered requests are sent their replies (the disk
+    works while the loop answers). Without the child (it could not start, or died) the flush
+    fsyncs on the loop's thread. So does it when `sole_client` says one client is connected and
+    the batch is its one request: nothing else would be served during the fsync, and the round trip
+    to the child would only delay the answer.
     """
 
     def __init__(self, settings: Settings, listener: DurableListener[Answer]) -> None:
@@ -99,7 +106,8 @@ class Intake(Generic[Answer]):
         self._syncer: Syncer | None = None
         self._queue: list[Submission[Answer]] = []
         self._unsynced: deque[DurableBatch[Answer]] = deque()  # written, fsync not answered yet
-        self._syncing_to: SpoolPosition | None = None  # the end the child is fsyncing up to
+        #: The ends whose fsync the child was asked for, oldest first (None: refused meanwhile).
+        self._requested: deque[SpoolPosition | None] = deque()
         self._waiting_events = 0  # queued or written, not yet durable
         self._waiting_bytes = 0
         self._flush_scheduled = False
@@ -128,7 +136,7 @@ class Intake(Generic[Answer]):
     def close(self) -> None:
         """Write and fsync what is still waiting, then release the spool and the child."""
         syncer, self._syncer = self._syncer, None
-        self._syncing_to = None
+        self._requested.clear()
         if syncer is not None:
             syncer.stop()
         self._flush()
@@ -191,13 +199,8 @@ class Intake(Generic[Answer]):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._syncing_to is not None:
-            # An fsync is running: what is queued meanwhile is written when it answers. Its answer
-            # may be waiting already: the loop would only see it once it has served every other
-            # connection ready in this turn, while these requests and the disk wait.
-            if self._syncer is not None:
-                self._syncer.poll()
-            return
+        if len(self._requested) >= FSYNCS_IN_FLIGHT:
+            return  # written and asked for when the child answers
         batch, self._queue = self._queue, []
         if batch:
             payload = b"".join([submission.payload for submission in batch])
@@ -210,12 +213,15 @@ class Intake(Generic[Answer]):
         self._sync_next()
 
     def _sync_next(self) -> None:
-        """Start the fsync of everything written so far, unless one is already running."""
-        if self._syncing_to is not None or not self._unsynced:
+        """Ask for the fsync of everything written and not asked for yet."""
+        if not self._unsynced:
             return
         end = self._unsynced[-1].end
-        if self._syncer is not None and not self._alone():
-            self._syncing_to = end
+        requested = self._requested
+        if requested and requested[-1] == end:
+            return
+        if self._syncer is not None and (requested or not self._alone()):
+            requested.append(end)
             self._syncer.request(self._writer.segment_file(end))
             return
         try:
@@ -234,21 +240,23 @@ class Intake(Generic[Answer]):
             and self.sole_client()
         )
 
-    def _synced(self, error: int) -> None:
-        """The child's answer for the fsync up to `_syncing_to`."""
-        end, self._syncing_to = self._syncing_to, None
-        if end is None:
-            return
-        if error:
-            self._refuse_unsynced(OSError(error, os.strerror(error)))
-            self._flush()
-            return
-        answers = self._durable_through(end)
+    def _synced(self, error: int, covered: int) -> None:
+        """The child's answer for one fsync, which covered its `covered` oldest requests."""
+        end = None
+        for _ in range(min(covered, len(self._requested))):
+            end = self._requested.popleft()
+        answers = []
+        if end is not None:  # (None: asked for before a refusal, which took what it covered)
+            if error:
+                self._refuse_unsynced(OSError(error, os.strerror(error)))
+            else:
+                answers = self._durable_through(end)
         self._flush()  # the next batch goes to the disk, and its fsync starts, before the answers
         _answer(answers)
 
     def _syncer_lost(self) -> None:
-        self._syncer, self._syncing_to = None, None
+        self._syncer = None
+        self._requested.clear()
         self._flush()
 
     def _complete_through(self, end: SpoolPosition) -> None:
@@ -273,6 +281,9 @@ class Intake(Generic[Answer]):
         when no other writer appended after them (else ingestion will still see them)."""
         batches = list(self._unsynced)
         self._unsynced.clear()
+        # Answers still due for earlier requests cover nothing any more: what they asked for is
+        # refused, and what is written next may take its place in the spool.
+        self._requested = deque(None for _ in self._requested)
         if not self._writer.cut_back(batches[0].start, batches[-1].end):
             log.error("could not remove %d refused batch(es) from the spool", len(batches))
         self._refuse([b.submissions for b in batches], sum(b.size for b in batches), exc)

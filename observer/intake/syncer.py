@@ -8,9 +8,11 @@ covers the file whichever descriptor wrote to it, so the child's own descriptor 
 child's flush is an `fdatasync`: the spool writes into space allocated ahead, see
 `observer.intake.spool`.)
 
-Protocol, one request at a time: the parent writes a segment's path and a newline on the child's
-stdin; the child flushes that file and answers the errno (0 on success) and a newline. It exits
-when its stdin closes, so it never outlives the webhook, even after a `kill -9`.
+Protocol: the parent writes a segment's path and a newline on the child's stdin for each flush it
+wants; the child flushes the newest path it has read and answers `errno covered` and a newline:
+the errno (0 on success) and how many of the requests it read that flush answers. Requests that
+queued while a flush ran are covered by the next one, which sees everything written before it
+starts. It exits when its stdin closes, so it never outlives the webhook, even after a `kill -9`.
 
 The child is `syncer_child.py` next to this module, run by path with `python -I -S`: no site, no package
 import, so it costs a few MB.
@@ -36,13 +38,14 @@ CHILD = Path(__file__).with_name("syncer_child.py")
 
 
 class Syncer:
-    """The parent's side: ask for an fsync, get `on_synced(errno)` on the event loop.
+    """The parent's side: ask for an fsync, get `on_synced(errno, covered)` on the event loop
+    (`covered`: how many of the requests, oldest first, that flush answers).
 
     If the child dies, `on_lost()` runs once and the syncer stays unusable (the caller fsyncs on
     its own from then on).
     """
 
-    def __init__(self, on_synced: Callable[[int], None], on_lost: Callable[[], None]) -> None:
+    def __init__(self, on_synced: Callable[[int, int], None], on_lost: Callable[[], None]) -> None:
         self._on_synced = on_synced
         self._on_lost = on_lost
         self._process: subprocess.Popen[bytes] | None = None
@@ -91,12 +94,6 @@ class Syncer:
         assert process.stdout is not None
         process.stdout.close()
 
-    def poll(self) -> None:
-        """Take the child's answers that are already there (`on_synced` runs for each), without
-        waiting for the event loop to notice them."""
-        if self._process is not None:
-            self._read_replies()
-
     def _read_replies(self) -> None:
         assert self._process is not None and self._process.stdout is not None
         try:
@@ -111,7 +108,8 @@ class Syncer:
         self._replies += data
         *complete, self._replies = self._replies.split(b"\n")
         for reply in complete:
-            self._on_synced(int(reply))
+            error, covered = reply.split(b" ")
+            self._on_synced(int(error), int(covered))
 
     def _lose(self) -> None:
         process, self._process = self._process, None

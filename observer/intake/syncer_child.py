@@ -3,8 +3,9 @@ its errno.
 
 Run by path with `python -I -S` (no site, no package import), so it imports only what is here; its
 one argument is how far a segment is allocated ahead of its records (the spool's
-`PREALLOCATE_BYTES`). It reads one path per line on stdin and writes one errno per line on stdout
-(0 on success), and exits at the end of its input: when the webhook closes the pipe or dies.
+`PREALLOCATE_BYTES`). It reads one path per line on stdin; for each flush it writes a line on stdout
+with the errno (0 on success) and how many of the requests it covered; it exits at the end of its
+input: when the webhook closes the pipe or dies.
 """
 
 from __future__ import annotations
@@ -19,13 +20,23 @@ RELEASE_BYTES = 8 * 1024 * 1024
 
 
 def serve(ahead: int, requests: int = 0, replies: int = 1) -> None:
-    """The child's loop: `fdatasync` each path asked for (the spool writes into allocated space,
-    so the data is all there is to flush), answer its errno; stop at end of input."""
+    """The child's loop: `fdatasync` the newest path asked for, answer its errno and how many
+    requests it covered; stop at end of input.
+
+    Requests that queued while a flush ran are answered by one flush: it covers everything
+    written to the file before it starts (earlier segments were made durable when left)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the webhook, which stops us
-    inbox = os.fdopen(requests, "rb", buffering=4096)
     open_path, fd, released = b"", -1, 0
-    for line in inbox:
-        path = line.rstrip(b"\n")
+    pending = b""
+    while True:
+        data = os.read(requests, 65536)
+        if not data:
+            return
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        if not lines:
+            continue
+        path = lines[-1]
         error = 0
         try:
             if path != open_path:
@@ -37,7 +48,7 @@ def serve(ahead: int, requests: int = 0, replies: int = 1) -> None:
             os.fdatasync(fd)
         except OSError as exc:
             error = exc.errno or EIO  # when the OS gave no number
-        os.write(replies, b"%d\n" % error)
+        os.write(replies, b"%d %d\n" % (error, len(lines)))
         if not error:
             released = release_cache(fd, released, ahead)  # after the answer: nobody waits for it
 
