@@ -13,6 +13,9 @@ Why it is built this way:
 - A third server, uvicorn configured as Observer's webhook is but serving an app that only parses
   the body and answers (`bench/ceiling_app.py`), is alternated with the two: it shows how far the
   ASGI server alone gets against the original, and how much of that Observer's durable work keeps.
+- At one connection a fourth, `bench/durable_floor.py` (a bare uvloop protocol that makes each body
+  durable and answers, nothing else), shows the least a durable answer costs here: with one
+  connection every event waits for its own flush, so no webhook can beat it.
 - `POST /events` (a JSON array of N copies of the event) is measured at 16 connections for N = 1,
   10 and 100, in events/s, each round next to a run of the original's single-event POST /event,
   which has no batch endpoint: that is the baseline clients that batch are compared with.
@@ -158,6 +161,7 @@ def main(options: list[str]) -> int:
             servers.append(start_observer(scratch, gateway_url))
             servers.append(start_original(scratch, bun, gateway_url))
             servers.append(start_ceiling(scratch))
+            servers.append(start_floor(scratch))
             return measure(plan, servers, scratch)
     finally:
         for server in servers:
@@ -357,6 +361,22 @@ def start_ceiling(scratch: Path) -> Server:
     return started(server, server.url)
 
 
+def start_floor(scratch: Path) -> Server:
+    """`bench/durable_floor.py`: the least a durable answer costs, for the one-connection cell."""
+    port = free_port()
+    log_path = scratch / "floor.stderr.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.durable_floor", str(port), str(scratch / "floor.jsonl")],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server("floor", process, f"http://127.0.0.1:{port}/event", log_path)
+    return started(server, server.url)
+
+
 def started(server: Server, probe_url: str) -> Server:
     """`server` once `probe_url` answers 200; stopped, and the run ended, if it never does."""
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -465,8 +485,9 @@ class MachineLoad:
         return time.monotonic(), busy, ours
 
 
-def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
-    observer, original, ceiling = servers
+def measure(plan: Plan, started_servers: list[Server], scratch: Path) -> int:
+    observer, original, ceiling, floor = started_servers
+    servers = [observer, original, ceiling]  # in every cell; the floor only at one connection
     print(DURABILITY_NOTE)
     print(
         f"\nPOST /event, 233-byte scenario event, wrk -t1, {plan.runs} run(s) x {plan.seconds} s per"
@@ -474,10 +495,10 @@ def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
         f" bun {bun_version(original)}; load average now {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    load = MachineLoad(servers)
+    load = MachineLoad(started_servers)
     failed = False
     rss_at_start = {server.name: rss_mb(server.pid) for server in (observer, original)}
-    for server in servers:  # warm-up: first connections, Bun's JIT, Python's caches
+    for server in started_servers:  # warm-up: first connections, Bun's JIT, Python's caches
         warmup = run_wrk(server.url, 16, plan.warmup_seconds)
         server.acked += warmup.ok
         if warmup.failed:
@@ -489,7 +510,8 @@ def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
     for connections in CONNECTIONS:
         for run in range(plan.runs):
             load.sample()
-            order = servers if (run + connections) % 2 == 0 else servers[::-1]
+            cell = [*servers, floor] if connections == 1 else servers
+            order = cell if (run + connections) % 2 == 0 else cell[::-1]
             for server in order:
                 result = run_wrk(server.url, connections, plan.seconds)
                 server.acked += result.ok
@@ -512,6 +534,7 @@ def measure(plan: Plan, servers: list[Server], scratch: Path) -> int:
 
     print_summary(plan, observer, original, durable_rates)
     print_ceiling(observer, original, ceiling, durable_rates)
+    print_floor(observer, original, floor)
     print_batches(batches, originals, ceilings)
     print(
         f"\nMachine: load average (1 min) {min(load.loads):.2f}-{max(load.loads):.2f} during the"
@@ -709,6 +732,24 @@ def print_ceiling(
                 f" connection can get with a flush per event); Observer = {ours.median / serial:.3f}"
                 f" x that"
             )
+
+
+def print_floor(observer: Server, original: Server, floor: Server) -> None:
+    """One connection against the least a durable answer costs (each event waits for its own flush
+    there, so nothing a real webhook adds can beat the floor)."""
+    ours, theirs, least = (
+        Figure(s.name, [r.rate for r in s.results[1]], "req/s") for s in (observer, original, floor)
+    )
+    print(
+        "\nFloor at 1 connection: a bare uvloop protocol that writes each body into allocated space"
+        " and answers once it is durable (pwrite + fdatasync on the loop), no parsing, validation"
+        " or stats (bench/durable_floor.py), alternated with the servers above:"
+    )
+    print(
+        f"  c=1   floor   {least.median:>7.0f} req/s = {least.median / theirs.median:.3f} x the"
+        f" original; Observer = {ours.median / least.median:.3f} x the floor"
+        f" (min {min(least.values):.0f}, max {max(least.values):.0f}, n={len(least.values)})"
+    )
 
 
 def children(pid: int) -> list[int]:
