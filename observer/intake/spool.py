@@ -167,7 +167,8 @@ class SpoolWriter:
         On any OSError what was written of it is zeroed back, so readers never see a torn record,
         and the error propagates (the webhook answers 503).
         """
-        with self._locked():
+        self._lock()
+        try:
             fd = self._current_fd()
             start = self._current_end(fd)
             if start >= self.segment_bytes:
@@ -185,6 +186,8 @@ class SpoolWriter:
             self._end = end
             self._unsynced = True
             return SpoolPosition(self._segment, start), SpoolPosition(self._segment, end)
+        finally:
+            self._unlock()
 
     def sync(self) -> None:
         """Make what was written to the open segment durable (earlier segments were on leaving)."""
@@ -195,7 +198,8 @@ class SpoolWriter:
     def cut_back(self, start: SpoolPosition, end: SpoolPosition) -> bool:
         """Remove records written from `start` that never became durable, if `end` is still where
         the segment's records end (no other writer appended after them); True when they are gone."""
-        with self._locked():
+        self._lock()
+        try:
             if self._fd is None or not self._segment == start.segment == end.segment:
                 return False
             try:
@@ -206,6 +210,8 @@ class SpoolWriter:
                 return False
             self._end = start.offset
             return True
+        finally:
+            self._unlock()
 
     def segment_file(self, position: SpoolPosition) -> Path:
         if position.segment == self._segment and self._path is not None:
@@ -227,15 +233,16 @@ class SpoolWriter:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        if self._lock_fd is None:  # kept open: the webhook writes thousands of times a second
+    # Locking is two plain calls, not a context manager: the webhook writes thousands of times a
+    # second, and at one connection every write is its own batch.
+    def _lock(self) -> None:
+        if self._lock_fd is None:  # kept open
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _unlock(self) -> None:
+        assert self._lock_fd is not None
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _current_fd(self) -> int:
         # Called under the spool lock. Another writer may have started newer segments: follow them.
@@ -246,7 +253,7 @@ class SpoolWriter:
             fd = self._open_segment(segments[-1] + 1 if segments else 1, create=True)
             self._note_boot()
             return fd
-        while os.path.exists(self._next_path):
+        while os.access(self._next_path, os.F_OK):  # (no exception when absent, the usual case)
             self._open_segment(self._segment + 1, create=False)
         return self._fd
 
