@@ -708,7 +708,7 @@ def print_ceiling(
     observer: Server, original: Server, ceiling: Server, durable_rates: dict[int, list[float]]
 ) -> None:
     """How far the ASGI server alone gets against the original, and Observer against it; at one
-    connection, where each event waits for its own fsync, the two in series."""
+    connection, where each event waits for its own fsync, the two in series (computed)."""
     print(
         "\nCeiling: the same uvicorn serving an app that parses the body and answers, writing"
         " nothing (bench/ceiling_app.py), alternated with the two above:"
@@ -728,9 +728,9 @@ def print_ceiling(
             serial = 1 / (1 / durable + 1 / bare.median)
             print(
                 f"        in series with the raw durable write of the same cell ({durable:.0f}/s):"
-                f" {serial:.0f} req/s = {serial / theirs.median:.3f} x the original (the most one"
-                f" connection can get with a flush per event); Observer = {ours.median / serial:.3f}"
-                f" x that"
+                f" {serial:.0f} req/s = {serial / theirs.median:.3f} x the original (computed: the"
+                f" ASGI path, then a flush; the floor below is measured); Observer ="
+                f" {ours.median / serial:.3f} x that"
             )
 
 
