@@ -120,6 +120,8 @@ def test_observer_run_runs_the_deployment_and_follows_it(
     worker: dict[str, str], worker_data: Path
 ) -> None:
     settings = load_settings(data_dir=worker_data)
+    ops = settings.layout.ops_path
+    before = ops.stat().st_size if ops.exists() else 0  # the worker's data is the session's
     op = sample_op(input_summary="via observer run")
     record_ops(settings, [(None, op)])
     result = observer("run", "ingest-events", "-p", "reason=cli", env=worker, timeout=300)
@@ -127,7 +129,7 @@ def test_observer_run_runs_the_deployment_and_follows_it(
     assert "run 'ingest-events (cli)' created" in result.stderr
     assert "ingest-events: Completed" in result.stderr
     assert "artifact ingest-events: Ingestion run (cli): 1 op(s) into ops.jsonl" in result.stderr
-    assert settings.layout.ops_path.read_bytes() == op.to_line() + b"\n"
+    assert ops.read_bytes()[before:] == op.to_line() + b"\n"
 
 
 # ── observer status ─────────────────────────────────────────────────────────────────────────────
