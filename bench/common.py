@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+from observer.intake.spool import PREALLOCATE_BYTES
 
 
 @dataclass
@@ -24,6 +28,28 @@ class Figure:
     def line(self) -> str:
         low, high = min(self.values), max(self.values)
         return f"{self.name:<48} median {self.median:>12.4g} {self.unit:<6} (min {low:.4g}, max {high:.4g}, n={len(self.values)})"
+
+
+class AllocatedFile:
+    """A file allocated ahead and written the spool's way: each record `pwrite` into the allocated
+    space and made durable with `fdatasync`, wrapping around so that the file's size never changes
+    (the raw cost of a durable write, for the webhook benchmark's baselines)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self.end = 0
+        os.posix_fallocate(self.fd, 0, PREALLOCATE_BYTES)
+        os.fsync(self.fd)
+
+    def write_durably(self, record: bytes) -> None:
+        offset = self.end if self.end + len(record) <= PREALLOCATE_BYTES else 0
+        os.pwrite(self.fd, record, offset)
+        os.fdatasync(self.fd)
+        self.end = offset + len(record)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def repeat(name: str, runs: int, measure: Callable[[], float], unit: str = "s") -> Figure:

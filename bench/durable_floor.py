@@ -15,13 +15,13 @@ connections and stops on SIGINT or SIGTERM. It serves only the benchmark's own r
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
+from pathlib import Path
 
 import uvloop
 
-from observer.intake.spool import PREALLOCATE_BYTES
+from bench.common import AllocatedFile
 
 ANSWER = b'{"accepted":true,"ring_size":0}'
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
@@ -33,40 +33,30 @@ RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length
 class DurableFloor(asyncio.Protocol):
     """One connection: every request's body made durable, then answered."""
 
-    def __init__(self, fd: int, end: list[int]) -> None:
-        self.fd = fd
-        self.end = end  # shared by the connections: where the next record goes
+    def __init__(self, target: AllocatedFile) -> None:
+        self.target = target  # shared by the connections
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        body = data.partition(b"\r\n\r\n")[2] + b"\n"
-        offset = self.end[0]
-        if offset + len(body) > PREALLOCATE_BYTES:
-            offset = 0  # wrap around inside the allocated space: the file's size never changes
-        os.pwrite(self.fd, body, offset)
-        os.fdatasync(self.fd)
-        self.end[0] = offset + len(body)
+        self.target.write_durably(data.partition(b"\r\n\r\n")[2] + b"\n")
         assert self.transport is not None
         self.transport.write(RESPONSE)
 
 
 async def serve(port: int, path: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    os.posix_fallocate(fd, 0, PREALLOCATE_BYTES)
-    os.fsync(fd)
-    end = [0]
+    target = AllocatedFile(Path(path))
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: DurableFloor(fd, end), "127.0.0.1", port)
+    server = await loop.create_server(lambda: DurableFloor(target), "127.0.0.1", port)
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     print("listening", flush=True)
     await stop.wait()
     server.close()
-    os.close(fd)
+    target.close()
 
 
 if __name__ == "__main__":

@@ -43,13 +43,12 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from bench.common import Figure, peak_rss_mb, ratio_line, rss_mb
-from observer.intake.spool import PREALLOCATE_BYTES
+from bench.common import AllocatedFile, Figure, peak_rss_mb, ratio_line, rss_mb
 
 REPO = Path(__file__).resolve().parent.parent
 WORK_DIR = REPO / "bench" / ".ref"  # gitignored: the original's install and the runs' temp dirs
@@ -343,37 +342,39 @@ def start_original(scratch: Path, bun: Path, gateway_url: str) -> Server:
 
 def start_ceiling(scratch: Path) -> Server:
     """uvicorn, configured as Observer's webhook is, serving `bench.ceiling_app` (no write)."""
-    port = free_port()
-    log_path = scratch / "ceiling.stderr.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "uvicorn", "bench.ceiling_app:app"),
-                *("--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop"),
-                *("--http", "httptools", "--no-access-log", "--log-level", "warning"),
-            ],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Server("ceiling", process, f"http://127.0.0.1:{port}/event", log_path)
-    return started(server, server.url)
+    return start_python_server(
+        scratch,
+        "ceiling",
+        lambda port: [
+            *("-m", "uvicorn", "bench.ceiling_app:app"),
+            *("--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop"),
+            *("--http", "httptools", "--no-access-log", "--log-level", "warning"),
+        ],
+    )
 
 
 def start_floor(scratch: Path) -> Server:
     """`bench/durable_floor.py`: the least a durable answer costs, for the one-connection cell."""
+    path = str(scratch / "floor.jsonl")
+    return start_python_server(
+        scratch, "floor", lambda port: ["-m", "bench.durable_floor", str(port), path]
+    )
+
+
+def start_python_server(scratch: Path, name: str, arguments: Callable[[int], list[str]]) -> Server:
+    """A baseline server run by this Python from the repository, on a free port (`arguments`
+    gets the port), its output in `<name>.stderr.log`; returned once `/event` answers."""
     port = free_port()
-    log_path = scratch / "floor.stderr.log"
+    log_path = scratch / f"{name}.stderr.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bench.durable_floor", str(port), str(scratch / "floor.jsonl")],
+            [sys.executable, *arguments(port)],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server("floor", process, f"http://127.0.0.1:{port}/event", log_path)
+    server = Server(name, process, f"http://127.0.0.1:{port}/event", log_path)
     return started(server, server.url)
 
 
@@ -430,22 +431,17 @@ def run_wrk(url: str, connections: int, seconds: float, cap: int = 0, batch: int
 def durable_writes_per_second(directory: Path, seconds: float) -> float:
     """The raw cost of durability here: one thread writing 230 bytes at a time into allocated space
     and making each durable (`pwrite` + `fdatasync`, the spool's own way), as fast as it goes."""
-    path = directory / "durable-baseline.jsonl"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    target = AllocatedFile(directory / "durable-baseline.jsonl")
     try:
-        os.posix_fallocate(fd, 0, PREALLOCATE_BYTES)
-        os.fsync(fd)
         writes = 0
         started = time.perf_counter()
         while (elapsed := time.perf_counter() - started) < seconds:
-            offset = writes * len(BASELINE_LINE) % (PREALLOCATE_BYTES - len(BASELINE_LINE))
-            os.pwrite(fd, BASELINE_LINE, offset)
-            os.fdatasync(fd)
+            target.write_durably(BASELINE_LINE)
             writes += 1
         return writes / elapsed
     finally:
-        os.close(fd)
-        path.unlink()
+        target.close()
+        target.path.unlink()
 
 
 class MachineLoad:

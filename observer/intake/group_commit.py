@@ -164,7 +164,8 @@ class Intake(Generic[Answer]):
         self._queue.append(Submission(ops, event_ids, payload, done, failed))
         self._waiting_events += len(ops)
         self._waiting_bytes += len(payload)
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and len(self._requested) < FSYNCS_IN_FLIGHT:
+            # (With two fsyncs in flight, the next answer flushes what queued: no call to schedule.)
             self._flush_scheduled = True
             (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
 
