@@ -7,8 +7,9 @@ after that queues for the batch after. Each request's callback runs, in spool or
 batch is durable: one pass over the batch answers every request in it.
 
 The intake only writes and makes durable. Whoever keeps state about what is stored (the webhook's
-stats window and idempotency ids) follows it through a `DurableListener`: told of each durable
-batch, in spool order, with the positions it took, and of each refused one.
+stats window and idempotency ids) follows it through a `DurableListener`: asked for each durable
+batch's answers, then told to count it, batch after batch in spool order, with the positions it
+took; and told of each refused one.
 """
 
 from __future__ import annotations
@@ -65,10 +66,18 @@ class DurableBatch(Generic[Answer]):
 
 
 class DurableListener(Protocol[Answer]):
-    """What follows the intake: told of every batch once durable, and of every refused op."""
+    """What follows the intake: told of every batch once durable, and of every refused op.
 
-    def durable(self, batch: DurableBatch[Answer]) -> Sequence[Answer]:
-        """The batch is on disk: return each submission's answer, in order."""
+    Each durable batch gets `answers`, then `durable`, before the next batch gets either; its
+    answers may be sent in between (nothing else runs there: it is one callback on the loop).
+    """
+
+    def answers(self, batch: DurableBatch[Answer]) -> Sequence[Answer]:
+        """The batch is on disk: each submission's answer, in order, as once the batch is counted."""
+        ...
+
+    def durable(self, batch: DurableBatch[Answer]) -> None:
+        """Count the batch as stored."""
         ...
 
     def refused(self, event_ids: Sequence[str]) -> None:
@@ -261,21 +270,35 @@ class Intake(Generic[Answer]):
         self._flush()
 
     def _complete_through(self, end: SpoolPosition) -> None:
-        """Every batch up to `end` is durable: tell the listener, answer the requests."""
-        _answer(self._durable_through(end))
+        """Every batch up to `end` is durable (fsync'd here): answer each batch's requests, then
+        have the listener count it. The answer leaves before the counting: at one connection
+        every request waits for this, and nothing can read the count in between."""
+        while batch := self._next_durable(end):
+            answers = self._listener.answers(batch)
+            try:
+                _answer([(batch.submissions, answers)])
+            finally:
+                self._listener.durable(batch)
 
     def _durable_through(
         self, end: SpoolPosition
     ) -> list[tuple[list[Submission[Answer]], Sequence[Answer]]]:
-        """Tell the listener, in spool order, of every batch up to `end`; return each batch's
-        submissions with the answers they are owed."""
-        answers = []
-        while self._unsynced and self._unsynced[0].end <= end:
-            batch = self._unsynced.popleft()
-            self._waiting_events -= sum(len(submission.ops) for submission in batch.submissions)
-            self._waiting_bytes -= batch.size
-            answers.append((batch.submissions, self._listener.durable(batch)))
-        return answers
+        """Have the listener count, in spool order, every batch up to `end`; return each batch's
+        submissions with the answers they are owed (sent by the caller)."""
+        owed = []
+        while batch := self._next_durable(end):
+            owed.append((batch.submissions, self._listener.answers(batch)))
+            self._listener.durable(batch)
+        return owed
+
+    def _next_durable(self, end: SpoolPosition) -> DurableBatch[Answer] | None:
+        """The oldest batch written, if it ends by `end` (no longer waiting)."""
+        if not self._unsynced or self._unsynced[0].end > end:
+            return None
+        batch = self._unsynced.popleft()
+        self._waiting_events -= sum(len(submission.ops) for submission in batch.submissions)
+        self._waiting_bytes -= batch.size
+        return batch
 
     def _refuse_unsynced(self, exc: OSError) -> None:
         """An fsync failed: no batch still waiting can be called durable. Remove them from the spool

@@ -57,26 +57,30 @@ class Ledger:
 
     # ── following the intake ────────────────────────────────────────────────────────────────────
 
-    def durable(self, batch: DurableBatch[int]) -> Sequence[int]:
-        """Count a durable batch (after what others appended before it); answer each submission
-        the window's size once its last op is counted."""
+    def answers(self, batch: DurableBatch[int]) -> Sequence[int]:
+        """Each submission's answer: the window's size once its last op is counted (what other
+        writers appended before the batch is counted first)."""
         if self._position < batch.start:
-            self._read_spool_until(batch.start)  # other writers' records come first
-        window = self.window
+            self._read_spool_until(batch.start)
+        size = self.window.size
+        counted = len(self.window)
         answers = []
-        counted = len(window)
+        for submission in batch.submissions:
+            counted += len(submission.ops)
+            answers.append(min(counted, size))
+        return answers
+
+    def durable(self, batch: DurableBatch[int]) -> None:
+        """Count a durable batch (its answers were asked for first)."""
         for submission in batch.submissions:
             if submission.event_ids:
                 self._pending_ids.difference_update(submission.event_ids)
                 for event_id in submission.event_ids:
                     self._ids.add(event_id)
-            counted += len(submission.ops)
-            answers.append(min(counted, window.size))
-        window.add_ops([op for submission in batch.submissions for op in submission.ops])
+        self.window.add_ops([op for submission in batch.submissions for op in submission.ops])
         self._position = batch.end
         if self._on_durable is not None:
             self._on_durable()
-        return answers
 
     def refused(self, event_ids: Sequence[str]) -> None:
         """The ops with these ids were not kept: a retry is a new op again."""
