@@ -278,7 +278,7 @@ class Intake(Generic[Answer]):
             try:
                 _answer([(batch.submissions, answers)])
             finally:
-                self._listener.durable(batch)
+                self._settle(batch)
 
     def _durable_through(
         self, end: SpoolPosition
@@ -288,17 +288,20 @@ class Intake(Generic[Answer]):
         owed = []
         while batch := self._next_durable(end):
             owed.append((batch.submissions, self._listener.answers(batch)))
-            self._listener.durable(batch)
+            self._settle(batch)
         return owed
 
     def _next_durable(self, end: SpoolPosition) -> DurableBatch[Answer] | None:
-        """The oldest batch written, if it ends by `end` (no longer waiting)."""
+        """The oldest batch written, if it ends by `end`."""
         if not self._unsynced or self._unsynced[0].end > end:
             return None
-        batch = self._unsynced.popleft()
+        return self._unsynced.popleft()
+
+    def _settle(self, batch: DurableBatch[Answer]) -> None:
+        """A durable batch no longer waits: have the listener count it."""
         self._waiting_events -= sum(len(submission.ops) for submission in batch.submissions)
         self._waiting_bytes -= batch.size
-        return batch
+        self._listener.durable(batch)
 
     def _refuse_unsynced(self, exc: OSError) -> None:
         """An fsync failed: no batch still waiting can be called durable. Remove them from the spool
