@@ -102,7 +102,8 @@ class Intake(Generic[Answer]):
     op, awaited.)
 
     The first submission queued schedules a flush with `call_soon`, which runs once the loop has
-    handled every request that was ready in the same turn. The flush writes the batch and asks the
+    handled every request that was ready in the same turn (the only client's request, with nothing
+    in flight, is flushed at once: nothing could join it). The flush writes the batch and asks the
     fsync child to make it durable. While that fsync runs the loop keeps serving: the next flush
     writes what queued meanwhile and asks for its fsync too, which the child starts as soon as the
     first ends; beyond those two (`FSYNCS_IN_FLIGHT`), what arrives queues until an answer, and is
@@ -171,9 +172,9 @@ class Intake(Generic[Answer]):
         failed: Callable[[IntakeError], None],
     ) -> None:
         """Queue ops written together (`event_ids`: the ids among them; `payload`: their spool
-        records, in order). Once durable the
-        listener's answer goes to `done`; if the disk refuses them, `failed` gets why (nothing of
-        them kept). Raises Overloaded at once when the queue cannot take them all."""
+        records, in order). Once durable the listener's answer goes to `done`; if the disk refuses
+        them, `failed` gets why (nothing of them kept). Either may run before `put` returns. Raises
+        Overloaded at once when the queue cannot take them all."""
         if (
             self._waiting_events + len(ops) > self.settings.max_pending_events
             or self._waiting_bytes + len(payload) > MAX_PENDING_BYTES
@@ -184,6 +185,9 @@ class Intake(Generic[Answer]):
         self._waiting_bytes += len(payload)
         if not self._flush_scheduled and len(self._requested) < FSYNCS_IN_FLIGHT:
             # (With two fsyncs in flight, the next answer flushes what queued: no call to schedule.)
+            if self._sole_request():
+                self._flush()  # nothing could join its batch: no loop turn to wait for
+                return
             self._flush_scheduled = True
             (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
 
@@ -255,6 +259,15 @@ class Intake(Generic[Answer]):
             self._refuse_unsynced(exc)
             return
         self._complete_through(end)
+
+    def _sole_request(self) -> bool:
+        """The only client connected sent the only request queued, and nothing is in flight."""
+        return (
+            self.sole_client is not None
+            and len(self._queue) == 1
+            and not self._unsynced
+            and self.sole_client()
+        )
 
     def _alone(self) -> bool:
         """One batch of one request from the only client connected: fsync it here."""

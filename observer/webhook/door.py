@@ -163,18 +163,19 @@ class EventDoor:
         done: Callable[[int], None],
         reply: Reply,
     ) -> None:
-        """Hand the ops to the intake; their ids count as stored until the disk says otherwise."""
+        """Hand the ops to the intake; their ids count as stored until the disk says otherwise
+        (from before the hand-over: the intake may answer before `put` returns)."""
 
         def failed(error: IntakeError) -> None:
             reply(503, error_payload(str(error)), RETRY_AFTER)
 
+        if event_ids:
+            self.ledger.expect(event_ids)
         try:
             self.intake.put(ops, event_ids, payload, done, failed)
         except IntakeError as exc:
+            self.ledger.refused(event_ids)
             failed(exc)
-            return
-        if event_ids:
-            self.ledger.expect(event_ids)
 
 
 @dataclass(slots=True)
