@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import multiprocessing
-import os
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-
-import pytest
 
 from observer.files import read_tail
 from observer.intake import record_ops
@@ -179,53 +174,6 @@ def test_a_batch_cut_back_is_zeroed_and_the_next_write_takes_its_place(settings:
     assert segment_records(segment_path(settings.layout.spool_dir, 1)) == (
         record("kept") + record("next")
     )
-
-
-def test_a_writer_keeping_the_lock_writes_on_and_others_wait_for_its_release(
-    settings: Settings,
-) -> None:
-    """What the webhook does between its writes: while it keeps the spool lock, another writer
-    waits, and its own next write goes where its last one ended; once it lets go, the other
-    appends, and its next write comes after that."""
-    spool = settings.layout.spool_dir
-    webhook = SpoolWriter(spool, settings.spool_segment_bytes)
-    webhook.write(record("a"), hold=True)
-    appended = threading.Event()
-
-    def other_writer() -> None:
-        writer = SpoolWriter(spool, settings.spool_segment_bytes)
-        writer.append(record("b"))
-        writer.shutdown()
-        appended.set()
-
-    thread = threading.Thread(target=other_writer)
-    thread.start()
-    assert not appended.wait(0.3)  # waiting for the lock
-    webhook.write(record("c"), hold=True)
-    webhook.release()
-    thread.join(10)
-    assert appended.is_set()
-    webhook.write(record("d"))
-    webhook.sync()
-    webhook.shutdown()
-    assert segment_records(segment_path(spool, 1)) == b"".join(map(record, "acbd"))
-
-
-def test_a_failed_write_lets_go_of_a_kept_lock(settings: Settings) -> None:
-    spool = settings.layout.spool_dir
-    spool.mkdir(parents=True)
-    segment_path(spool, 1).symlink_to("/dev/full")  # a disk that is full
-    (spool / ".lock").write_bytes(BOOT_ID)
-    writer = SpoolWriter(spool, settings.spool_segment_bytes)
-    with pytest.raises(OSError) as failure:
-        writer.write(record("lost"), hold=True)
-    assert failure.value.errno == errno.ENOSPC
-    other = os.open(spool / ".lock", os.O_RDWR)
-    try:
-        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still kept
-    finally:
-        os.close(other)
-        writer.shutdown()
 
 
 def test_after_the_machine_restarts_writers_start_a_new_segment(settings: Settings) -> None:

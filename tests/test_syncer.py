@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
-import fcntl
 import mmap
 import os
 import signal
@@ -13,23 +12,13 @@ import time
 from pathlib import Path
 
 import httpx
-import orjson
-import pytest
 
 from observer.cli.console import process_children
 from observer.errors import WriteFailed
-from observer.intake import group_commit
 from observer.intake.group_commit import Intake
-from observer.intake.spool import (
-    PREALLOCATE_BYTES,
-    SpoolPosition,
-    SpoolWriter,
-    encode_record,
-    read_spool,
-)
+from observer.intake.spool import PREALLOCATE_BYTES, SpoolPosition, read_spool
 from observer.intake.syncer import Syncer
 from observer.intake.syncer_child import RELEASE_BYTES, serve
-from observer.ops import op_line
 from observer.settings import Settings
 from observer.webhook.ledger import Ledger
 from tests.fakes import FailingFsync, WebhookProcess, spool_records
@@ -201,49 +190,6 @@ def submit_all(intake: Intake[int], *summaries: str) -> list[asyncio.Future[int]
         asyncio.ensure_future(intake.submit(None, {**EVENT, "input_summary": summary}))
         for summary in summaries
     ]
-
-
-def test_the_intake_keeps_the_spool_lock_a_moment_then_lets_other_writers_in(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Between its writes the intake keeps the spool lock for `SPOOL_LEASE_SECONDS`: another
-    writer (`record_ops`, another webhook) waits that long at most, and the intake's next write
-    goes after what it appended."""
-    spool = settings.layout.spool_dir
-
-    def lock_is_free() -> bool:
-        probe = os.open(spool / ".lock", os.O_RDWR)
-        try:
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(probe)
-        return True
-
-    def other_writer() -> None:
-        writer = SpoolWriter(spool, settings.spool_segment_bytes)
-        writer.append(encode_record(None, op_line({**EVENT, "input_summary": "other"})))
-        writer.shutdown()
-
-    async def scenario() -> None:
-        intake = Intake(settings, Ledger(settings))
-        intake.open()
-        (first,) = submit_all(intake, "first")
-        while not intake.in_flight:  # until it is written
-            await asyncio.sleep(0)
-        assert not lock_is_free()  # kept after the write
-        await asyncio.wait_for(asyncio.to_thread(other_writer), 10)
-        await first
-        await intake.submit(None, {**EVENT, "input_summary": "last"})
-        intake.close()
-        assert lock_is_free()
-
-    monkeypatch.setattr(group_commit, "SPOOL_LEASE_SECONDS", 0.5)  # a slow machine still sees it
-    asyncio.run(scenario())
-    records = read_spool(spool, SpoolPosition(0, 0)).records
-    summaries = [orjson.loads(r.line)["input_summary"] for r in records]
-    assert summaries == ["first", "other", "last"]
 
 
 def test_the_next_batch_is_written_and_its_fsync_asked_for_while_one_runs(

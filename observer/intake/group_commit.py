@@ -35,11 +35,6 @@ MAX_PENDING_BYTES = 64 * 1024 * 1024
 #: the disk idled while the answer went to the loop and the next request came back (the loop is
 #: busy serving); more only made smaller batches.
 FSYNCS_IN_FLIGHT = 2
-#: How long the intake keeps the spool lock after a write that took it: the writes meanwhile skip
-#: four system calls each (the lock, and the looks for other writers' records), and other writers
-#: (`record_ops`, another webhook) wait at most about this long. (A timer on the loop ends it: code
-#: on the loop's own thread must not write the spool another way, it would wait for ever.)
-SPOOL_LEASE_SECONDS = 0.005
 
 Answer = TypeVar("Answer")
 
@@ -126,7 +121,6 @@ class Intake(Generic[Answer]):
         self._waiting_events = 0  # queued or written, not yet durable
         self._waiting_bytes = 0
         self._flush_scheduled = False
-        self._lease: asyncio.TimerHandle | None = None  # ends the spool lock's keeping
         self._loop: asyncio.AbstractEventLoop | None = None  # asking for it is a getpid() call
         self.write_errors = 0
         #: Whether exactly one client is connected (set by the webhook's server; None elsewhere).
@@ -156,9 +150,6 @@ class Intake(Generic[Answer]):
         if syncer is not None:
             syncer.stop()
         self._flush()
-        if self._lease is not None:
-            self._lease.cancel()
-            self._lease = None
         self._writer.shutdown()
 
     # ── the request path ────────────────────────────────────────────────────────────────────────
@@ -228,18 +219,12 @@ class Intake(Generic[Answer]):
         if batch:
             payload = b"".join([submission.payload for submission in batch])
             try:
-                start, end = self._writer.write(payload, hold=self._loop is not None)
+                start, end = self._writer.write(payload)
             except OSError as exc:
                 self._refuse([batch], len(payload), exc)
             else:
                 self._unsynced.append(DurableBatch(start, end, batch))
-                if self._lease is None and self._loop is not None:
-                    self._lease = self._loop.call_later(SPOOL_LEASE_SECONDS, self._end_lease)
         self._sync_next()
-
-    def _end_lease(self) -> None:
-        self._lease = None
-        self._writer.release()
 
     def _sync_next(self) -> None:
         """Ask for the fsync of everything written and not asked for yet."""

@@ -8,8 +8,6 @@ A spool record is one line: the client's `event_id` (possibly empty), a tab, the
 ops.jsonl line. A JSON line never holds a raw tab, so the split is unambiguous, and ingestion copies
 the op's bytes as they are. Several processes may append at once: an exclusive `flock` on
 `spool/.lock` covers each append, and a failed write is zeroed back so no half-record is ever left.
-A writer may keep the lock between its writes (the webhook does, a few milliseconds at a time):
-while it does, nobody else appended, so its next write need not look for their records.
 
 Segments are preallocated `PREALLOCATE_BYTES` at a time, and their records end at the first NUL
 byte (a record never holds one): a write into space already allocated leaves the file's size alone,
@@ -133,10 +131,6 @@ class SpoolWriter:
     `append` writes and makes durable. The webhook uses `write` and makes the batch durable later
     (`observer.intake.syncer`), so the write and the fsync are separate steps here; whatever was
     written to a segment is made durable before the writer leaves it for the next one.
-
-    `write(..., hold=True)` keeps the spool lock after the write, until `release`: the writes in
-    between skip the lock and the looks for other writers' records (four system calls of five),
-    and other writers wait for the release.
     """
 
     def __init__(self, spool_dir: Path, segment_bytes: int) -> None:
@@ -151,7 +145,6 @@ class SpoolWriter:
         self._lock_fd: int | None = None
         self._next_path = ""  # checked before every write: a plain string, not a Path
         self._unsynced = False  # written to the open segment since it was last made durable
-        self._held = False  # the lock is kept between writes (until `release`)
         spool_dir.mkdir(parents=True, exist_ok=True)
 
     def append(self, payload: bytes) -> tuple[SpoolPosition, SpoolPosition]:
@@ -167,17 +160,17 @@ class SpoolWriter:
             raise
         return start, end
 
-    def write(self, payload: bytes, *, hold: bool = False) -> tuple[SpoolPosition, SpoolPosition]:
+    def write(self, payload: bytes) -> tuple[SpoolPosition, SpoolPosition]:
         """Write `payload` (whole records) without making it durable; return where it starts and
-        ends. With `hold`, the lock stays taken until `release`.
+        ends.
 
         On any OSError what was written of it is zeroed back, so readers never see a torn record,
-        the lock is released, and the error propagates (the webhook answers 503).
+        and the error propagates (the webhook answers 503).
         """
-        if not self._held:
-            self._lock()
+        self._lock()
         try:
-            fd, start = self._write_position()
+            fd = self._current_fd()
+            start = self._current_end(fd)
             if start >= self.segment_bytes:
                 fd = self._open_segment(self._segment + 1, create=True)
                 start = 0
@@ -190,16 +183,11 @@ class SpoolWriter:
                 _zero(fd, start, len(payload))
                 self.close()  # look for the newest segment afresh next time
                 raise
-        except BaseException:
-            self.release()
-            raise
-        self._end = end
-        self._unsynced = True
-        if hold:
-            self._held = True
-        else:
-            self.release()
-        return SpoolPosition(self._segment, start), SpoolPosition(self._segment, end)
+            self._end = end
+            self._unsynced = True
+            return SpoolPosition(self._segment, start), SpoolPosition(self._segment, end)
+        finally:
+            self._unlock()
 
     def sync(self) -> None:
         """Make what was written to the open segment durable (earlier segments were on leaving)."""
@@ -209,11 +197,8 @@ class SpoolWriter:
 
     def cut_back(self, start: SpoolPosition, end: SpoolPosition) -> bool:
         """Remove records written from `start` that never became durable, if `end` is still where
-        the segment's records end (no other writer appended after them); True when they are gone.
-        (A lock kept since the last write stays kept.)"""
-        held = self._held
-        if not held:
-            self._lock()
+        the segment's records end (no other writer appended after them); True when they are gone."""
+        self._lock()
         try:
             if self._fd is None or not self._segment == start.segment == end.segment:
                 return False
@@ -226,13 +211,7 @@ class SpoolWriter:
             self._end = start.offset
             return True
         finally:
-            if not held:
-                self._unlock()
-
-    def release(self) -> None:
-        """Let other writers in (the lock kept since `write(..., hold=True)`, if any)."""
-        self._held = False
-        self._unlock()
+            self._unlock()
 
     def segment_file(self, position: SpoolPosition) -> Path:
         if position.segment == self._segment and self._path is not None:
@@ -250,7 +229,6 @@ class SpoolWriter:
 
     def shutdown(self) -> None:
         self.close()
-        self._held = False
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -263,16 +241,8 @@ class SpoolWriter:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
 
     def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-    def _write_position(self) -> tuple[int, int]:
-        """The open segment and where its records end. Called under the lock; kept since this
-        writer's last write, nobody else appended, so there is nothing to look for."""
-        if self._held and self._fd is not None:
-            return self._fd, self._end
-        fd = self._current_fd()
-        return fd, self._current_end(fd)
+        assert self._lock_fd is not None
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _current_fd(self) -> int:
         # Called under the spool lock. Another writer may have started newer segments: follow them.
