@@ -85,10 +85,9 @@ class DurableListener(Protocol[Answer]):
         ...
 
 
-def _answer(owed: list[tuple[list[Submission[Answer]], Sequence[Answer]]]) -> None:
-    for submissions, answers in owed:
-        for submission, answer in zip(submissions, answers, strict=True):
-            submission.done(answer)
+def _answer(submissions: list[Submission[Answer]], answers: Sequence[Answer]) -> None:
+    for submission, answer in zip(submissions, answers, strict=True):
+        submission.done(answer)
 
 
 class Intake(Generic[Answer]):
@@ -97,16 +96,15 @@ class Intake(Generic[Answer]):
     op, awaited.)
 
     The first submission queued schedules a flush with `call_soon`, which runs once the loop has
-    handled every request that was ready in the same turn (the only client's request, with nothing
-    in flight, is flushed at once: nothing could join it). The flush writes the batch and asks the
+    handled every request that was ready in the same turn. The flush writes the batch and asks the
     fsync child to make it durable. While that fsync runs the loop keeps serving: the next flush
     writes what queued meanwhile and asks for its fsync too, which the child starts as soon as the
     first ends; beyond those two (`FSYNCS_IN_FLIGHT`), what arrives queues until an answer, and is
     written, with its fsync asked for, before the answered requests are sent their replies (the disk
     works while the loop answers). Without the child (it could not start, or died) the flush
-    fsyncs on the loop's thread. So does it when `sole_client` says one client is connected and
-    the batch is its one request: nothing else would be served during the fsync, and the round trip
-    to the child would only delay the answer.
+    fsyncs on the loop's thread. So does `put` for the request of a sole client (`sole_client` says
+    one client is connected) when nothing else is queued or in flight: it writes and fsyncs it at
+    once, with no loop turn and no round trip to the child.
     """
 
     def __init__(self, settings: Settings, listener: DurableListener[Answer]) -> None:
@@ -176,8 +174,8 @@ class Intake(Generic[Answer]):
         self._waiting_bytes += len(payload)
         if not self._flush_scheduled and len(self._requested) < FSYNCS_IN_FLIGHT:
             # (With two fsyncs in flight, the next answer flushes what queued: no call to schedule.)
-            if self._sole_request():
-                self._flush()  # nothing could join its batch: no loop turn to wait for
+            if self._alone():
+                self._flush(alone=True)
                 return
             self._flush_scheduled = True
             (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
@@ -211,7 +209,9 @@ class Intake(Generic[Answer]):
 
     # ── write, then fsync ───────────────────────────────────────────────────────────────────────
 
-    def _flush(self) -> None:
+    def _flush(self, alone: bool = False) -> None:
+        """Write what queued and have it made durable: by the child, or here when `alone` (the
+        batch is the only client's one request, see `_alone`)."""
         self._flush_scheduled = False
         if len(self._requested) >= FSYNCS_IN_FLIGHT:
             return  # written and asked for when the child answers
@@ -224,17 +224,18 @@ class Intake(Generic[Answer]):
                 self._refuse([batch], len(payload), exc)
             else:
                 self._unsynced.append(DurableBatch(start, end, batch))
-        self._sync_next()
+        self._sync_next(alone)
 
-    def _sync_next(self) -> None:
-        """Ask for the fsync of everything written and not asked for yet."""
+    def _sync_next(self, alone: bool = False) -> None:
+        """Ask for the fsync of everything written and not asked for yet (fsync it here when
+        `alone`, or without the child)."""
         if not self._unsynced:
             return
         end = self._unsynced[-1].end
         requested = self._requested
         if requested and requested[-1] == end:
             return
-        if self._syncer is not None and (requested or not self._alone()):
+        if self._syncer is not None and not alone:
             requested.append(end)
             self._syncer.request(self._writer.segment_file(end))
             return
@@ -245,21 +246,16 @@ class Intake(Generic[Answer]):
             return
         self._complete_through(end)
 
-    def _sole_request(self) -> bool:
-        """The only client connected sent the only request queued, and nothing is in flight."""
+    def _alone(self) -> bool:
+        """The only client connected sent the only request queued, and nothing is written or asked
+        for: nothing could join its batch, and nothing else would be served during its fsync, so
+        it is written and fsync'd at once, here (the loop turn and the child's round trip would
+        only delay the answer)."""
         return (
             self.sole_client is not None
             and len(self._queue) == 1
             and not self._unsynced
-            and self.sole_client()
-        )
-
-    def _alone(self) -> bool:
-        """One batch of one request from the only client connected: fsync it here."""
-        return (
-            self.sole_client is not None
-            and len(self._unsynced) == 1
-            and len(self._unsynced[0].submissions) == 1
+            and not self._requested
             and self.sole_client()
         )
 
@@ -268,14 +264,15 @@ class Intake(Generic[Answer]):
         end = None
         for _ in range(min(covered, len(self._requested))):
             end = self._requested.popleft()
-        answers = []
+        owed = []
         if end is not None:  # (None: asked for before a refusal, which took what it covered)
             if error:
                 self._refuse_unsynced(OSError(error, os.strerror(error)))
             else:
-                answers = self._durable_through(end)
+                owed = self._durable_through(end)
         self._flush()  # the next batch goes to the disk, and its fsync starts, before the answers
-        _answer(answers)
+        for submissions, answers in owed:
+            _answer(submissions, answers)
 
     def _syncer_lost(self) -> None:
         self._syncer = None
@@ -289,7 +286,7 @@ class Intake(Generic[Answer]):
         while batch := self._next_durable(end):
             answers = self._listener.answers(batch)
             try:
-                _answer([(batch.submissions, answers)])
+                _answer(batch.submissions, answers)
             finally:
                 self._settle(batch)
 
