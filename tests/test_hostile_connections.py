@@ -216,6 +216,12 @@ def test_slow_or_missing_heads_and_idle_connections_are_closed(
     silent, trickle, idle = connect(webhook), connect(webhook), connect(webhook)
     idle.sendall(request())
     assert read_answer(idle)[0] == 200
+    # Answered by the protocol itself (no uvicorn keep-alive timer), then idle: the sweeper's.
+    idle_direct, idle_mixed = connect(webhook), connect(webhook)
+    idle_direct.sendall(request("/event", method="POST", body=EVENT))
+    assert read_answer(idle_direct)[0] == 200
+    idle_mixed.sendall(request("/event", method="POST", body=EVENT) + request())
+    assert read_answer(idle_mixed)[0] == read_answer(idle_mixed)[0] == 200
     started = time.monotonic()
     closed: dict[str, float] = {}
 
@@ -230,19 +236,37 @@ def test_slow_or_missing_heads_and_idle_connections_are_closed(
                 time.sleep(0.1)
 
     threads = [threading.Thread(target=drip)]
-    threads += [
-        threading.Thread(target=watch, args=item)
-        for item in (("silent", silent), ("trickle", trickle), ("idle", idle))
-    ]
+    connections = {
+        "silent": silent,
+        "trickle": trickle,
+        "idle": idle,
+        "idle_direct": idle_direct,
+        "idle_mixed": idle_mixed,
+    }
+    threads += [threading.Thread(target=watch, args=item) for item in connections.items()]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    for sock in (silent, trickle, idle):
+    for sock in connections.values():
         sock.close()
     # Timeouts of 1 s, checked four times a second; the upper bound leaves room for a busy machine.
     assert all(0.5 < seconds < 5 for seconds in closed.values()), closed
-    assert set(closed) == {"silent", "trickle", "idle"}
+    assert set(closed) == set(connections)
+
+
+def test_a_connection_that_keeps_sending_within_the_keep_alive_timeout_stays_open(
+    guarded: tuple[WebhookProcess, Settings],
+) -> None:
+    """Each direct answer starts the idle clock afresh: 0.6 s pauses under a 1 s timeout, 3 s in all."""
+    webhook, _ = guarded
+    with connect(webhook) as sock:
+        for _ in range(5):
+            sock.sendall(request("/event", method="POST", body=EVENT))
+            assert read_answer(sock)[0] == 200
+            time.sleep(0.6)
+        sock.sendall(request("/event", method="POST", body=EVENT))
+        assert read_answer(sock)[0] == 200
 
 
 def test_a_slow_body_is_closed_and_nothing_is_stored(

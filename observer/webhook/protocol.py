@@ -12,8 +12,9 @@ its `http` protocol, adds:
   request (pipelining) is measured exactly once it is parsed.
 - **Time**: a connection must send a complete head within `OBSERVER_HEADER_TIMEOUT` of opening (or
   of the first byte of its next request), and the body within `OBSERVER_BODY_TIMEOUT` of the head;
-  otherwise it is closed. Idle keep-alive connections are closed by uvicorn's keep-alive timeout
-  (`OBSERVER_KEEPALIVE_TIMEOUT`). Time spent while the server itself stopped reading
+  otherwise it is closed. A keep-alive connection left idle longer than `OBSERVER_KEEPALIVE_TIMEOUT`
+  after an answer is closed too (by uvicorn's timer after an ASGI answer, by the sweeper below after
+  a direct one). Time spent while the server itself stopped reading
   (back-pressure) or was answering does not count.
 - **Number**: above `OBSERVER_MAX_CONNECTIONS` open connections, a new one is answered 503 with
   `Retry-After` once its head arrives, and closed; the connections already admitted are untouched.
@@ -24,7 +25,8 @@ It also answers plain `POST /event` and `POST /events` requests itself, without 
 (`observer.webhook.direct` says which, and why).
 
 One timer per server sweeps the open connections four times per timeout (at most once a second)
-and keeps their clocks, so a request pays only the byte count and a few attribute writes.
+and keeps their clocks, so a request pays only the byte count and a few attribute writes (not the
+timer per answer that uvicorn arms for its keep-alive timeout, and cancels at the next request).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Limits:
     max_header_bytes: int
     header_timeout: float
     body_timeout: float
+    keepalive_timeout: float
     max_connections: int
 
     @classmethod
@@ -71,6 +74,7 @@ class Limits:
             max_header_bytes=settings.max_header_bytes,
             header_timeout=settings.header_timeout_seconds,
             body_timeout=settings.body_timeout_seconds,
+            keepalive_timeout=settings.keepalive_timeout_seconds,
             max_connections=settings.max_connections or machine_connection_limit(settings),
         )
 
@@ -115,7 +119,9 @@ class Guard:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.interval = min(1.0, limits.header_timeout / 4, limits.body_timeout / 4)
+        self.interval = min(
+            1.0, limits.header_timeout / 4, limits.body_timeout / 4, limits.keepalive_timeout / 4
+        )
         self.now = 0.0  # the loop's clock at the last sweep: what connections stamp themselves with
         self.admitted = 0
         self.connections: set[GuardedHttpToolsProtocol] = set()
@@ -162,6 +168,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._phase_since = 0.0  # …and since when (the loop's clock)
         self._admitted = False
         self._refused = False  # a head over the limit is waiting for earlier answers to be sent
+        self._answered_at = 0.0  # the loop's clock when the last direct answer was written
 
     # ── connection ───────────────────────────────────────────────────────────────────────────
 
@@ -197,19 +204,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         Called by the sweeper; the clock of a phase starts at the first sweep that sees it, so the
         hot path only counts heads. Not the client's time: the server not reading (back-pressure),
         and, between requests, answering and then waiting (the keep-alive timeout's business)
-        until the next request's first byte.
+        until the next request's first byte. Idle after a direct answer (for which uvicorn armed no
+        keep-alive timer), longer than the keep-alive timeout: closed too.
         """
         if self.transport.is_closing():
             return
         in_head = self._in_head
+        limits = self.guard.limits
+        between_requests = in_head and self._heads and not self._head_bytes
+        if between_requests and self._idle_since_direct_answer(now) > limits.keepalive_timeout:
+            self.transport.close()
+            return
         phase = 2 * self._heads + in_head
-        server_time = self.flow.read_paused or (in_head and self._heads and not self._head_bytes)
-        if phase != self._phase or server_time:
+        if phase != self._phase or self.flow.read_paused or between_requests:
             self._phase, self._phase_since = phase, now
             return
-        limits = self.guard.limits
         if now - self._phase_since > (limits.header_timeout if in_head else limits.body_timeout):
             self.transport.close()
+
+    def _idle_since_direct_answer(self, now: float) -> float:
+        """How long the connection has waited for a request since a direct answer; 0 while
+        answering, or when uvicorn's keep-alive timer watches it (after an ASGI answer)."""
+        cycle = self.cycle
+        if type(cycle) is not DirectRequest or not cycle.response_complete:
+            return 0.0
+        if self.timeout_keep_alive_task is not None:
+            return 0.0
+        return now - self._answered_at
 
     # ── bytes ────────────────────────────────────────────────────────────────────────────────
 
@@ -313,7 +334,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return False
         keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() != "1.0"
         self.cycle = DirectRequest(  # type: ignore[assignment]
-            self.url, content_type, keep_alive, self.on_response_complete, self._answer_direct
+            self.url, content_type, keep_alive, self._after_direct_answer, self._answer_direct
         )
         return True
 
@@ -321,7 +342,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self, request: DirectRequest, status: int, payload: bytes, headers: Headers
     ) -> None:
         """Write a direct request's answer in one write (unless the client left), then go on as
-        uvicorn does after an answer (the next pipelined request, or the keep-alive timer)."""
+        uvicorn does after an answer (the next pipelined request), less its keep-alive timer: the
+        sweeper closes a connection left idle (`check_time`)."""
         transport = self.transport
         if not request.disconnected and not transport.is_closing():
             default = self.guard.default_headers(self.server_state.default_headers)
@@ -330,6 +352,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if not request.keep_alive:
                 transport.close()
         request.on_response()
+
+    def _after_direct_answer(self) -> None:
+        """uvicorn's `on_response_complete` without arming a timer per answer."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._answered_at = self.loop.time()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
 
 
 # Called directly on the per-request paths: cheaper than super() there.
