@@ -13,9 +13,11 @@ Why it is built this way:
 - A third server, uvicorn configured as Observer's webhook is but serving an app that only parses
   the body and answers (`bench/ceiling_app.py`), is alternated with the two: it shows how far the
   ASGI server alone gets against the original, and how much of that Observer's durable work keeps.
-- At one connection a fourth, `bench/durable_floor.py` (a bare uvloop protocol that makes each body
-  durable and answers, nothing else), shows the least a durable answer costs here: with one
-  connection every event waits for its own flush, so no webhook can beat it.
+- A fourth, `bench/durable_floor.py` (a bare uvloop protocol that makes the bodies durable and
+  answers, nothing else: each at once with one connection, those of a loop turn together with
+  more), shows the least a durable answer costs here in every cell: with one connection every event
+  waits for its own flush, so no webhook can beat it; with more, how far plain group commit goes
+  before any work per event.
 - `POST /events` (a JSON array of N copies of the event) is measured at 16 connections for N = 1,
   10 and 100, in events/s, each round next to a run of the original's single-event POST /event,
   which has no batch endpoint: that is the baseline clients that batch are compared with.
@@ -354,7 +356,7 @@ def start_ceiling(scratch: Path) -> Server:
 
 
 def start_floor(scratch: Path) -> Server:
-    """`bench/durable_floor.py`: the least a durable answer costs, for the one-connection cell."""
+    """`bench/durable_floor.py`: the least a durable answer costs, in every cell."""
     path = str(scratch / "floor.jsonl")
     return start_python_server(
         scratch, "floor", lambda port: ["-m", "bench.durable_floor", str(port), path]
@@ -483,7 +485,6 @@ class MachineLoad:
 
 def measure(plan: Plan, started_servers: list[Server], scratch: Path) -> int:
     observer, original, ceiling, floor = started_servers
-    servers = [observer, original, ceiling]  # in every cell; the floor only at one connection
     print(DURABILITY_NOTE)
     print(
         f"\nPOST /event, 233-byte scenario event, wrk -t1, {plan.runs} run(s) x {plan.seconds} s per"
@@ -506,8 +507,7 @@ def measure(plan: Plan, started_servers: list[Server], scratch: Path) -> int:
     for connections in CONNECTIONS:
         for run in range(plan.runs):
             load.sample()
-            cell = [*servers, floor] if connections == 1 else servers
-            order = cell if (run + connections) % 2 == 0 else cell[::-1]
+            order = started_servers if (run + connections) % 2 == 0 else started_servers[::-1]
             for server in order:
                 result = run_wrk(server.url, connections, plan.seconds)
                 server.acked += result.ok
@@ -731,21 +731,24 @@ def print_ceiling(
 
 
 def print_floor(observer: Server, original: Server, floor: Server) -> None:
-    """One connection against the least a durable answer costs (each event waits for its own flush
-    there, so nothing a real webhook adds can beat the floor)."""
-    ours, theirs, least = (
-        Figure(s.name, [r.rate for r in s.results[1]], "req/s") for s in (observer, original, floor)
-    )
+    """Each cell against the least a durable answer costs: what the disk and Python's loop allow,
+    without anything a real webhook does with an event."""
     print(
-        "\nFloor at 1 connection: a bare uvloop protocol that writes each body into allocated space"
-        " and answers once it is durable (pwrite + fdatasync on the loop), no parsing, validation"
-        " or stats (bench/durable_floor.py), alternated with the servers above:"
+        "\nFloor: a bare uvloop protocol that writes the bodies into allocated space and answers"
+        " once they are durable (pwrite + fdatasync on the loop; at one connection each body at"
+        " once, with more the bodies of a loop turn together), no parsing, validation or stats"
+        " (bench/durable_floor.py), alternated with the servers above:"
     )
-    print(
-        f"  c=1   floor   {least.median:>7.0f} req/s = {least.median / theirs.median:.3f} x the"
-        f" original; Observer = {ours.median / least.median:.3f} x the floor"
-        f" (min {min(least.values):.0f}, max {max(least.values):.0f}, n={len(least.values)})"
-    )
+    for connections in CONNECTIONS:
+        ours, theirs, least = (
+            Figure(s.name, [r.rate for r in s.results[connections]], "req/s")
+            for s in (observer, original, floor)
+        )
+        print(
+            f"  c={connections:<3} floor {least.median:>7.0f} req/s = {least.median / theirs.median:.3f}"
+            f" x the original; Observer = {ours.median / least.median:.3f} x the floor"
+            f" (min {min(least.values):.0f}, max {max(least.values):.0f}, n={len(least.values)})"
+        )
 
 
 def children(pid: int) -> list[int]:
