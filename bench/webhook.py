@@ -458,16 +458,20 @@ class MachineLoad:
     def sample(self) -> None:
         self.loads.append(os.getloadavg()[0])
 
-    def others_share(self) -> float:
-        """CPU used by processes other than this run's, as a share of all cores, since start."""
+    def shares(self) -> tuple[float, float]:
+        """Since start, as shares of all cores: the CPU that processes other than this run's used,
+        and the time the hypervisor ran something else while this machine's CPUs wanted to run
+        (steal: a virtual machine's host busy with other guests)."""
         end = self._snapshot()
-        wall, busy, ours = (b - a for a, b in zip(self._start, end, strict=True))
-        return max(0.0, (busy - ours) / (wall * (os.cpu_count() or 1)))
+        wall, busy, steal, ours = (b - a for a, b in zip(self._start, end, strict=True))
+        capacity = wall * (os.cpu_count() or 1)
+        return max(0.0, (busy - steal - ours) / capacity), steal / capacity
 
-    def _snapshot(self) -> tuple[float, float, float]:
+    def _snapshot(self) -> tuple[float, float, float, float]:
         with open("/proc/stat") as stat:
             fields = [int(x) for x in stat.readline().split()[1:]]
         busy = (sum(fields) - fields[3] - fields[4]) / self.tick  # all but idle and iowait
+        steal = fields[7] / self.tick
         ours = sum(
             u.ru_utime + u.ru_stime
             for u in (
@@ -480,7 +484,7 @@ class MachineLoad:
                 with open(f"/proc/{server.pid}/stat") as stat:
                     parts = stat.read().rsplit(")", 1)[1].split()
                 ours += (int(parts[11]) + int(parts[12])) / self.tick
-        return time.monotonic(), busy, ours
+        return time.monotonic(), busy, steal, ours
 
 
 def measure(plan: Plan, started_servers: list[Server], scratch: Path) -> int:
@@ -525,7 +529,7 @@ def measure(plan: Plan, started_servers: list[Server], scratch: Path) -> int:
     batches, originals, ceilings = measure_batches(plan, observer, original, ceiling, load)
     failed |= any(r.failed for results in batches.values() for r in results)
     failed |= any(r.failed for r in originals)
-    others = load.others_share()
+    others, stolen = load.shares()
     load.sample()
 
     print_summary(plan, observer, original, durable_rates)
@@ -534,8 +538,9 @@ def measure(plan: Plan, started_servers: list[Server], scratch: Path) -> int:
     print_batches(batches, originals, ceilings)
     print(
         f"\nMachine: load average (1 min) {min(load.loads):.2f}-{max(load.loads):.2f} during the"
-        f" cells; other processes used {others:.0%} of the {os.cpu_count()} cores meanwhile"
-        + (" (noisy: compare ratios, not absolute figures)" if others > 0.1 else "")
+        f" cells; other processes used {others:.0%} of the {os.cpu_count()} cores meanwhile, and"
+        f" the hypervisor held back {stolen:.0%} (steal time)"
+        + (" (noisy: compare ratios, not absolute figures)" if others + stolen > 0.1 else "")
     )
 
     print(f"\nMemory after {plan.rss_events:,} events (the throughput runs count toward them):")
