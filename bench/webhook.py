@@ -94,6 +94,7 @@ class WrkResult:
     socket_errors: dict[str, int]
     p50_ms: float
     p99_ms: float
+    steal: float  # share of the CPUs' time the hypervisor gave to other guests during the run
 
     @property
     def ok(self) -> int:
@@ -413,9 +414,12 @@ def run_wrk(url: str, connections: int, seconds: float, cap: int = 0, batch: int
     env = dict(os.environ) | {"BENCH_MAX_RESPONSES": str(cap), "BENCH_BATCH": str(batch)}
     command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     command += ["-s", str(LUA_SCRIPT), url]
+    before = cpu_ticks()
     done = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
     )
+    after = cpu_ticks()
+    total = sum(after) - sum(before)
     for line in done.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
             raw = json.loads(line.removeprefix("BENCH_RESULT "))
@@ -426,8 +430,19 @@ def run_wrk(url: str, connections: int, seconds: float, cap: int = 0, batch: int
                 socket_errors={k: raw[k] for k in ("connect", "read", "write", "timeout")},
                 p50_ms=raw["p50_us"] / 1000,
                 p99_ms=raw["p99_us"] / 1000,
+                steal=(after[STEAL] - before[STEAL]) / total if total else 0.0,
             )
     raise RuntimeError(f"wrk gave no result (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+
+
+#: Where the steal time is among the fields of /proc/stat's `cpu` line.
+STEAL = 7
+
+
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time so far, by kind (the fields of /proc/stat's `cpu` line)."""
+    with open("/proc/stat") as stat:
+        return [int(x) for x in stat.readline().split()[1:]]
 
 
 def durable_writes_per_second(directory: Path, seconds: float) -> float:
@@ -468,10 +483,9 @@ class MachineLoad:
         return max(0.0, (busy - steal - ours) / capacity), steal / capacity
 
     def _snapshot(self) -> tuple[float, float, float, float]:
-        with open("/proc/stat") as stat:
-            fields = [int(x) for x in stat.readline().split()[1:]]
+        fields = cpu_ticks()
         busy = (sum(fields) - fields[3] - fields[4]) / self.tick  # all but idle and iowait
-        steal = fields[7] / self.tick
+        steal = fields[STEAL] / self.tick
         ours = sum(
             u.ru_utime + u.ru_stime
             for u in (
@@ -520,7 +534,7 @@ def measure(plan: Plan, started_servers: list[Server], scratch: Path) -> int:
                 print(
                     f"  c={connections:<3} run {run + 1}/{plan.runs}  {server.name:<9}"
                     f" {result.rate:>9.0f} req/s  p50 {result.p50_ms:7.2f} ms"
-                    f"  p99 {result.p99_ms:7.2f} ms"
+                    f"  p99 {result.p99_ms:7.2f} ms  steal {result.steal:4.0%}"
                     + (f"  FAILED: {result.problems()}" if result.failed else ""),
                     flush=True,
                 )
@@ -596,6 +610,7 @@ def measure_batches(
             print(
                 f"  c={BATCH_CONNECTIONS:<3} run {run + 1}/{plan.runs}  {server.name:<9} {what}"
                 f" {result.rate * max(size, 1):>9.0f} events/s  p99 {result.p99_ms:7.2f} ms"
+                f"  steal {result.steal:4.0%}"
                 + (f"  FAILED: {result.problems()}" if result.failed else ""),
                 flush=True,
             )
