@@ -437,6 +437,8 @@ def run_wrk(url: str, connections: int, seconds: float, cap: int = 0, batch: int
 
 #: Where the steal time is among the fields of /proc/stat's `cpu` line.
 STEAL = 7
+#: A round with at most this share of steal counts as one the host left alone.
+CALM_STEAL = 0.05
 
 
 def cpu_ticks() -> list[int]:
@@ -718,6 +720,31 @@ def print_summary(
         f"  p99 at 16 connections is {p99[0] / p99[1]:.2f}x the original's:"
         f" target <= {ISSUE_TARGET_P99:g}x {verdict}"
     )
+    print_calm_rounds(observer, original)
+
+
+def print_calm_rounds(observer: Server, original: Server) -> None:
+    """The same ratios over the rounds the host left alone, beside (not instead of) the medians
+    of every round: on a VM, a round at 20% steal says more about the host than the server."""
+    print(
+        f"  rounds at most {CALM_STEAL:.0%} steal only (each round's steal is on its line above):"
+    )
+    for connections in CONNECTIONS:
+        ours, theirs = (
+            Figure(s.name, [r.rate for r in s.results[connections] if r.steal <= CALM_STEAL], "")
+            for s in (observer, original)
+        )
+        if ours.values and theirs.values:
+            print(
+                f"    c={connections:<3} Observer {ours.median:.0f} req/s (n={len(ours.values)}),"
+                f" original {theirs.median:.0f} (n={len(theirs.values)}):"
+                f" ratio {ours.median / theirs.median:.3f}"
+            )
+        else:
+            print(
+                f"    c={connections:<3} too few: {len(ours.values)} of Observer's rounds,"
+                f" {len(theirs.values)} of the original's"
+            )
 
 
 def print_ceiling(
