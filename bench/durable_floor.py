@@ -42,17 +42,17 @@ class GroupCommit:
         self.waiting: list[asyncio.Transport] = []
 
     def add(self, body: bytes, transport: asyncio.Transport) -> None:
-        if self.clients == 1:
-            self.target.write_durably(body)
-            transport.write(RESPONSE)
-            return
-        if not self.bodies:
-            self.loop.call_soon(self.flush)
         self.bodies.append(body)
         self.waiting.append(transport)
+        if self.clients == 1:
+            self.flush()  # nothing could join it
+        elif len(self.bodies) == 1:
+            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         bodies, waiting = self.bodies, self.waiting
+        if not bodies:
+            return  # (flushed at once since: the last other client left)
         self.bodies, self.waiting = [], []
         self.target.write_durably(b"".join(bodies))
         for transport in waiting:

@@ -67,6 +67,8 @@ ISSUE_TARGET_P99 = 2.0  # p99 at 16 connections <= 2x the original's
 ISSUE_TARGET_BATCH = (
     10.0  # POST /events, batches of 100: >= 10x the original's single-event events/s
 )
+STEAL = 7  # where the steal time is among the fields of /proc/stat's `cpu` line
+CALM_STEAL = 0.05  # a round with at most this share of steal is one the host left alone
 
 DURABILITY_NOTE = (
     "Observer answers 200 only after the event is written and fsync'd (group commit: one fsync per"
@@ -435,12 +437,6 @@ def run_wrk(url: str, connections: int, seconds: float, cap: int = 0, batch: int
     raise RuntimeError(f"wrk gave no result (exit {done.returncode}):\n{done.stdout}{done.stderr}")
 
 
-#: Where the steal time is among the fields of /proc/stat's `cpu` line.
-STEAL = 7
-#: A round with at most this share of steal counts as one the host left alone.
-CALM_STEAL = 0.05
-
-
 def cpu_ticks() -> list[int]:
     """The machine's CPU time so far, by kind (the fields of /proc/stat's `cpu` line)."""
     with open("/proc/stat") as stat:
@@ -664,9 +660,7 @@ def print_summary(
         row = []
         for server in (observer, original):
             results = server.results[connections]
-            rate = Figure(
-                f"{server.name} c={connections} req/s", [r.rate for r in results], "req/s"
-            )
+            rate = rates(server, connections)
             p50 = Figure("p50", [r.p50_ms for r in results], "ms")
             p99 = Figure("p99", [r.p99_ms for r in results], "ms")
             row.append((rate, p50, p99))
@@ -723,6 +717,13 @@ def print_summary(
     print_calm_rounds(observer, original)
 
 
+def rates(server: Server, connections: int, *, calm: bool = False) -> Figure:
+    """A server's req/s in the cell's rounds (`calm`: only those at most CALM_STEAL steal)."""
+    results = server.results[connections]
+    values = [r.rate for r in results if not calm or r.steal <= CALM_STEAL]
+    return Figure(f"{server.name} c={connections} req/s", values, "req/s")
+
+
 def print_calm_rounds(observer: Server, original: Server) -> None:
     """The same ratios over the rounds the host left alone, beside (not instead of) the medians
     of every round: on a VM, a round at 20% steal says more about the host than the server."""
@@ -730,10 +731,7 @@ def print_calm_rounds(observer: Server, original: Server) -> None:
         f"  rounds at most {CALM_STEAL:.0%} steal only (each round's steal is on its line above):"
     )
     for connections in CONNECTIONS:
-        ours, theirs = (
-            Figure(s.name, [r.rate for r in s.results[connections] if r.steal <= CALM_STEAL], "")
-            for s in (observer, original)
-        )
+        ours, theirs = (rates(s, connections, calm=True) for s in (observer, original))
         if ours.values and theirs.values:
             print(
                 f"    c={connections:<3} Observer {ours.median:.0f} req/s (n={len(ours.values)}),"
@@ -757,10 +755,7 @@ def print_ceiling(
         " nothing (bench/ceiling_app.py), alternated with the two above:"
     )
     for connections in CONNECTIONS:
-        medians = [
-            Figure(s.name, [r.rate for r in s.results[connections]], "req/s")
-            for s in (observer, original, ceiling)
-        ]
+        medians = [rates(s, connections) for s in (observer, original, ceiling)]
         ours, theirs, bare = medians
         print(
             f"  c={connections:<3} ceiling {bare.median:>7.0f} req/s = {bare.median / theirs.median:.3f}"
@@ -787,10 +782,7 @@ def print_floor(observer: Server, original: Server, floor: Server) -> None:
         " (bench/durable_floor.py), alternated with the servers above:"
     )
     for connections in CONNECTIONS:
-        ours, theirs, least = (
-            Figure(s.name, [r.rate for r in s.results[connections]], "req/s")
-            for s in (observer, original, floor)
-        )
+        ours, theirs, least = (rates(s, connections) for s in (observer, original, floor))
         print(
             f"  c={connections:<3} floor {least.median:>7.0f} req/s = {least.median / theirs.median:.3f}"
             f" x the original; Observer = {ours.median / least.median:.3f} x the floor"

@@ -164,11 +164,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._slack = 0  # bytes of the head that may have come in the read that ended a request
         self._read = 0  # size of the current read
         self._heads = 0  # heads read whole on this connection
-        self._phase = -1  # what the sweeper saw last: 2 × heads + in head
+        self._phase = -1  # what the sweeper saw last: `_phase_of`
         self._phase_since = 0.0  # …and since when (the loop's clock)
         self._admitted = False
         self._refused = False  # a head over the limit is waiting for earlier answers to be sent
-        self._answered_at = 0.0  # the loop's clock when the last direct answer was written
 
     # ── connection ───────────────────────────────────────────────────────────────────────────
 
@@ -176,7 +175,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         guard = self.guard
         guard.add(self, self.loop)
-        self._phase, self._phase_since = 1, guard.now  # waiting for the first head
+        self._phase, self._phase_since = _phase_of(0, True, False), guard.now  # the first head
         if guard.admitted >= guard.limits.max_connections:
             self.app = over_capacity  # its head is answered 503, and the connection closed
         else:
@@ -199,38 +198,38 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return None
 
     def check_time(self, now: float) -> None:
-        """Close the connection if its client has been sending one head, or one body, too long.
+        """Close the connection if its client has been sending one head, or one body, too long,
+        or has sent nothing for longer than the keep-alive timeout since a direct answer.
 
         Called by the sweeper; the clock of a phase starts at the first sweep that sees it, so the
         hot path only counts heads. Not the client's time: the server not reading (back-pressure),
-        and, between requests, answering and then waiting (the keep-alive timeout's business)
-        until the next request's first byte. Idle after a direct answer (for which uvicorn armed no
-        keep-alive timer), longer than the keep-alive timeout: closed too.
+        and, between requests, answering and then waiting after an ASGI answer (uvicorn's
+        keep-alive timer watches that) until the next request's first byte.
         """
         if self.transport.is_closing():
             return
         in_head = self._in_head
-        limits = self.guard.limits
         between_requests = in_head and self._heads and not self._head_bytes
-        if between_requests and self._idle_since_direct_answer(now) > limits.keepalive_timeout:
-            self.transport.close()
-            return
-        phase = 2 * self._heads + in_head
-        if phase != self._phase or self.flow.read_paused or between_requests:
+        idle = between_requests and self._directly_answered()
+        phase = _phase_of(self._heads, in_head, idle)
+        if phase != self._phase or self.flow.read_paused or (between_requests and not idle):
             self._phase, self._phase_since = phase, now
             return
-        if now - self._phase_since > (limits.header_timeout if in_head else limits.body_timeout):
+        limits = self.guard.limits
+        timeout = (
+            limits.keepalive_timeout
+            if idle
+            else limits.header_timeout
+            if in_head
+            else limits.body_timeout
+        )
+        if now - self._phase_since > timeout:
             self.transport.close()
 
-    def _idle_since_direct_answer(self, now: float) -> float:
-        """How long the connection has waited for a request since a direct answer; 0 while
-        answering, or when uvicorn's keep-alive timer watches it (after an ASGI answer)."""
+    def _directly_answered(self) -> bool:
+        """Whether the last request was answered the direct way (no keep-alive timer armed)."""
         cycle = self.cycle
-        if type(cycle) is not DirectRequest or not cycle.response_complete:
-            return 0.0
-        if self.timeout_keep_alive_task is not None:
-            return 0.0
-        return now - self._answered_at
+        return type(cycle) is DirectRequest and cycle.response_complete
 
     # ── bytes ────────────────────────────────────────────────────────────────────────────────
 
@@ -358,7 +357,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
-        self._answered_at = self.loop.time()
         self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
@@ -370,6 +368,12 @@ _data_received = HttpToolsProtocol.data_received
 _on_headers_complete = HttpToolsProtocol.on_headers_complete
 _on_body = HttpToolsProtocol.on_body
 _on_message_complete = HttpToolsProtocol.on_message_complete
+
+
+def _phase_of(heads: int, in_head: bool, idle: bool) -> int:
+    """A connection's phase as the sweeper tells them apart: heads read whole, whether it is
+    waiting for (or reading) a head, and whether it has waited idle since a direct answer."""
+    return 4 * heads + 2 * in_head + idle
 
 
 def head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
