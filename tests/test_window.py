@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from observer.webhook.events import FastEvent
-from observer.webhook.window import StatsWindow
+from observer.webhook.window import COUNT_EVERY, StatsWindow
 
 SIZE = 7  # small, so that eviction splits runs and batches often
 
@@ -55,8 +55,10 @@ def test_the_window_counts_the_last_ops_whatever_the_batches(
         ops = [FastEvent(**fields) if decoded else dict(fields) for fields, decoded in batch]
         window.add_ops(ops)
         seen.extend(fields for fields, _ in batch)
-        assert window.stats() == model_stats(seen)
-        assert len(window) == min(len(seen), SIZE)
+        assert len(window) == min(len(seen), SIZE)  # ops added are counted before the stats ask
+        if len(seen) % 3:  # the stats of some batches only: the others stay queued, then counted
+            assert window.stats() == model_stats(seen)
+    assert window.stats() == model_stats(seen)
 
 
 def test_a_line_without_a_source_counts_as_mcp_and_a_number_as_its_text() -> None:
@@ -67,3 +69,20 @@ def test_a_line_without_a_source_counts_as_mcp_and_a_number_as_its_text() -> Non
     window.add_line(b"not json")
     assert window.stats()["by_source"] == {"mcp": 1, "5": 2}
     assert window.stats()["successes"] == 1
+
+
+def test_ops_added_one_at_a_time_are_counted_in_bulk_and_never_queue_without_bound() -> None:
+    window = StatsWindow(SIZE)
+    seen: list[dict[str, Any]] = []
+    for index in range(3 * COUNT_EVERY + 5):
+        fields = {
+            "source": ("scenario", "mcp", "tail")[index % 3],
+            "success": index % 5 != 0,
+            "timestamp": f"t{index}",
+            "role": "welder",
+        }
+        window.add_ops([FastEvent(**fields)])
+        seen.append(fields)
+        assert len(window) == min(len(seen), SIZE)
+        assert len(window._queued) < COUNT_EVERY
+    assert window.stats() == model_stats(seen)

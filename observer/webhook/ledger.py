@@ -72,12 +72,13 @@ class Ledger:
 
     def durable(self, batch: DurableBatch[int]) -> None:
         """Count a durable batch (its answers were asked for first)."""
+        window = self.window
         for submission in batch.submissions:
             if submission.event_ids:
                 self._pending_ids.difference_update(submission.event_ids)
                 for event_id in submission.event_ids:
                     self._ids.add(event_id)
-        self.window.add_ops([op for submission in batch.submissions for op in submission.ops])
+            window.add_ops(submission.ops)
         self._position = batch.end
         if self._on_durable is not None:
             self._on_durable()
