@@ -15,7 +15,7 @@ import httpx
 
 from observer.cli.console import process_children
 from observer.errors import WriteFailed
-from observer.intake.group_commit import Intake
+from observer.intake.group_commit import FSYNCS_IN_FLIGHT, Intake
 from observer.intake.spool import PREALLOCATE_BYTES, SpoolPosition, read_spool
 from observer.intake.syncer import Syncer
 from observer.intake.syncer_child import RELEASE_BYTES, serve
@@ -192,36 +192,46 @@ def submit_all(intake: Intake[int], *summaries: str) -> list[asyncio.Future[int]
     ]
 
 
-def test_the_next_batch_is_written_and_its_fsync_asked_for_while_one_runs(
+def test_later_batches_are_written_and_their_fsyncs_asked_for_while_one_runs(
     settings: Settings,
 ) -> None:
-    """Two fsyncs in flight at most: the running one and the next, which the helper starts as
-    soon as the first ends; what arrives after that waits for an answer, then goes as one batch."""
+    """Up to `FSYNCS_IN_FLIGHT` fsyncs asked for at once: while the first runs, each later batch is
+    written at once and its fsync asked for (the helper covers the ones that queued with one
+    fsync); past the limit, what arrives waits for an answer, then goes as one batch."""
 
     async def scenario() -> None:
         intake, disk = held_intake(settings)
-        [first] = submit_all(intake, "a")
+        first = submit_all(intake, "a")
         await asyncio.sleep(0.01)
         assert (len(spool_records(settings)), len(disk.asked)) == (1, 1)  # written, fsync running
-        second = submit_all(intake, "b0", "b1", "b2")
+        written = [first]
+        for n in range(1, FSYNCS_IN_FLIGHT):
+            written.append(submit_all(intake, f"b{n}", f"b{n}"))
+            await asyncio.sleep(0.01)
+            # One write and one fsync request for both, while the first fsync runs.
+            assert (len(spool_records(settings)), len(disk.asked)) == (1 + 2 * n, 1 + n)
+        records = len(spool_records(settings))
+        held = submit_all(intake, "c0", "c1")
         await asyncio.sleep(0.01)
-        # One write and one fsync request for all three, while the first fsync runs.
-        assert (len(spool_records(settings)), len(disk.asked)) == (4, 2)
-        third = submit_all(intake, "c0", "c1")
-        await asyncio.sleep(0.01)
-        assert (len(spool_records(settings)), len(disk.asked), intake.queued) == (4, 2, 6)
-        assert not first.done()
+        assert (len(spool_records(settings)), len(disk.asked)) == (records, FSYNCS_IN_FLIGHT)
+        assert intake.queued == records + 2 and not first[0].done()
         disk.answer()
         await asyncio.sleep(0.01)
-        assert first.done() and not any(f.done() for f in second + third)
-        assert (len(spool_records(settings)), len(disk.asked)) == (6, 3)  # the third batch went
+        assert first[0].result() == 1
+        assert not any(future.done() for batch in [*written[1:], held] for future in batch)
+        # The held batch went, with its fsync asked for, as soon as the first answer came.
+        assert (len(spool_records(settings)), len(disk.asked)) == (
+            records + 2,
+            FSYNCS_IN_FLIGHT + 1,
+        )
+        for n, batch in enumerate(written[1:], start=1):
+            disk.answer()
+            await asyncio.sleep(0.01)
+            assert [future.result() for future in batch] == [2 * n, 2 * n + 1]
+        assert not any(future.done() for future in held)
         disk.answer()
         await asyncio.sleep(0.01)
-        assert [f.result() for f in second] == [2, 3, 4]
-        assert not any(f.done() for f in third)
-        disk.answer()
-        await asyncio.sleep(0.01)
-        assert [f.result() for f in third] == [5, 6]
+        assert [future.result() for future in held] == [records + 1, records + 2]
         assert intake.queued == 0
         intake._syncer = None
         intake.close()
