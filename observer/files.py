@@ -124,7 +124,11 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def write_all_at(fd: int, data: bytes, offset: int) -> None:
     """Write all of `data` at `offset` (`pwrite` may write part of it)."""
-    view = memoryview(data)
+    written = os.pwrite(fd, data, offset)
+    if written == len(data):  # the usual case, with no view to make
+        return
+    view = memoryview(data)[written:]
+    offset += written
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written

@@ -182,11 +182,12 @@ def now_timestamp() -> str:
     if second != _cached_second:  # the date part changes once a second: format it once
         _cached_second = second
         _cached_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_cached_text}.{int((now - second) * 1000):03d}Z"
+    return _cached_text + _MILLISECONDS[int((now - second) * 1000)]
 
 
 _cached_second = -1
 _cached_text = ""
+_MILLISECONDS = [f".{ms:03d}Z" for ms in range(1000)]  # the rest of the text, by millisecond
 
 
 def cut(text: str, limit: int) -> str:

@@ -357,3 +357,21 @@ def test_a_body_cut_short_by_a_disconnect_is_not_stored(
     time.sleep(0.3)
     assert httpx.post(f"{webhook.url}/event", content=EVENT).status_code == 200
     assert len(spool_records(settings)) == records + 1
+
+
+def test_a_post_that_expects_100_continue_gets_it_before_sending_its_body(
+    guarded: tuple[WebhookProcess, Settings],
+) -> None:
+    """Such a request goes the ASGI way; the scope uvicorn reads is made once the head is parsed,
+    and must still carry the head's `Expect` (and its other headers)."""
+    webhook, settings = guarded
+    records = len(spool_records(settings))
+    head = request("/event", method="POST", body=EVENT).removesuffix(b"\r\n" + EVENT)
+    with connect(webhook) as sock:
+        sock.sendall(head + b"expect: 100-continue\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n")
+        sock.sendall(EVENT)
+        status, headers, body = read_answer(sock)
+        assert status == 200 and orjson.loads(body)["accepted"] is True
+        assert headers["content-type"] == "application/json"
+    assert len(spool_records(settings)) == records + 1

@@ -220,7 +220,11 @@ class Intake(Generic[Answer]):
             return  # written and asked for when the child answers
         batch, self._queue = self._queue, []
         if batch:
-            payload = b"".join([submission.payload for submission in batch])
+            payload = (
+                batch[0].payload
+                if len(batch) == 1  # (one connection: always)
+                else b"".join([submission.payload for submission in batch])
+            )
             try:
                 start, end = self._writer.write(payload)
             except OSError as exc:

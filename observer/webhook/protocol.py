@@ -282,6 +282,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # ── parser callbacks ─────────────────────────────────────────────────────────────────────
 
+    def on_message_begin(self) -> None:
+        """uvicorn's, less the ASGI scope: only a request that goes the ASGI way needs one
+        (`_begin_scope`)."""
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+
+    def _begin_scope(self) -> None:
+        """The scope uvicorn makes as a request begins, with the head parsed so far."""
+        url, headers, expect = self.url, self.headers, self.expect_100_continue
+        _on_message_begin(self)
+        self.url, self.headers, self.expect_100_continue = url, headers, expect
+        self.scope["headers"] = headers
+
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._heads += 1
@@ -294,6 +308,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.app = self._head_too_large
         elif self.url in ROUTES and self._start_direct():
             return
+        self._begin_scope()
         _on_headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
@@ -365,6 +380,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 # Called directly on the per-request paths: cheaper than super() there.
 _data_received = HttpToolsProtocol.data_received
+_on_message_begin = HttpToolsProtocol.on_message_begin
 _on_headers_complete = HttpToolsProtocol.on_headers_complete
 _on_body = HttpToolsProtocol.on_body
 _on_message_complete = HttpToolsProtocol.on_message_complete
