@@ -35,7 +35,7 @@ MAX_PENDING_BYTES = 64 * 1024 * 1024
 #: queued during a flush with one fsync, so a request written at once joins the next fsync, where a
 #: request held back behind the limit waits for an answer, then for one more fsync. With one, the
 #: disk idled while the answer went to the loop; with two, 16 connections got 5.9 requests per
-#: fsync and 16,800 req/s, with eight 7.6 and 21,600, at the same fsyncs per second. The limit
+#: fsync and 16,800 req/s, with eight 7.6 and 21,600, at the same fsyncs per second (both traced). The limit
 #: keeps the requests waiting in the child's pipe to a few lines: a full pipe would block the loop.
 FSYNCS_IN_FLIGHT = 8
 
@@ -104,8 +104,8 @@ class Intake(Generic[Answer]):
     writes what queued meanwhile and asks for an fsync too, and the child covers all of them with
     one fsync as soon as the first ends; beyond `FSYNCS_IN_FLIGHT` asked for, what arrives queues
     until an answer, and is written, with its fsync asked for, before the answered requests are
-    sent their replies (the disk works while the loop answers). Without the child (it could not start, or died) the flush
-    fsyncs on the loop's thread. So does `put` for the request of a sole client (`sole_client` says
+    sent their replies (the disk works while the loop answers). Without the child (it could not
+    start, or died) the flush fsyncs on the loop's thread. So does `put` for the request of a sole client (`sole_client` says
     one client is connected) when nothing else is queued or in flight: it writes and fsyncs it at
     once, with no loop turn and no round trip to the child.
     """
@@ -220,11 +220,7 @@ class Intake(Generic[Answer]):
             return  # written and asked for when the child answers
         batch, self._queue = self._queue, []
         if batch:
-            payload = (
-                batch[0].payload
-                if len(batch) == 1  # (one connection: always)
-                else b"".join([submission.payload for submission in batch])
-            )
+            payload = b"".join([submission.payload for submission in batch])
             try:
                 start, end = self._writer.write(payload)
             except OSError as exc:
