@@ -95,6 +95,13 @@ CONSOLIDATE_PLAYBOOKS = FlowEntry(
     "observer.pipelines.playbooks:ConsolidateParameters",
     "observer.pipelines.playbooks:nothing_new",
 )
+COMPACT_HISTORY = FlowEntry(
+    "compact-history",
+    "flows.compact_history",
+    "compact_history",
+    "observer.pipelines.history:CompactParameters",
+    "observer.pipelines.history:nothing_new",
+)
 
 #: The Prefect event that wakes ingestion (the `ingest-events` deployment's trigger in prefect.yaml):
 #: sent by the webhook after durable batches and by tail-corrections after recording rows.
@@ -103,7 +110,13 @@ SPOOL_RESOURCE_ID = "observer.spool"
 
 FLOWS: dict[str, FlowEntry] = {
     entry.name: entry
-    for entry in (INGEST_EVENTS, TAIL_CORRECTIONS, ANALYZE_ERRORS, CONSOLIDATE_PLAYBOOKS)
+    for entry in (
+        INGEST_EVENTS,
+        TAIL_CORRECTIONS,
+        ANALYZE_ERRORS,
+        CONSOLIDATE_PLAYBOOKS,
+        COMPACT_HISTORY,
+    )
 }
 
 

@@ -150,10 +150,15 @@ def read_tail(path: Path, count: int) -> Tail:
     line is not complete yet and is left for the next run)."""
     try:
         with open(path, "rb") as handle:
-            inode = os.fstat(handle.fileno()).st_ino
-            position, data = _read_back(handle, count)
+            return tail_of(handle, count)
     except FileNotFoundError:
         return Tail()
+
+
+def tail_of(handle: BinaryIO, count: int, size: int | None = None) -> Tail:
+    """`read_tail` of an open file, as if it ended at `size` (its current end by default)."""
+    inode = os.fstat(handle.fileno()).st_ino
+    position, data = _read_back(handle, count, size)
     complete = data.rfind(b"\n")
     if complete < 0:
         return Tail(start=position + len(data), end=position + len(data), inode=inode)
@@ -173,9 +178,11 @@ def read_tail(path: Path, count: int) -> Tail:
     return Tail(lines, offsets, start, position + complete + 1, inode)
 
 
-def _read_back(handle: BinaryIO, count: int) -> tuple[int, bytes]:
-    """Chunks from the end until more than `count` newlines are in hand: (start offset, bytes)."""
-    position = handle.seek(0, os.SEEK_END)
+def _read_back(handle: BinaryIO, count: int, size: int | None) -> tuple[int, bytes]:
+    """Chunks from the end (or `size`) until more than `count` newlines are in hand: (start
+    offset, bytes)."""
+    end = handle.seek(0, os.SEEK_END)
+    position = end if size is None else min(size, end)
     chunks: list[bytes] = []
     newlines = 0
     while position > 0 and newlines <= count:

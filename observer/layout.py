@@ -2,7 +2,9 @@
 
 data/                              OBSERVER_DATA_DIR
 ├── _observer/
-│   ├── ops.jsonl                  every op (written by ingestion only)
+│   ├── ops.jsonl                  the hot file: the newest ops (written by ingestion only)
+│   ├── segments/NNNN….jsonl       sealed hot files waiting for the history table, named by position
+│   ├── history/ops/               the history table (Delta Lake, day partitions), unless elsewhere
 │   ├── spool/NNNNNNNNNNNN.jsonl   acknowledged ops not ingested yet (+ .lock)
 │   ├── state/                     each flow's checkpoint, watermark or cache, and its lock
 │   ├── logs/                      what `observer up`'s server, worker and webhook print
@@ -34,6 +36,16 @@ class DataLayout:
     @cached_property
     def ops_path(self) -> Path:
         return self.observer_dir / "ops.jsonl"
+
+    @cached_property
+    def segments_dir(self) -> Path:
+        """Sealed hot files, each named by the stream position of its first byte."""
+        return self.observer_dir / "segments"
+
+    @cached_property
+    def history_dir(self) -> Path:
+        """The history table's default place (OBSERVER_HISTORY_URI may put it elsewhere)."""
+        return self.observer_dir / "history" / "ops"
 
     @cached_property
     def spool_dir(self) -> Path:
@@ -104,3 +116,15 @@ class DataLayout:
     @cached_property
     def playbooks_lock(self) -> Path:
         return self.state_dir / "consolidate-playbooks.lock"
+
+    # ── history ─────────────────────────────────────────────────────────────────────────────────
+
+    @cached_property
+    def history_state(self) -> Path:
+        """What compact-history last did to the table (upkeep times)."""
+        return self.state_dir / "compact-history.json"
+
+    @cached_property
+    def history_lock(self) -> Path:
+        """Held by the one process of this host that commits to the table."""
+        return self.state_dir / "compact-history.lock"

@@ -68,6 +68,20 @@ class Settings(BaseSettings):
     corrections_max_bytes_per_run: int = Field(
         256 * 1024 * 1024, validation_alias="OBSERVER_CORRECTIONS_MAX_BYTES_PER_RUN", gt=0
     )
+    # The ops history (observer/history/): a Delta Lake table of every op, the hot ops.jsonl
+    # sealed into it. "off" keeps one growing ops.jsonl, as before the table existed.
+    history: Literal["on", "off"] = Field("on", validation_alias="OBSERVER_HISTORY")
+    history_uri: str | None = Field(None, validation_alias="OBSERVER_HISTORY_URI")
+    hot_max_bytes: int = Field(256 * 1024 * 1024, validation_alias="OBSERVER_HOT_MAX_BYTES", gt=0)
+    history_days: int = Field(90, validation_alias="OBSERVER_HISTORY_DAYS", ge=1)
+    history_compact_seconds: float = Field(
+        900.0, validation_alias="OBSERVER_HISTORY_COMPACT_SECONDS", gt=0
+    )
+    # Retention, compaction, vacuum: one host per table. "auto": on for a table on this host's
+    # disk, off for one on object storage (shared: say which host keeps it).
+    history_upkeep: Literal["auto", "on", "off"] = Field(
+        "auto", validation_alias="OBSERVER_HISTORY_UPKEEP"
+    )
     prefect_api_url: str | None = Field(
         None, validation_alias=AliasChoices("PREFECT_API_URL", "OBSERVER_PREFECT_API_URL")
     )
@@ -110,10 +124,41 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with http:// or https://, got {value!r}")
         return value.rstrip("/")
 
-    @field_validator("token", "prefect_api_url", "instance", "max_connections", mode="before")
+    @field_validator("history_uri")
+    @classmethod
+    def _history_uri_is_known(cls, value: str | None) -> str | None:
+        if value is None or "://" not in value or value.startswith(("s3://", "s3a://", "file://")):
+            return value
+        raise ValueError(f"must be a local path, file://… or s3://bucket/prefix, got {value!r}")
+
+    @field_validator(
+        "token", "prefect_api_url", "instance", "max_connections", "history_uri", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @property
+    def instance_name(self) -> str:
+        """This host's name in the history table (`OBSERVER_INSTANCE`, else `observer`)."""
+        return self.instance or "observer"
+
+    @property
+    def history_location(self) -> str:
+        """Where the history table is: `OBSERVER_HISTORY_URI`, else under the data dir."""
+        return self.history_uri or str(self.layout.history_dir)
+
+    @property
+    def history_is_remote(self) -> bool:
+        """Whether the table is on object storage, where several hosts may share it."""
+        return self.history_location.startswith(("s3://", "s3a://"))
+
+    @property
+    def keeps_history(self) -> bool:
+        """Whether this host runs the table's upkeep (retention, compaction, vacuum)."""
+        if self.history_upkeep == "auto":
+            return not self.history_is_remote
+        return self.history_upkeep == "on"
 
     @cached_property
     def layout(self) -> DataLayout:

@@ -276,7 +276,7 @@ def test_llm_faults_give_a_degraded_report(
     if behaviour is not None:  # every fault is asked again before giving up
         assert len(request.getfixturevalue("llm").seen("/ai/generate")) == 3
     watermark = load_state(settings.layout.analysis_state, AnalysisState).watermark
-    assert watermark is not None and watermark.offset == settings.layout.ops_path.stat().st_size
+    assert watermark is not None and watermark.position == settings.layout.ops_path.stat().st_size
     assert run().is_completed() and len(posts(gateway)) == 1  # reported: not re-posted
 
 

@@ -16,7 +16,13 @@ from observer.settings import Settings
 
 
 class IngestCheckpoint(BaseModel):
-    """Where ingestion stands; written atomically after each batch is durable in ops.jsonl."""
+    """Where ingestion stands; written atomically after each batch is durable in ops.jsonl, and
+    after each seal of ops.jsonl (observer/history/stream.py).
+
+    `segment`/`offset` are the spool's; `ops_bytes` is the hot ops.jsonl's length, whose first
+    byte is at `hot_base` in the host's stream of ops (`stream`, named once: the history table
+    tells one host's streams apart by it, so a host whose data dir was wiped never passes for the
+    old one)."""
 
     segment: int = 0
     offset: int = 0
@@ -24,10 +30,18 @@ class IngestCheckpoint(BaseModel):
     ids_bytes: int = 0
     ingested_total: int = 0
     duplicates_total: int = 0
+    stream: str = ""
+    hot_base: int = 0
+    hot_day: str | None = None  # the UTC day ops.jsonl got its first op since its last seal
 
     @property
     def position(self) -> SpoolPosition:
         return SpoolPosition(self.segment, self.offset)
+
+    @property
+    def ops_end(self) -> int:
+        """The stream position just past the hot file's last byte."""
+        return self.hot_base + self.ops_bytes
 
 
 class RecentIds:

@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from observer.errors import UpstreamError
 from observer.files import file_lock, load_state, save_state
-from observer.identity import FileMark
+from observer.history.reader import OpsReader
+from observer.history.stream import StreamMark, stream_end
 from observer.ops import now_timestamp
 from observer.pipelines.failures import (
-    Failures,
     filter_failures,
     read_since,
     read_window,
-    start_offset,
+    start_position,
     window_start,
 )
 from observer.pipelines.grouping import Group, clean_cut, group_failures
@@ -85,6 +84,17 @@ class AnalyzeParameters(FlowParameters):
         24.0, gt=0, description="a known group recurring after this long is analysed again"
     )
     dry_run: bool = Field(False, description="build and show the analysis, post nothing")
+    all_hosts: bool = Field(
+        False,
+        description="with since_hours: every host's ops in the shared history table, not only"
+        " this host's",
+    )
+
+    @model_validator(mode="after")
+    def _all_hosts_needs_a_window(self) -> AnalyzeParameters:
+        if self.all_hosts and self.since_hours is None:
+            raise ValueError("all_hosts needs since_hours (the watermark is this host's own)")
+        return self
 
     @property
     def moves_watermark(self) -> bool:
@@ -100,7 +110,7 @@ class AnalyzeParameters(FlowParameters):
             for name, value in (("endpoint", self.endpoint), ("source", self.source))
             if value
         ]
-        parts += [flag for flag in ("force", "dry_run") if getattr(self, flag)]
+        parts += [flag for flag in ("all_hosts", "force", "dry_run") if getattr(self, flag)]
         return ", ".join(parts)
 
 
@@ -116,7 +126,7 @@ class GroupRecord(BaseModel):
 
 
 class AnalysisState(BaseModel):
-    watermark: FileMark | None = None
+    watermark: StreamMark | None = None
     last_batch_start: int | None = None
     groups: dict[str, GroupRecord] = Field(default_factory=dict)
 
@@ -144,7 +154,7 @@ class Selection(BaseModel):
     fresh_groups: int = 0
     fresh_failures: int = 0
     known_failures: int = 0
-    watermark: FileMark | None = None
+    watermark: StreamMark | None = None
 
     @property
     def unlisted_fresh(self) -> tuple[int, int]:
@@ -234,7 +244,7 @@ class AnalysisReport(BaseModel):
             "",
             f"- **Outcome:** {diagnosis.message}",
             f"- **Delivery:** {self.delivery}",
-            f"- **Read:** {selection.note}; bytes {selection.start}–{selection.end}"
+            f"- **Read:** {selection.note}; positions {selection.start}–{selection.end}"
             + (f", {selection.lines} line(s)" if selection.lines >= 0 else ""),
             "- **Failures:** "
             + (
@@ -296,36 +306,39 @@ def cache_key(model: str, group_signature: str) -> str:
 
 
 def nothing_new(settings: Settings, params: AnalyzeParameters) -> str | None:
-    """Why a since-last run would find nothing to analyse (ops.jsonl not grown past the watermark,
-    or not there yet), or None. A stat and a first-line check: a quiet run stops here."""
+    """Why a since-last run would find nothing to analyse (no op written past the watermark, or
+    none yet), or None. A stat and a small state file: a quiet run stops here."""
     if not params.moves_watermark or params.force:
         return None
-    path = settings.layout.ops_path
-    if not path.exists():
+    checkpoint, end = stream_end(settings)
+    if end == 0:
         return "nothing new: no ops yet"
     watermark = load_state(settings.layout.analysis_state, AnalysisState).watermark
-    if watermark is None or not watermark.still_at(path) or path.stat().st_size > watermark.offset:
+    position = watermark.on(settings, checkpoint) if watermark is not None else None
+    if position is None or end > position:
         return None
-    return f"nothing new: ops.jsonl unchanged since the last analysis (byte {watermark.offset})"
+    return f"nothing new: no op written since the last analysis (position {position})"
 
 
 def select(settings: Settings, query: AnalyzeParameters, now: datetime | None = None) -> Selection:
     """Read, filter and group the failures this run is about; split known from fresh groups."""
     now = now or datetime.now(UTC)
     state = load_state(settings.layout.analysis_state, AnalysisState)
-    path = settings.layout.ops_path
-    if query.since_hours is not None:
-        read = read_window(path, query.since_hours, now)
-    elif (
-        query.force
-        and state.last_batch_start is not None
-        and state.watermark is not None
-        and state.watermark.still_at(path)
-    ):
-        read = read_since(path, state.last_batch_start, "the last analysed batch, again (force)")
-    else:
-        start, note = start_offset(path, state.watermark)
-        read = read_since(path, start, note)
+    with OpsReader(settings) as reader:
+        if query.since_hours is not None:
+            read = read_window(reader, query.since_hours, now, all_hosts=query.all_hosts)
+        elif (
+            query.force
+            and state.last_batch_start is not None
+            and state.watermark is not None
+            and state.watermark.on(settings) is not None
+        ):
+            again = "the last analysed batch, again (force)"
+            read = read_since(reader, state.last_batch_start, again)
+        else:
+            start, note = start_position(settings, reader, state.watermark)
+            read = read_since(reader, start, note)
+        stream = reader.stream
     frame = filter_failures(read.frame, query.endpoint, query.source)
     groups = group_failures(frame)
     recent = window_start(query.reanalyse_after_hours, now)
@@ -349,12 +362,8 @@ def select(settings: Settings, query: AnalyzeParameters, now: datetime | None = 
         fresh_groups=len(fresh),
         fresh_failures=sum(g.count for g in fresh),
         known_failures=sum(g.count for g in known),
-        watermark=_next_watermark(path, read) if query.moves_watermark else None,
+        watermark=StreamMark(stream=stream, position=read.end) if query.moves_watermark else None,
     )
-
-
-def _next_watermark(path: Path, read: Failures) -> FileMark | None:
-    return FileMark.at(path, read.end) if path.exists() else None
 
 
 # ── prompt and entries ───────────────────────────────────────────────────────────────────────────

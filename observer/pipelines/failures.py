@@ -1,9 +1,11 @@
-"""Failures out of ops.jsonl: the bytes after a persisted watermark, or a time window.
+"""Failures out of the ops: the lines after a persisted watermark, or a time window.
 
-ops.jsonl only grows, so a byte offset says what has been analysed: a scheduled run reads the bytes
-after it, and its cost follows the new data, not the file. The watermark is a `FileMark` (inode and
-first-line fingerprint besides the offset), so a replaced, rotated or truncated file is noticed and
-read afresh instead of from a stale offset in the middle of a line.
+A stream position says what has been analysed: a scheduled run reads the lines after its
+watermark (the hot file and the sealed segments, through `observer.history.reader`, which goes to
+the history table only when the watermark is older than the files), so its cost follows the new
+data, not the history. A time window (`since_hours`) reads the table's day partitions it covers
+plus the files not committed yet. The watermark is a `StreamMark`: a watermark of another stream
+(a wiped data dir) is not trusted, and the run starts again at the newest lines.
 
 Lines are parsed with polars: a cheap substring test keeps failures only, then their fields are
 extracted. Lines polars cannot parse (the original escaped lone UTF-16 surrogates, which polars
@@ -15,14 +17,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import polars as pl
 
-from observer.files import read_from, read_tail
-from observer.identity import FileMark
-from observer.pipelines.frames import lines_frame, scan_lines
+from observer.history.reader import OpsReader
+from observer.history.stream import StreamMark
+from observer.pipelines.frames import lines_frame
 from observer.pipelines.grouping import clean_cut
+from observer.settings import Settings
 
 #: With no watermark yet, start this many lines before the end (the original's ring held 2000 ops).
 FIRST_RUN_LINES = 2000
@@ -42,7 +44,7 @@ _FAILURE_HINT = r'"success"\s*:\s*false'
 
 @dataclass
 class Failures:
-    """Failures read in one run, and the byte range they came from."""
+    """Failures read in one run, and the stream positions they came from."""
 
     frame: pl.DataFrame
     start: int
@@ -52,42 +54,54 @@ class Failures:
     note: str
 
 
-def start_offset(path: Path, watermark: FileMark | None) -> tuple[int, str]:
+def start_position(
+    settings: Settings, reader: OpsReader, watermark: StreamMark | None
+) -> tuple[int, str]:
     """Where a since-last read starts, and why (shown in the run)."""
-    if watermark is not None and watermark.still_at(path):
-        return watermark.offset, "since the last analysis"
-    start = read_tail(path, FIRST_RUN_LINES).start
+    position = watermark.on(settings) if watermark is not None else None
+    if position is not None and position <= reader.end:
+        return position, "since the last analysis"
+    start = reader.tail(FIRST_RUN_LINES).start
     if watermark is None:
         return start, f"first analysis: the last {FIRST_RUN_LINES} lines"
     return (
         start,
-        f"ops.jsonl was replaced or truncated: restarted at its last {FIRST_RUN_LINES} lines",
+        f"the ops were replaced (another stream): restarted at the last {FIRST_RUN_LINES} lines",
     )
 
 
-def read_complete_lines(path: Path, start: int, max_bytes: int = MAX_READ_BYTES) -> bytes:
-    """Whole lines from `start`, at most about `max_bytes` (a longer single line is read whole)."""
-    data = read_from(path, start, max_bytes, whole_line=True)
-    return data[: data.rfind(b"\n") + 1]
+def read_since(
+    reader: OpsReader, start: int, note: str, max_bytes: int = MAX_READ_BYTES
+) -> Failures:
+    """Failures in the complete lines after position `start` (about `max_bytes` at most)."""
+    frames, unreadable, lines, end = [], 0, 0, start
+    for piece in reader.lines_from(start, max_bytes):
+        frame, bad = extract_failures(lines_frame(piece.data).lazy())
+        frames.append(frame)
+        unreadable += bad
+        lines += piece.data.count(b"\n")
+        end = piece.end
+    return Failures(_concat(frames), start, end, lines, unreadable, note)
 
 
-def read_since(path: Path, start: int, note: str, max_bytes: int = MAX_READ_BYTES) -> Failures:
-    """Failures in the complete lines appended after `start`."""
-    data = read_complete_lines(path, start, max_bytes)
-    lines = lines_frame(data).lazy()
-    frame, unreadable = extract_failures(lines)
-    return Failures(frame, start, start + len(data), data.count(b"\n"), unreadable, note)
-
-
-def read_window(path: Path, since_hours: float, now: datetime | None = None) -> Failures:
-    """Failures whose timestamp is within the last `since_hours` (scans the whole file lazily)."""
+def read_window(
+    reader: OpsReader, since_hours: float, now: datetime | None = None, *, all_hosts: bool = False
+) -> Failures:
+    """Failures whose timestamp is within the last `since_hours`: the table's partitions of
+    those days (every host's with `all_hosts`), then the files not committed yet."""
+    now = now or datetime.now(UTC)
     cutoff = window_start(since_hours, now)
-    size = path.stat().st_size if path.exists() else 0
-    if size == 0:
-        return Failures(_empty_failures(), 0, 0, 0, 0, f"since {cutoff}")
-    frame, unreadable = extract_failures(scan_lines(path))
-    frame = frame.filter(pl.col("timestamp") >= cutoff)
-    return Failures(frame, 0, size, -1, unreadable, f"since {cutoff}")
+    since = now - timedelta(hours=since_hours)
+    frames, unreadable = [], 0
+    for lines in reader.window(since, failures_only=True, all_hosts=all_hosts):
+        frame, bad = extract_failures(lines)
+        frames.append(frame.filter(pl.col("timestamp") >= cutoff))
+        unreadable += bad
+    return Failures(_concat(frames), 0, reader.end, -1, unreadable, f"since {cutoff}")
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    return pl.concat(frames) if frames else _empty_failures()
 
 
 def window_start(since_hours: float, now: datetime | None = None) -> str:

@@ -5,6 +5,10 @@ when it was written. A run that dies after appending but before its checkpoint l
 the next run cuts them back to the checkpoint and appends again, so nothing is lost or doubled.
 Records carrying an `event_id` already ingested within the dedup window are dropped (idempotent
 retries, and a corrections tailer that re-records after a crash).
+
+ops.jsonl is the hot file of the history (`observer.history.stream`): sealed into `segments/` as
+part of the checkpoint when it passes OBSERVER_HOT_MAX_BYTES or its ops began on another UTC day,
+before the next batch is appended.
 """
 
 from __future__ import annotations
@@ -16,6 +20,13 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from observer.files import append_durably, file_lock, load_state, save_state, truncate_to
+from observer.history.stream import (
+    finish_interrupted_seal,
+    new_stream_name,
+    seal,
+    seal_reason,
+    utc_day,
+)
 from observer.intake.checkpoint import (
     IngestCheckpoint,
     RecentIds,
@@ -61,6 +72,7 @@ class IngestReport(BaseModel):
     bytes_read: int = 0
     torn_bytes: int = 0
     repaired_crash: bool = False
+    seals: int = 0
     successes: int = 0
     failures: int = 0
     by_source: dict[str, int] = Field(default_factory=dict)
@@ -122,7 +134,7 @@ def drain_spool(
     report = IngestReport(reason=reason)
     layout = settings.layout
     with file_lock(layout.ingest_lock):
-        checkpoint = _load_checkpoint(settings)
+        checkpoint = finish_interrupted_seal(settings, _load_checkpoint(settings))
         report.repaired_crash = truncate_to(layout.ops_path, checkpoint.ops_bytes) | truncate_to(
             layout.ingested_ids, checkpoint.ids_bytes
         )
@@ -136,20 +148,38 @@ def drain_spool(
                 time.sleep(LINGER_POLL)
                 continue
             idle_since = time.monotonic()
+            checkpoint = _seal_if_due(settings, checkpoint, report)
             checkpoint = _ingest_batch(settings, checkpoint, chunk.data, chunk.end, seen, report)
             report.torn_bytes += chunk.torn_bytes
             delete_segments_before(layout.spool_dir, checkpoint.segment)
+        checkpoint = _seal_if_due(settings, checkpoint, report)
         report.ingested_total = checkpoint.ingested_total
         report.ops_bytes = checkpoint.ops_bytes
     report.seconds = round(time.monotonic() - started, 4)
     return report
 
 
+def _seal_if_due(
+    settings: Settings, checkpoint: IngestCheckpoint, report: IngestReport
+) -> IngestCheckpoint:
+    """Seal ops.jsonl into the history's segments when it is due (just checkpointed: its
+    length is the checkpoint's)."""
+    if seal_reason(settings, checkpoint, utc_day()) is None:
+        return checkpoint
+    report.seals += 1
+    return seal(settings, checkpoint, utc_day())
+
+
 def _load_checkpoint(settings: Settings) -> IngestCheckpoint:
-    """The checkpoint; on first use an existing ops.jsonl (e.g. the original's) is adopted as is."""
+    """The checkpoint; on first use an existing ops.jsonl (e.g. the original's) is adopted as is.
+    A checkpoint from before the history gets its stream's name here, once."""
     layout = settings.layout
     if layout.ingest_checkpoint.exists():
-        return load_state(layout.ingest_checkpoint, IngestCheckpoint)
+        checkpoint = load_state(layout.ingest_checkpoint, IngestCheckpoint)
+        if not checkpoint.stream:
+            checkpoint = checkpoint.model_copy(update={"stream": new_stream_name()})
+            save_state(layout.ingest_checkpoint, checkpoint)
+        return checkpoint
     ops_bytes = 0
     if layout.ops_path.exists():
         with open(layout.ops_path, "rb") as handle:
@@ -160,7 +190,10 @@ def _load_checkpoint(settings: Settings) -> IngestCheckpoint:
                     ops_bytes = append_durably(layout.ops_path, b"\n")
     ids = layout.ingested_ids
     checkpoint = IngestCheckpoint(
-        ops_bytes=ops_bytes, ids_bytes=ids.stat().st_size if ids.exists() else 0
+        ops_bytes=ops_bytes,
+        ids_bytes=ids.stat().st_size if ids.exists() else 0,
+        stream=new_stream_name(),
+        hot_day=utc_day() if ops_bytes else None,
     )
     save_state(layout.ingest_checkpoint, checkpoint)
     return checkpoint
@@ -192,13 +225,16 @@ def _ingest_batch(
     report.bytes_read += len(data)
     report.ingested += fresh.height
     report.duplicates += duplicates
-    new_checkpoint = IngestCheckpoint(
-        segment=end.segment,
-        offset=end.offset,
-        ops_bytes=ops_bytes,
-        ids_bytes=ids_bytes,
-        ingested_total=checkpoint.ingested_total + fresh.height,
-        duplicates_total=checkpoint.duplicates_total + duplicates,
+    new_checkpoint = checkpoint.model_copy(
+        update={
+            "segment": end.segment,
+            "offset": end.offset,
+            "ops_bytes": ops_bytes,
+            "ids_bytes": ids_bytes,
+            "ingested_total": checkpoint.ingested_total + fresh.height,
+            "duplicates_total": checkpoint.duplicates_total + duplicates,
+            "hot_day": checkpoint.hot_day or (utc_day() if fresh.height else None),
+        }
     )
     save_state(settings.layout.ingest_checkpoint, new_checkpoint)
     return new_checkpoint

@@ -4,8 +4,11 @@ The window is the tail of ops.jsonl (the original's 2000-op memory by default), 
 run costs what the window holds, not what the file holds. Evidence per endpoint is computed with
 polars. The original re-posted identical entries every 5 cycles forever; here an endpoint's entry is
 posted only when it has a success newer than the one its last delivered entry covered. Ops are
-identified by their byte offset in the append-only ops.jsonl, so "newer" needs no trusted clock;
-a replaced file (another `FileMark`, or shorter than a remembered offset) forgets what was posted.
+identified by their position in the host's stream of ops (`observer.history.stream`), which never
+moves, so "newer" needs no trusted clock; another stream (a wiped data dir), or a remembered
+position past the window's end, forgets what was posted. The window is read through the one
+reader of hot + history ops (`observer.history.reader`): the files hold the newest ops, the table
+the older ones a large window reaches.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from observer.errors import NotDelivered, UpstreamError
-from observer.files import Tail, file_lock, load_state, read_tail, save_state
-from observer.identity import FileMark
+from observer.files import Tail, file_lock, load_state, save_state
+from observer.history.reader import OpsReader
+from observer.history.stream import StreamMark, stream_end
+from observer.intake.checkpoint import IngestCheckpoint
 from observer.jsfmt import UNDEFINED, join_item, js_string, to_fixed_0
 from observer.ops import cut, now_timestamp
 from observer.pipelines.parameters import FlowParameters
@@ -88,13 +93,13 @@ class PlannedEntry(BaseModel):
     entry: LogEntry
     action: Action
     reason: str
-    ops: FileMark = Field(default_factory=FileMark)  # ops.jsonl and the window's end
+    ops: StreamMark = Field(default_factory=StreamMark)  # the stream and the window's end
 
 
 class Playbook(BaseModel):
     """A run's view of the window: every endpoint with successes, and the overall decision."""
 
-    ops: FileMark = Field(default_factory=FileMark)  # ops.jsonl and the window's end
+    ops: StreamMark = Field(default_factory=StreamMark)  # the stream and the window's end
     entries: list[PlannedEntry] = Field(default_factory=list)
     ops_in_window: int = 0
     successes_in_window: int = 0
@@ -117,20 +122,40 @@ class PostedMark(BaseModel):
 
 
 class PlaybookState(BaseModel):
-    """Persisted between runs: per endpoint, the last delivered entry, and which ops.jsonl; and
-    where the last complete run looked, with which parameters (so an unchanged file is skipped)."""
+    """Persisted between runs: per endpoint, the last delivered entry, and which stream; and
+    where the last complete run looked, with which parameters (so unchanged ops are skipped)."""
 
-    ops: FileMark | None = None
+    ops: StreamMark | None = None
     endpoints: dict[str, PostedMark] = Field(default_factory=dict)
-    checked: FileMark | None = None
+    checked: StreamMark | None = None
     checked_with: str = ""
 
-    def made_from(self, ops: FileMark) -> bool:
-        """Whether the remembered entries were made from this ops.jsonl: the same file, and no
-        offset past the window's end (a truncated file re-uses offsets: every mark is suspect)."""
-        if self.ops is not None and not self.ops.same_file(ops):
+    def made_from(self, ops: StreamMark) -> bool:
+        """Whether the remembered entries were made from this stream, with no position past the
+        window's end (positions past it belong to ops that are gone: every mark is suspect)."""
+        if self.ops is not None and self.ops.stream != ops.stream:
             return False
-        return all(mark.last_success_offset < ops.offset for mark in self.endpoints.values())
+        return all(mark.last_success_offset < ops.position for mark in self.endpoints.values())
+
+    def on_current_stream(self, settings: Settings) -> PlaybookState:
+        """The state with marks taken before the history (on ops.jsonl itself) moved onto the
+        current stream when they still hold (ops.jsonl never sealed since), else forgotten."""
+        if self.ops is None or self.ops.legacy is None:
+            return self
+        checkpoint = load_state(settings.layout.ingest_checkpoint, IngestCheckpoint)
+        position = self.ops.on(settings, checkpoint)
+        if position is None:
+            return PlaybookState()
+        current = StreamMark(stream=checkpoint.stream, position=position)
+        checked = self.checked.on(settings, checkpoint) if self.checked is not None else None
+        return self.model_copy(
+            update={
+                "ops": current,
+                "checked": None
+                if checked is None
+                else StreamMark(stream=checkpoint.stream, position=checked),
+            }
+        )
 
     def covers(self, planned: PlannedEntry) -> bool:
         """Whether an entry covering this evidence was delivered already (by another run)."""
@@ -266,10 +291,11 @@ def _percent(evidence: EndpointEvidence) -> str:
 def build_playbook(settings: Settings, params: ConsolidateParameters) -> Playbook:
     """Read the window, compute the evidence and decide, per endpoint, whether to post."""
     layout = settings.layout
-    tail = read_tail(layout.ops_path, params.window_ops)
-    ops = FileMark.at(layout.ops_path, tail.end) if tail.inode is not None else FileMark()
+    with OpsReader(settings) as reader:
+        tail = reader.tail(params.window_ops)
+        ops = StreamMark(stream=reader.stream, position=tail.end)
     frame, malformed = window_frame(tail, params.max_age_hours)
-    state = load_state(layout.playbooks_state, PlaybookState)
+    state = load_state(layout.playbooks_state, PlaybookState).on_current_stream(settings)
     marks = state.endpoints if state.made_from(ops) else {}
     successes = int(frame["success"].sum())
     playbook = Playbook(
@@ -344,23 +370,18 @@ def _new_successes(frame: pl.DataFrame, marks: dict[str, PostedMark]) -> dict[st
 
 
 def nothing_new(settings: Settings, params: ConsolidateParameters) -> str | None:
-    """Why a scheduled run would change nothing (ops.jsonl as the last complete run with these
-    parameters left it), or None. A stat and a first-line check: a quiet run stops here."""
+    """Why a scheduled run would change nothing (the ops as the last complete run with these
+    parameters left them), or None. A stat and a small state file: a quiet run stops here."""
     if params.force or params.dry_run:
         return None
-    path = settings.layout.ops_path
-    if not path.exists():
+    checkpoint, end = stream_end(settings)
+    if end == 0:
         return "nothing new: no ops yet"
     state = load_state(settings.layout.playbooks_state, PlaybookState)
-    checked = state.checked
-    if (
-        checked is None
-        or state.checked_with != params.label
-        or not checked.still_at(path)
-        or path.stat().st_size > checked.offset
-    ):
+    checked = state.checked.on(settings, checkpoint) if state.checked is not None else None
+    if checked is None or state.checked_with != params.label or end > checked:
         return None
-    return f"nothing new: ops.jsonl unchanged since the last consolidation (byte {checked.offset})"
+    return f"nothing new: no op written since the last consolidation (position {checked})"
 
 
 def remember_checked(settings: Settings, playbook: Playbook, params: ConsolidateParameters) -> None:
@@ -383,7 +404,8 @@ def deliver(settings: Settings, planned: PlannedEntry, *, force: bool = False) -
     """
     layout = settings.layout
     with file_lock(layout.playbooks_lock):
-        if not force and load_state(layout.playbooks_state, PlaybookState).covers(planned):
+        state = load_state(layout.playbooks_state, PlaybookState).on_current_stream(settings)
+        if not force and state.covers(planned):
             return "posted by another run"
         with Upstreams(settings) as upstreams:
             upstreams.post_log(planned.entry)
@@ -393,7 +415,7 @@ def deliver(settings: Settings, planned: PlannedEntry, *, force: bool = False) -
 
 def _mark_posted(settings: Settings, planned: PlannedEntry) -> None:
     path = settings.layout.playbooks_state
-    state = load_state(path, PlaybookState)
+    state = load_state(path, PlaybookState).on_current_stream(settings)
     if not state.made_from(planned.ops):
         state = PlaybookState()
     state.ops = planned.ops

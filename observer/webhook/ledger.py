@@ -3,15 +3,17 @@
 The ledger follows the intake (it is its `DurableListener`): every durable batch is counted in spool
 order, and records other processes appended (the corrections tailer, `observed()`, another webhook)
 are read back from the spool and counted where they stand, before the next own batch. At start it
-is rebuilt from the durable files: the tail of ops.jsonl, the ingested ids, then what the spool
-holds beyond the ingestion checkpoint.
+is rebuilt from the durable files: the tail of the ops (ops.jsonl, then the sealed segments the
+history keeps on disk for this), the ingested ids, then what the spool holds beyond the ingestion
+checkpoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from observer.files import file_lock, read_tail
+from observer.files import file_lock
+from observer.history.stream import open_stream
 from observer.intake.checkpoint import RecentIds, load_checkpoint, load_recent_ids
 from observer.intake.group_commit import DurableBatch
 from observer.intake.spool import SpoolPosition, read_spool
@@ -35,11 +37,11 @@ class Ledger:
         self._on_durable = on_durable
 
     def open(self) -> None:
-        """Rebuild the window and ids from the durable files (ops.jsonl's tail, then the spool)."""
+        """Rebuild the window and ids from the durable files (the ops' tail, then the spool)."""
         layout = self.settings.layout
-        with file_lock(layout.ingest_lock):
+        with file_lock(layout.ingest_lock), open_stream(self.settings) as files:
             checkpoint = load_checkpoint(self.settings)
-            for line in read_tail(layout.ops_path, WINDOW_SIZE).lines:
+            for line in files.tail(WINDOW_SIZE).lines:
                 self.window.add_line(line)
             self._ids = load_recent_ids(self.settings)
             self._position = checkpoint.position
