@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
 
 from observer.errors import CommandError, SettingsError
 from observer.settings import load_settings
@@ -102,6 +104,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the flow in this process on a temporary Prefect server (not in the history)",
     )
     run.set_defaults(handler=_run)
+
+    history = commands.add_parser(
+        "history",
+        help="the ops history table at a glance; `history export` writes every op line back out",
+        description=(
+            "Show the history table (where it is, days, ops, bytes, version, oldest and newest"
+            " day) and what waits for it (ops.jsonl, sealed segments). `observer history export`"
+            " writes every op line of this host, byte for byte and in arrival order, from the"
+            " table, the sealed segments and ops.jsonl: the ops.jsonl that OBSERVER_HISTORY=off"
+            " would have written (less the days retention dropped)."
+        ),
+    )
+    history.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    history.set_defaults(handler=_history)
+    history_commands = history.add_subparsers(dest="history_command", metavar="ACTION")
+    export = history_commands.add_parser(
+        "export",
+        help="write every op line in arrival order (to standard output, or -o FILE)",
+        description="Write this host's op lines, byte for byte, in arrival order.",
+    )
+    export.add_argument("--day", type=date.fromisoformat, help="only this UTC day (YYYY-MM-DD)")
+    export.add_argument("-o", "--output", type=Path, help="write to this file, not stdout")
+    export.set_defaults(handler=_export)
     return parser
 
 
@@ -137,6 +162,18 @@ def _up(args: argparse.Namespace) -> int:
     return run_everything(
         load_settings(), prefect_port=args.prefect_port, server=not args.no_server
     )
+
+
+def _history(args: argparse.Namespace) -> int:
+    from observer.cli.history import show_history
+
+    return show_history(load_settings(), as_json=args.json)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from observer.cli.history import export_history
+
+    return export_history(load_settings(), args.day, args.output)
 
 
 def _run(args: argparse.Namespace) -> int:
