@@ -23,6 +23,7 @@ os.environ["PREFECT_API_URL"] = ""  # not the checkout's prefect.toml: tests nam
 from observer.settings import Settings, load_settings
 from tests.fakes import FakeUpstream, WebhookProcess, stop_worker, wait_until_online
 from tests.postgres import PostgresServer, PostgresUnavailable
+from tests.s3 import S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +37,11 @@ OBSERVER_VARIABLES = (
     "OBSERVER_TOKEN",
     "OBSERVER_MAX_BODY_BYTES",
     "OBSERVER_DATA_DIR",
+    "OBSERVER_HISTORY",
+    "OBSERVER_HISTORY_URI",
+    "OBSERVER_HOT_MAX_BYTES",
+    "OBSERVER_HISTORY_DAYS",
+    "OBSERVER_HISTORY_UPKEEP",
 )
 
 
@@ -62,6 +68,16 @@ def postgres() -> Iterator[PostgresServer]:
         pytest.skip(str(exc))
     try:
         yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """An S3 server on 127.0.0.1 (moto) for the history table on object storage."""
+    server = S3Server()
+    try:
+        yield server
     finally:
         server.stop()
 

@@ -159,17 +159,24 @@ class HistoryTable:
                 on_day(day)
         return removed, added
 
-    def vacuum(self, table: DeltaTable, retention_hours: int) -> int:
+    def vacuum(
+        self, table: DeltaTable, retention_hours: int, done: frozenset[str] = frozenset()
+    ) -> tuple[int, frozenset[str]]:
         """Delete files no version newer than `retention_hours` needs: the ones compaction and
-        retention replaced, and any a crashed writer left uncommitted. Returns how many."""
-        return len(
-            table.vacuum(
-                retention_hours=retention_hours,
-                dry_run=False,
-                enforce_retention_duration=False,
-                full=True,
-            )
-        )
+        retention replaced, and any a crashed writer left uncommitted. The log goes on naming
+        deleted files until its own retention drops them, so `done` (what the last vacuum
+        returned) is not deleted again: a vacuum with nothing new commits nothing. Returns how
+        many files were deleted, and what to pass as `done` next time."""
+        options: dict[str, Any] = {
+            "retention_hours": retention_hours,
+            "enforce_retention_duration": False,
+            "full": True,
+        }
+        candidates = frozenset(table.vacuum(dry_run=True, **options))
+        fresh = candidates - done
+        if fresh:
+            table.vacuum(dry_run=False, **options)
+        return len(fresh), candidates
 
     def checkpoint(self, table: DeltaTable) -> None:
         """A checkpoint of the log (so opening the table reads one file, not every commit), and

@@ -78,6 +78,7 @@ class HistoryState(BaseModel):
     """What this host's compaction last did to the table (`state/compact-history.json`)."""
 
     last_upkeep_at: str | None = None
+    vacuumed: list[str] = Field(default_factory=list)  # files the log still names, all deleted
 
 
 class UpkeepReport(BaseModel):
@@ -326,13 +327,17 @@ def keep_table(
         upkeep.files_removed, upkeep.files_added = history.compact(table, closed)
         upkeep.days_compacted = [d.isoformat() for d in closed]
         table = history.open() or table
-        upkeep.files_vacuumed = history.vacuum(table, params.vacuum_hours)
+        state = load_state(settings.layout.history_state, HistoryState)
+        upkeep.files_vacuumed, vacuumed = history.vacuum(
+            table, params.vacuum_hours, frozenset(state.vacuumed)
+        )
+        table = history.open() or table
         history.checkpoint(table)
         upkeep.ran = True
         report.table_version = table.version()
         save_state(
             settings.layout.history_state,
-            HistoryState(last_upkeep_at=datetime.now(UTC).isoformat()),
+            HistoryState(last_upkeep_at=datetime.now(UTC).isoformat(), vacuumed=sorted(vacuumed)),
         )
     report.table_bytes_after = _table_bytes(history, history.open())
     report.days = _day_rows(history)
