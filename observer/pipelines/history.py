@@ -79,6 +79,8 @@ class HistoryState(BaseModel):
 
     last_upkeep_at: str | None = None
     vacuumed: list[str] = Field(default_factory=list)  # files the log still names, all deleted
+    stream: str = ""
+    committed: int = 0  # the stream position the table held this stream's ops up to, last run
 
 
 class UpkeepReport(BaseModel):
@@ -163,7 +165,9 @@ def nothing_new(settings: Settings, params: CompactParameters) -> str | None:
     checkpoint = load_state(layout.ingest_checkpoint, IngestCheckpoint)
     if params.seal and checkpoint.ops_bytes:
         return None
-    if sealed_segments(layout):
+    state = load_state(layout.history_state, HistoryState)
+    committed = state.committed if state.stream == checkpoint.stream else 0
+    if any(segment.end > committed for segment in sealed_segments(layout)):
         return None
     if _upkeep_due(settings, params):
         return None
@@ -250,6 +254,11 @@ def commit_segments(
                     break
             report.segments_committed += touched
         report.committed_end = committed
+        state = load_state(layout.history_state, HistoryState)
+        save_state(
+            layout.history_state,
+            state.model_copy(update={"stream": stream, "committed": committed}),
+        )
         report.segments_deleted = _delete_committed(settings, committed)
         left = [s for s in sealed_segments(layout) if s.end > committed]
         report.segments_waiting = len(left)
@@ -337,7 +346,12 @@ def keep_table(
         report.table_version = table.version()
         save_state(
             settings.layout.history_state,
-            HistoryState(last_upkeep_at=datetime.now(UTC).isoformat(), vacuumed=sorted(vacuumed)),
+            state.model_copy(
+                update={
+                    "last_upkeep_at": datetime.now(UTC).isoformat(),
+                    "vacuumed": sorted(vacuumed),
+                }
+            ),
         )
     report.table_bytes_after = _table_bytes(history, history.open())
     report.days = _day_rows(history)
