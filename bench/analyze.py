@@ -23,7 +23,7 @@ import polars as pl
 
 from bench.common import Figure, ratio_line, repeat, stopwatch
 from observer.files import save_state
-from observer.identity import FileMark
+from observer.history.stream import StreamMark
 from observer.ops import Op
 from observer.pipelines import analysis
 from observer.pipelines.analysis import AnalysisState, AnalyzeParameters
@@ -132,8 +132,7 @@ def prepare(size: int, workdir: Path, llm: FakeUpstream, gateway: FakeUpstream) 
     )
     settings.layout.ops_path.parent.mkdir(parents=True, exist_ok=True)
     offset = build_file(settings.layout.ops_path, size)
-    watermark = FileMark.at(settings.layout.ops_path, offset)
-    save_state(settings.layout.analysis_state, AnalysisState(watermark=watermark))
+    save_state(settings.layout.analysis_state, AnalysisState(watermark=StreamMark(position=offset)))
     return Subject(size, settings, offset, settings.layout.analysis_state.read_bytes())
 
 

@@ -12,6 +12,7 @@ chunk where that fails is decoded line by line, each value checked on its own (n
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
@@ -88,8 +89,9 @@ class _TypedOp(msgspec.Struct, gc=False):
     applied_at_turn: float | None = None
 
 
-_CHUNK_DECODER = msgspec.json.Decoder(list[_TypedOp])
-_LINE_DECODER = msgspec.json.Decoder(_TypedOp)
+_DECODER = msgspec.json.Decoder(_TypedOp)
+#: Lines are decoded this many bytes at a time.
+DECODE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -110,32 +112,47 @@ class Lines:
     def end(self) -> int:
         return self.start + len(self.data)
 
-    def split(self) -> tuple[list[bytes], list[int]]:
-        """The lines without their newlines, and each one's offset in its file."""
-        lines = self.data.split(b"\n")[:-1] if self.data else []
-        offsets = []
-        offset = self.offset
-        for line in lines:
-            offsets.append(offset)
-            offset += len(line) + 1
-        return lines, offsets
-
 
 def history_frame(lines: Lines, *, host: str, stream: str, fallback_day: date) -> pl.DataFrame:
     """The table's rows for these lines, in HISTORY_SCHEMA (`fallback_day`: the day of ops whose
-    timestamp cannot be read, the day their file was started)."""
-    raw, offsets = lines.split()
-    texts, line_bytes = _texts(lines.data, raw)
-    typed = _typed_columns(raw)
+    timestamp cannot be read, the day their file was started). Decoded in pieces of about
+    DECODE_BYTES, so the Python objects of a decode never hold more than a piece."""
+    frames = [
+        _rows(piece, host=host, stream=stream, fallback_day=fallback_day)
+        for piece in _pieces(lines, DECODE_BYTES)
+    ]
+    return pl.concat(frames) if frames else empty_history_frame()
+
+
+def _pieces(lines: Lines, size: int) -> list[Lines]:
+    pieces, start, data = [], 0, lines.data
+    while start < len(data):
+        end = data.rfind(b"\n", start, start + size) + 1
+        if end <= start:  # a line longer than `size`: whole
+            end = data.index(b"\n", start) + 1
+        pieces.append(Lines(data[start:end], lines.segment, lines.offset + start))
+        start = end
+    return pieces
+
+
+def _rows(lines: Lines, *, host: str, stream: str, fallback_day: date) -> pl.DataFrame:
+    texts = _line_column(lines.data)
+    count = texts.height
+    lengths = texts["line"].str.len_bytes().cast(pl.Int64) + 1
+    line_bytes = texts["line_bytes"] if "line_bytes" in texts.columns else None
+    if line_bytes is not None:  # lengths of lines that are not UTF-8: their own bytes
+        lengths = line_bytes.bin.size().cast(pl.Int64).fill_null(lengths - 1) + 1
     frame = pl.DataFrame(
         {
-            "host": pl.repeat(host, len(raw), dtype=pl.String, eager=True),
-            "stream": pl.repeat(stream, len(raw), dtype=pl.String, eager=True),
-            "segment": pl.repeat(lines.segment, len(raw), dtype=pl.Int64, eager=True),
-            "offset": pl.Series(offsets, dtype=pl.Int64),
-            **typed,
-            "line": pl.Series(texts, dtype=pl.String),
-            "line_bytes": pl.Series(line_bytes, dtype=pl.Binary),
+            "host": pl.repeat(host, count, dtype=pl.String, eager=True),
+            "stream": pl.repeat(stream, count, dtype=pl.String, eager=True),
+            "segment": pl.repeat(lines.segment, count, dtype=pl.Int64, eager=True),
+            "offset": lengths.cum_sum().shift(1, fill_value=0) + lines.offset,
+            **_typed_columns(lines.data),
+            "line": texts["line"],
+            "line_bytes": line_bytes
+            if line_bytes is not None
+            else pl.Series("line_bytes", [None] * count, dtype=pl.Binary),
         }
     )
     ts = parse_timestamps(frame["timestamp"])
@@ -172,42 +189,54 @@ def _iso_datetime(text: str) -> datetime | None:
     return moment.astimezone(UTC)
 
 
-def _texts(data: bytes, raw: list[bytes]) -> tuple[list[str], list[bytes | None]]:
-    """Each line as text, and its bytes where they are not UTF-8 (the text then has U+FFFD)."""
+def _line_column(data: bytes) -> pl.DataFrame:
+    """The lines as a `line` column; where some are not UTF-8, a `line_bytes` column too (their
+    bytes; the text then has U+FFFD). Read by polars when the data is UTF-8 without a raw tab
+    (always so for lines Observer wrote), else line by line."""
     try:
         data.decode()
     except UnicodeDecodeError:
-        texts, kept = [], []
-        for line in raw:
-            try:
-                texts.append(line.decode())
-                kept.append(None)
-            except UnicodeDecodeError:
-                texts.append(line.decode(errors="replace"))
-                kept.append(line)
-        return texts, kept
-    return [line.decode() for line in raw], [None] * len(raw)
+        pass
+    else:
+        if b"\t" not in data:
+            return pl.read_csv(
+                io.BytesIO(data),
+                has_header=False,
+                separator="\t",
+                quote_char=None,
+                schema={"line": pl.String},
+            )
+    texts: list[str] = []
+    kept: list[bytes | None] = []
+    for line in data.split(b"\n")[:-1]:
+        try:
+            texts.append(line.decode())
+            kept.append(None)
+        except UnicodeDecodeError:
+            texts.append(line.decode(errors="replace"))
+            kept.append(line)
+    columns: dict[str, pl.Series] = {"line": pl.Series("line", texts, dtype=pl.String)}
+    if any(raw is not None for raw in kept):
+        columns["line_bytes"] = pl.Series("line_bytes", kept, dtype=pl.Binary)
+    return pl.DataFrame(columns)
 
 
-def _typed_columns(raw: list[bytes]) -> dict[str, pl.Series]:
-    """The op keys' columns: one msgspec decode for the whole chunk, else line by line."""
+def _typed_columns(data: bytes) -> dict[str, pl.Series]:
+    """The op keys' columns: one msgspec decode of the lines, else line by line."""
     try:
-        ops = _CHUNK_DECODER.decode(b"[" + b",".join(raw) + b"]")
+        ops = _DECODER.decode_lines(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
-        ops = [_decode_line(line) for line in raw]
-    if not ops:
-        return {name: pl.Series(name, [], dtype=dtype) for name, dtype in OP_COLUMNS.items()}
-    columns = zip(*(msgspec.structs.astuple(op) for op in ops), strict=True)
+        ops = [_decode_line(line) for line in data.split(b"\n")[:-1]]
     return {
-        name: pl.Series(name, values, dtype=dtype)
-        for (name, dtype), values in zip(OP_COLUMNS.items(), columns, strict=True)
+        name: pl.Series(name, [getattr(op, name) for op in ops], dtype=dtype)
+        for name, dtype in OP_COLUMNS.items()
     }
 
 
 def _decode_line(line: bytes) -> _TypedOp:
     """One line's typed values: each key checked on its own, a wrong type left null."""
     try:
-        return _LINE_DECODER.decode(line)
+        return _DECODER.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError):
         pass
     try:
