@@ -126,6 +126,10 @@ def test_hot_and_history_read_as_one_stream_whatever_is_committed(small_hot: Set
         assert b"".join(lines.data for lines in reader.lines_from(middle)) == stream_bytes(
             ops[123:]
         )
+        following, end = reader.ops_from(middle, columns=["success", "endpoint"])
+        assert end == reader.end and following.height == len(ops) - 123
+        assert following["pos"][0] == middle
+        assert following["endpoint"].to_list() == [op.endpoint for op in ops[123:]]
         tail = reader.tail(700)
         assert tail.lines == [op.to_line() for op in ops[-700:]]
         assert tail.offsets[0] == len(stream_bytes(ops[:-700]))
@@ -203,10 +207,10 @@ def test_the_table_on_s3_and_two_hosts_committing_to_it_at_once(
             "OBSERVER_DATA_DIR": str(tmp_path / name),
             "OBSERVER_INSTANCE": name,
             "OBSERVER_HISTORY_URI": uri,
-            "OBSERVER_HOT_MAX_BYTES": "4000",
+            "OBSERVER_HOT_MAX_BYTES": "3000",
         }
         settings = load_settings(**_settings_from(env))
-        ops = ops_over_days(DAYS, 150, seed=10 + len(hosts))
+        ops = ops_over_days(DAYS, 80, seed=10 + len(hosts))
         ingest(settings, ops)
         hosts[name] = (env, settings, ops)
     # Both hosts commit at the same moment, each in its own process, many small commits each.
@@ -228,7 +232,7 @@ def test_the_table_on_s3_and_two_hosts_committing_to_it_at_once(
     rows = pl.scan_delta(uri).select("host", "stream", "segment", "offset").collect()
     assert rows.height == sum(len(ops) for _, _, ops in hosts.values())
     assert rows.n_unique() == rows.height
-    assert dict(rows.group_by("host").len().iter_rows()) == {"a": 450, "b": 450}
+    assert dict(rows.group_by("host").len().iter_rows()) == {"a": 240, "b": 240}
     for _, settings, ops in hosts.values():
         assert export(settings) == stream_bytes(ops)
     # Upkeep is off on object storage unless a host is named for it.
@@ -238,7 +242,7 @@ def test_the_table_on_s3_and_two_hosts_committing_to_it_at_once(
 COMPACT_SCRIPT = """
 from tests.history_streams import compact
 from observer.settings import load_settings
-report = compact(load_settings(), max_commit_bytes=4096)
+report = compact(load_settings(), max_commit_bytes=6000)
 assert report.segments_waiting == 0, report
 print(report.commits)
 """

@@ -118,7 +118,12 @@ def test_the_compact_history_flow_shows_what_it_did_on_its_run_page(
     async def artifacts() -> dict[str, object]:
         async with get_client() as client:
             latest = await client.read_latest_artifacts()
-        return {a.key: json.loads(a.data) if isinstance(a.data, str) else a.data for a in latest}
+        wanted = {"compact-history", "compact-history-days"}
+        return {
+            a.key: json.loads(a.data) if isinstance(a.data, str) else a.data
+            for a in latest
+            if a.key in wanted
+        }
 
     import asyncio
 

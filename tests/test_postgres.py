@@ -126,6 +126,7 @@ def test_the_product_runs_on_postgresql(
             site.api_url, "consolidate-playbooks", "consolidate-playbooks"
         ),
         "analyze-errors": run_deployment(site.api_url, "analyze-errors", "analyze-errors", MANUAL),
+        "compact-history": run_deployment(site.api_url, "compact-history", "compact-history"),
     }
     states = wait_for_runs(site.api_url, list(runs.values()))
     assert set(states.values()) == {"COMPLETED"}, f"{states}\n{site.up.log()[-5000:]}"
@@ -133,7 +134,7 @@ def test_the_product_runs_on_postgresql(
     site.up.wait_for_op("pg-correction")
     assert llm.seen("/ai/generate") and not gateway.seen("/log")
 
-    # What PostgreSQL holds: Prefect's schema, the four deployments, each with a completed run, and
+    # What PostgreSQL holds: Prefect's schema, the deployments, each with a completed run, and
     # the manual run with its parameters.
     database = site.database
     assert database.query("select version_num from alembic_version")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from observer.files import Tail
-from observer.history.schema import Lines, history_frame
+from observer.history.schema import HISTORY_SCHEMA, Lines, history_frame
 from observer.history.stream import StreamFiles, open_stream, utc_day
 from observer.history.table import HistoryTable
 from observer.settings import Settings
@@ -175,6 +175,34 @@ class OpsReader:
             return pl.DataFrame(schema={"pos": pl.Int64, "ts": pl.Datetime("us", "UTC")})
         return pl.concat(frames).sort("pos")
 
+    def ops_from(
+        self, start: int, *, columns: list[str] | None = None, max_bytes: int | None = None
+    ) -> tuple[pl.DataFrame, int]:
+        """This stream's ops after position `start`, typed as the table's schema plus `pos`, in
+        arrival order, and the position read up to (about `max_bytes` of lines at most): what a
+        run that follows the stream reads each time."""
+        wanted = ["pos", *(columns if columns is not None else HISTORY_SCHEMA)]
+        frames, end = [], start
+        if start < self.files.start and self.table is not None:
+            boundary = self.boundary
+            rows = (
+                self._history.scan(self.table)
+                .filter(pl.col("stream") == self.stream, position() >= start)
+                .filter(position() < boundary)
+                .with_columns(position())
+                .select(wanted)
+                .sort("pos")
+                .collect()
+            )
+            frames.append(rows)
+            start = end = max(start, boundary)
+        for lines in self.lines_from(start, max_bytes):
+            frames.append(self.typed(lines).with_columns(position()).select(wanted))
+            end = lines.end
+        if not frames:
+            return pl.DataFrame(schema={"pos": pl.Int64} | _schema_of(wanted[1:])), end
+        return pl.concat(frames), end
+
     def typed(self, lines: Lines) -> pl.DataFrame:
         """Lines from the files as table rows (the table's own rows are typed already)."""
         day = next(
@@ -274,6 +302,10 @@ def _segment_ranges(rows: pl.LazyFrame) -> Iterator[tuple[int, int]]:
             low, held = None, 0
     if low is not None:
         yield low, counts["segment"][-1]
+
+
+def _schema_of(columns: list[str]) -> dict[str, pl.DataType]:
+    return {name: HISTORY_SCHEMA[name] for name in columns}
 
 
 def _whole_lines(data: bytes) -> bytes:

@@ -34,8 +34,10 @@ if TYPE_CHECKING:
 ZSTD_LEVEL = 3
 #: Compacted files aim at this size (Delta's default is 100 MiB; a day of ops is rarely more).
 TARGET_FILE_BYTES = 128 * 1024 * 1024
-#: Commit retries when other hosts commit at the same moment (appends commute).
+#: delta-rs's own retries when other hosts commit at the same moment (appends commute)…
 COMMIT_RETRIES = 20
+#: …and ours, when a commit is refused (the table was created twice at the same moment).
+COMMIT_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,16 @@ class HistoryTable:
     def append(
         self, table: DeltaTable | None, rows: pl.DataFrame, *, stream: str, end: int
     ) -> DeltaTable:
-        """Commit `rows` as `stream`'s ops up to position `end`, against `table` as loaded (a
-        commit of the same stream in between is refused); returns the table after the commit."""
+        """Commit `rows` as `stream`'s ops up to position `end`, against `table` as loaded;
+        returns the table after the commit.
+
+        A commit that conflicts (another host created the table at the same moment, which
+        delta-rs lets land as a second metadata commit, and appends made from before it are then
+        refused) changed nothing: the table is opened again and, unless it already holds these
+        ops (`committed_end`), the commit is made again.
+        """
         from deltalake import CommitProperties, Transaction, write_deltalake
+        from deltalake.exceptions import CommitFailedError
 
         options: dict[str, Any] = {
             "mode": "append",
@@ -94,20 +103,18 @@ class HistoryTable:
             ),
         }
         rows = rows.select(list(HISTORY_SCHEMA))
-        if table is None:
-            if not self.is_remote:
+        for attempt in range(COMMIT_ATTEMPTS):
+            if table is None and not self.is_remote:
                 Path(self.uri).mkdir(parents=True, exist_ok=True)
             try:
-                write_deltalake(self.uri, rows, **options)
-            except Exception:
-                table = self.open()  # another host created the table first: append to it
-                if table is None:
-                    raise
+                write_deltalake(table if table is not None else self.uri, rows, **options)
+                break
+            except CommitFailedError:
+                table = self.open()
                 if self.committed_end(table, stream) >= end:
-                    return table
-                write_deltalake(table, rows, **options)
-        else:
-            write_deltalake(table, rows, **options)
+                    break  # the commit landed after all
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
         opened = self.open()
         assert opened is not None
         return opened
