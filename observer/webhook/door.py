@@ -14,6 +14,7 @@ as a whole), and the answer holds one result per event, in order.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,8 @@ from observer.webhook.events import (
 )
 from observer.webhook.ledger import Ledger
 
+log = logging.getLogger("observer.webhook")
+
 Headers = Sequence[tuple[bytes, bytes]]
 #: How an answer leaves: status, JSON payload, headers beyond content-type and content-length.
 Reply = Callable[[int, bytes, Headers], None]
@@ -54,6 +57,17 @@ _DUPLICATE = {"accepted": True, "duplicate": True}
 
 def error_payload(message: str) -> bytes:
     return orjson.dumps({"error": message})
+
+
+def _unreadable(reply: Reply) -> None:
+    """A body that broke the validation itself (a bug, not the client's): logged with its
+    traceback and answered in JSON, nothing kept, the connection left open."""
+    log.exception("a request body could not be validated")
+    reply(
+        500,
+        error_payload("the body could not be validated (a webhook bug; nothing was kept)"),
+        NO_HEADERS,
+    )
 
 
 class EventDoor:
@@ -74,6 +88,9 @@ class EventDoor:
         except EventError as exc:
             reply(exc.status, orjson.dumps(exc.to_json()), NO_HEADERS)
             return
+        except Exception:
+            _unreadable(reply)
+            return
         ledger = self.ledger
         event_id = event.event_id
         if ledger.is_duplicate(event_id):
@@ -92,13 +109,16 @@ class EventDoor:
     def post_events(self, body: bytes, content_type: bytes | None, reply: Reply) -> None:
         """A batch: 200 with one result per event once the new valid ones are durable; 400 when the
         body is no batch, 413 over `max_batch` events, 503 when nothing was kept."""
+        now = now_timestamp()  # one arrival time for the batch's events without a timestamp
         try:
             items = self._items(body, content_type)
+            batch = _sort_out([batch_item(item, now) for item in items], self.ledger)
         except EventError as exc:
             reply(exc.status, orjson.dumps(exc.to_json()), NO_HEADERS)
             return
-        now = now_timestamp()  # one arrival time for the batch's events without a timestamp
-        batch = _sort_out([batch_item(item, now) for item in items], self.ledger)
+        except Exception:
+            _unreadable(reply)
+            return
         counts = {
             "accepted": len(batch.ops),
             "duplicates": batch.duplicates,
