@@ -13,6 +13,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, NamedTuple, TypeVar
@@ -194,11 +195,6 @@ class GatewayReply:
 _JSON_HEADERS = {"content-type": "application/json"}
 
 
-def _request_options(seconds: float) -> dict[str, Any]:
-    # fetch() follows redirects; so do these calls, so a moved endpoint behaves as it did.
-    return {"headers": _JSON_HEADERS, "timeout": seconds, "follow_redirects": True}
-
-
 def call_gateway(
     settings: Settings,
     endpoint: str,
@@ -212,16 +208,11 @@ def call_gateway(
     request = _GatewayPost.of(settings, endpoint, body, timeout)
     if isinstance(request, GatewayReply):
         return request
-    url, content, seconds = request
     try:
-        if client is None:
-            with httpx.Client(verify=_ssl_context()) as own:
-                response = own.post(url, content=content, **_request_options(seconds))
-        else:
-            response = client.post(url, content=content, **_request_options(seconds))
+        with nullcontext(client) if client else httpx.Client(verify=_ssl_context()) as http:
+            return _gateway_reply(http.post(request.url, **request.options))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        return _transport_failure(url, seconds, exc)
-    return _gateway_reply(response)
+        return request.failed(exc)
 
 
 async def acall_gateway(
@@ -236,16 +227,13 @@ async def acall_gateway(
     request = _GatewayPost.of(settings, endpoint, body, timeout)
     if isinstance(request, GatewayReply):
         return request
-    url, content, seconds = request
     try:
-        if client is None:
-            async with httpx.AsyncClient(verify=_ssl_context()) as own:
-                response = await own.post(url, content=content, **_request_options(seconds))
-        else:
-            response = await client.post(url, content=content, **_request_options(seconds))
+        async with (
+            nullcontext(client) if client else httpx.AsyncClient(verify=_ssl_context()) as http
+        ):
+            return _gateway_reply(await http.post(request.url, **request.options))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        return _transport_failure(url, seconds, exc)
-    return _gateway_reply(response)
+        return request.failed(exc)
 
 
 @cache
@@ -273,6 +261,19 @@ class _GatewayPost(NamedTuple):
             return GatewayReply({"error": message}, message)
         seconds = settings.http_timeout_seconds if timeout is None else timeout
         return cls(f"{settings.gateway_url}{endpoint}", text.encode(), seconds)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        # fetch() follows redirects; so do these calls, so a moved endpoint behaves as it did.
+        return {
+            "content": self.content,
+            "headers": _JSON_HEADERS,
+            "timeout": self.seconds,
+            "follow_redirects": True,
+        }
+
+    def failed(self, exc: Exception) -> GatewayReply:
+        return _transport_failure(self.url, self.seconds, exc)
 
 
 def _transport_failure(url: str, seconds: float, exc: Exception) -> GatewayReply:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, computed_field
 
 from observer.errors import BadRow, QuarantineKind
 from observer.files import append_durably, file_lock, load_state, save_state
@@ -31,7 +31,7 @@ from observer.intake import record_lines
 from observer.lines import CHUNK_BYTES, Line, read_lines
 from observer.ops import cut, now_timestamp, op_line
 from observer.pipelines.parameters import FlowParameters
-from observer.pipelines.report import Artifact, measures
+from observer.pipelines.report import Artifact, CountingReport
 from observer.settings import Settings
 from observer.values import json_type_name, number_from_text
 
@@ -168,7 +168,7 @@ class TailParameters(FlowParameters):
         return ", ".join(parts)
 
 
-class TailReport(BaseModel):
+class TailReport(CountingReport):
     """What one run did: for its logs and its table artifact."""
 
     path: str = ""
@@ -179,24 +179,22 @@ class TailReport(BaseModel):
     quarantined: int = 0
     quarantined_by_kind: dict[str, int] = Field(default_factory=dict)
     blank_lines: int = 0
-    bytes_read: int = 0
-    batches: int = 0
     start_offset: int = 0
     offset: int = 0
     size: int = 0
-    lag_bytes: int = 0
     pending_bytes: int = 0
     budget_reached: bool = False
     events: list[str] = Field(default_factory=list)  # rotation, truncation, re-read, grace, …
-    seconds: float = 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def lag_bytes(self) -> int:
+        """Bytes of the file not read yet (an unterminated last line among them)."""
+        return max(0, self.size - self.offset)
 
     def artifacts(self) -> list[Artifact]:
         """A table of (measure, value) rows: counts, quarantine kinds, then what happened."""
-        rows = measures(self.model_dump(exclude={"quarantined_by_kind", "events"}))
-        rows += measures(
-            {f"quarantined:{k}": n for k, n in sorted(self.quarantined_by_kind.items())}
-        )
-        rows += [{"measure": "event", "value": text} for text in self.events]
+        rows = self.rows("quarantined_by_kind", "quarantined", self.events, exclude={"events"})
         description = (
             f"Corrections tailing: {self.recorded} op(s) recorded, {self.quarantined}"
             f" quarantined, lag {self.lag_bytes} byte(s)"
@@ -414,7 +412,6 @@ def tail_corrections(
                 run.drain(handle, path, final=False, grace_seconds=grace, budget=budget, now=wall)
             report.size = os.fstat(handle.fileno()).st_size
             report.offset = run.checkpoint.offset
-            report.lag_bytes = max(0, report.size - report.offset)
     report.seconds = round(time.monotonic() - started, 4)
     return report
 
