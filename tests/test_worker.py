@@ -27,9 +27,9 @@ from observer.intake import record_lines
 from observer.ops import Op
 from observer.settings import load_settings
 from observer.worker import protocol
+from observer.worker.boot import preload_modules
 from observer.worker.client import WarmTemplate
 from observer.worker.template import Template
-from observer.worker.worker import preload_modules
 from tests.conftest import ROOT
 from tests.fakes import FakeUpstream, Reply, WebhookProcess, api_call
 from tests.product import command_line

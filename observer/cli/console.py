@@ -135,23 +135,22 @@ def cap_log(log: str) -> None:
         pass
 
 
-class Stopped(Exception):
-    """A child stopped on its own; the message says which, with the end of its log."""
-
-
 def keep(children: list[Child], watcher: RunWatcher, stopping: Callable[[], bool]) -> int:
-    """Watch until asked to stop (0) or until a child stops on its own (1); then stop the
-    children, last started first."""
+    """Watch until asked to stop (0) or until a child stops on its own (1, saying which); then
+    stop the children, last started first."""
     code = 0
     try:
         next_look = 0.0
         while not stopping():
-            dead = [child for child in children if not child.alive()]
-            if dead:
-                raise Stopped(
-                    f"{', '.join(c.name for c in dead)} stopped unexpectedly; the end of its log"
-                    f" ({dead[0].log}):\n{dead[0].last_lines()}"
+            if dead := [child for child in children if not child.alive()]:
+                print(
+                    f"observer: {', '.join(c.name for c in dead)} stopped unexpectedly; the end"
+                    f" of its log ({dead[0].log}):\n{dead[0].last_lines()}",
+                    file=sys.stderr,
+                    flush=True,
                 )
+                code = 1
+                break
             if time.monotonic() >= next_look:
                 orphans(children)  # reaps a run that ended here, its worker gone before it
                 watcher.check()
@@ -159,9 +158,6 @@ def keep(children: list[Child], watcher: RunWatcher, stopping: Callable[[], bool
                     cap_log(child.log)
                 next_look = time.monotonic() + WATCH_SECONDS
             time.sleep(0.5)
-    except Stopped as exc:
-        print(f"observer: {exc}", file=sys.stderr, flush=True)
-        code = 1
     finally:
         watcher.close()
         stop_all(children)

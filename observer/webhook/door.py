@@ -21,14 +21,13 @@ from typing import Any, TypeVar
 
 import orjson
 
-from observer.errors import EventError, IntakeError
+from observer.errors import DecodeFailed, EventError, IntakeError
 from observer.intake.group_commit import Intake
 from observer.intake.spool import encode_record, encode_records, records_without_ids
 from observer.ops import now_timestamp
 from observer.settings import Settings
 from observer.values import json_type_name
 from observer.webhook.events import (
-    DecodeFailed,
     FastEvent,
     Ready,
     batch_item,

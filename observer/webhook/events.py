@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import msgspec
 import orjson
 
-from observer.errors import EventError
+from observer.errors import DecodeFailed, EventError
 from observer.ops import js_number, now_timestamp, op_line
 from observer.values import (
     MAX_EXACT_INT,
@@ -355,10 +355,6 @@ _decode_event = msgspec.json.Decoder(FastEvent).decode
 _decode_events = msgspec.json.Decoder(list[FastEvent]).decode
 _encoder = msgspec.json.Encoder()
 _encode, _encode_lines = _encoder.encode, _encoder.encode_lines
-
-
-class DecodeFailed(ValueError):
-    """msgspec did not take the body: the slow way decides."""
 
 
 def decode_events(body: bytes) -> list[FastEvent]:
