@@ -131,6 +131,9 @@ class CorrectionsCheckpoint(FileMark):
 
     pending_bytes: int = 0  # an unterminated last line at `offset`, this long when last seen…
     pending_since: float | None = None  # …since this wall-clock time (for the grace period)
+    #: Where the unterminated last line taken as a row (its grace over) starts; it ends at
+    #: `offset`. Should the file go on there, that line was not over: it is read again whole.
+    open_line: int | None = None
     rows_total: int = 0
     quarantined_total: int = 0
     rotations_total: int = 0
@@ -270,8 +273,9 @@ class _Run:
     def full(self) -> bool:
         return len(self.batch) >= BATCH_ROWS or self.batch.size >= BATCH_BYTES
 
-    def commit(self, end: int) -> None:
-        """Make the batch durable (quarantine, then ops), then move the checkpoint to `end`."""
+    def commit(self, end: int, open_line: int | None = None) -> None:
+        """Make the batch durable (quarantine, then ops), then move the checkpoint to `end`
+        (`open_line`: where the unterminated line that ends there starts)."""
         batch, report = self.batch, self.report
         if batch.quarantine:
             append_durably(self.settings.layout.corrections_quarantine, b"".join(batch.quarantine))
@@ -282,6 +286,7 @@ class _Run:
                 "offset": end,
                 "pending_bytes": 0,
                 "pending_since": None,
+                "open_line": open_line,
                 "rows_total": self.checkpoint.rows_total + len(batch.entries),
                 "quarantined_total": self.checkpoint.quarantined_total + len(batch.quarantine),
             }
@@ -306,6 +311,27 @@ class _Run:
             update={"pending_bytes": line.length, "pending_since": now}
         )
         save_state(self.settings.layout.corrections_checkpoint, self.checkpoint)
+
+    def _reopen_a_continued_line(self, handle: BinaryIO) -> None:
+        """If the file goes on where an unterminated line was taken as a row, that line was not
+        over: read it again from its start, whole, under its own id (a newline there only ends
+        it, and is skipped as a blank line)."""
+        checkpoint = self.checkpoint
+        if checkpoint.open_line is None:
+            return
+        handle.seek(checkpoint.offset)
+        following = handle.read(1)
+        if not following:
+            return  # nothing more yet
+        if following != b"\n":
+            self.report.events.append(
+                f"the unterminated line taken at byte {checkpoint.open_line} went on: reading it"
+                " again whole"
+            )
+            update: dict[str, object] = {"offset": checkpoint.open_line, "open_line": None}
+        else:
+            update = {"open_line": None}
+        self.checkpoint = checkpoint.model_copy(update=update)
 
     def grace_over(self, line: Line, now: float, grace_seconds: float) -> bool:
         checkpoint = self.checkpoint
@@ -334,6 +360,7 @@ class _Run:
         Returns True when the end of the file was reached.
         """
         self.reading = source
+        self._reopen_a_continued_line(handle)
         start = end = self.checkpoint.offset
         max_line = self.settings.corrections_max_line_bytes
         for line in read_lines(handle, start, max_line_bytes=max_line):
@@ -342,7 +369,9 @@ class _Run:
                     self.report.events.append(f"took an unterminated last line at byte {end}")
                 self.take(line)
                 end = line.end
-                if self.full():
+                if not line.terminated:
+                    self.commit(end, open_line=line.offset)
+                elif self.full():
                     self.commit(end)
                 if line.terminated and end - start >= budget:
                     self.report.budget_reached = True
@@ -495,5 +524,5 @@ def _rewind(run: _Run, handle: BinaryIO, offset: int) -> None:
         target = min(target + skipped, size)
     run.report.events.append(f"re-reading from byte {target} (asked {offset})")
     run.checkpoint = run.checkpoint.model_copy(
-        update={"offset": target, "pending_bytes": 0, "pending_since": None}
+        update={"offset": target, "pending_bytes": 0, "pending_since": None, "open_line": None}
     )
