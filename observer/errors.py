@@ -101,7 +101,12 @@ class UpstreamError(ObserverError):
 
 
 class NotDelivered(ObserverError):
-    """Some entries did not reach the gateway; they are not remembered and will be posted again."""
+    """Some entries did not reach the gateway; they are not remembered and will be posted again.
+    `gateway_down`: the gateway failed as a gateway that is down does (not one entry refused)."""
+
+    def __init__(self, message: str, *, gateway_down: bool = False) -> None:
+        super().__init__(message)
+        self.gateway_down = gateway_down
 
 
 class WarmRunUnsupported(ObserverError, ValueError):

@@ -104,3 +104,15 @@ class DataLayout:
     @cached_property
     def playbooks_lock(self) -> Path:
         return self.state_dir / "consolidate-playbooks.lock"
+
+    # ── the gateway ─────────────────────────────────────────────────────────────────────────────
+
+    @cached_property
+    def gateway_state(self) -> Path:
+        """Whether the gateway is down as the runs that post to it found it, and their back-off
+        (read by the worker, the flows, `observer status` and the console)."""
+        return self.state_dir / "gateway.json"
+
+    @cached_property
+    def gateway_lock(self) -> Path:
+        return self.state_dir / "gateway.lock"

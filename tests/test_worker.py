@@ -88,6 +88,21 @@ def states(api: str, run_id: str) -> list[str]:
     ]
 
 
+def schedule_due_run(api: str, deployment_name: str) -> dict[str, Any]:
+    """A run of the deployment's own schedule due now, made as the scheduler makes them (the one
+    that fell within the last interval); returns the deployment."""
+    deployment = api_call("GET", f"{api}/deployments/name/{deployment_name}")
+    interval = deployment["schedules"][0]["schedule"]["interval"]
+    now = datetime.now(UTC).timestamp()
+    window = {
+        "start_time": datetime.fromtimestamp(now - interval + 1, UTC).isoformat(),
+        "end_time": datetime.fromtimestamp(now + 1, UTC).isoformat(),
+        "max_runs": 1,
+    }
+    api_call("POST", f"{api}/deployments/{deployment['id']}/schedule", json=window)
+    return deployment
+
+
 def run_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return {"OBSERVER_DATA_DIR": str(data_dir), **extra}
 
@@ -153,14 +168,7 @@ def test_a_scheduled_run_with_nothing_new_ends_without_a_process(
     """A run of tail-corrections' own schedule (made as the scheduler makes them, due now); the
     worker's data dir has no corrections file, so the worker settles it: Completed with the flow's
     own message, no Pending or Running, no process."""
-    deployment = api_call("GET", f"{deployed_api}/deployments/name/{TAIL_CORRECTIONS.deployment}")
-    now = datetime.now(UTC).timestamp()
-    window = {
-        "start_time": datetime.fromtimestamp(now - 29, UTC).isoformat(),
-        "end_time": datetime.fromtimestamp(now + 1, UTC).isoformat(),
-        "max_runs": 1,
-    }
-    api_call("POST", f"{deployed_api}/deployments/{deployment['id']}/schedule", json=window)
+    deployment = schedule_due_run(deployed_api, TAIL_CORRECTIONS.deployment)
     query = {
         "deployments": {"id": {"any_": [deployment["id"]]}},
         "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
