@@ -218,16 +218,10 @@ _JSON_HEADERS = {"content-type": "application/json"}
 
 
 def call_gateway(
-    settings: Settings,
-    endpoint: str,
-    body: Any,
-    *,
-    timeout: float | None = None,
-    client: httpx.Client | None = None,
+    request: GatewayPost | GatewayReply, client: httpx.Client | None = None
 ) -> GatewayReply:
-    """POST `body` as JSON to `{GATEWAY_URL}{endpoint}` once, with a timeout; never raises for
-    network, status or reply problems. Pass `client` to reuse connections."""
-    request = _GatewayPost.of(settings, endpoint, body, timeout)
+    """Send a `gateway_post` once, with its timeout; never raises for network, status or reply
+    problems. Pass `client` to reuse connections."""
     if isinstance(request, GatewayReply):
         return request
     try:
@@ -238,15 +232,9 @@ def call_gateway(
 
 
 async def acall_gateway(
-    settings: Settings,
-    endpoint: str,
-    body: Any,
-    *,
-    timeout: float | None = None,
-    client: httpx.AsyncClient | None = None,
+    request: GatewayPost | GatewayReply, client: httpx.AsyncClient | None = None
 ) -> GatewayReply:
     """The async twin of `call_gateway`."""
-    request = _GatewayPost.of(settings, endpoint, body, timeout)
     if isinstance(request, GatewayReply):
         return request
     try:
@@ -264,25 +252,26 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-class _GatewayPost(NamedTuple):
+def gateway_post(
+    settings: Settings, endpoint: str, body: Any, timeout: float | None = None
+) -> GatewayPost | GatewayReply:
+    """`body` as JSON for `{GATEWAY_URL}{endpoint}` (`timeout` defaults to OBSERVER_HTTP_TIMEOUT),
+    or the failed reply a body that is not JSON gets without any call."""
+    try:
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        message = f"body is not JSON: {exc}"
+        return GatewayReply({"error": message}, message)
+    seconds = settings.http_timeout_seconds if timeout is None else timeout
+    return GatewayPost(f"{settings.gateway_url}{endpoint}", text.encode(), seconds)
+
+
+class GatewayPost(NamedTuple):
     """What `call_gateway` and `acall_gateway` send: the URL, the JSON bytes, the timeout."""
 
     url: str
     content: bytes
     seconds: float
-
-    @classmethod
-    def of(
-        cls, settings: Settings, endpoint: str, body: Any, timeout: float | None
-    ) -> _GatewayPost | GatewayReply:
-        """The request, or the failed reply a body that is not JSON gets without any call."""
-        try:
-            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            message = f"body is not JSON: {exc}"
-            return GatewayReply({"error": message}, message)
-        seconds = settings.http_timeout_seconds if timeout is None else timeout
-        return cls(f"{settings.gateway_url}{endpoint}", text.encode(), seconds)
 
     @property
     def options(self) -> dict[str, Any]:
