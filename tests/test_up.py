@@ -20,6 +20,9 @@ from tests.fakes import FakeUpstream, Hang
 from tests.product import ObserverUp, command_line, free_port, run_deployment, sample_op
 
 A_YEAR = str(365 * 24 * 3600)
+#: Each test starts the whole product, whose start alone `ObserverUp.wait_up` allows 300 s (on a
+#: loaded 2-core machine it took over the suite's default 120 s for the whole test).
+pytestmark = pytest.mark.timeout(480)
 
 
 def _rss_mb(pid: int) -> float:
