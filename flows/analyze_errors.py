@@ -2,8 +2,10 @@
 
 Scheduled every cycle (concurrency 1) with the defaults: failures since the last analysis. By hand
 from the UI or `observer run analyze-errors -p since_hours=6 -p endpoint=X -p dry_run=true`.
-An LLM that stays down, hangs or answers garbage gives a degraded report and a Completed run; a
-gateway that stays down fails the run, and nothing is marked analysed that was not delivered.
+An LLM that stays down, hangs or answers garbage gives a degraded report and a Completed run. A
+gateway that is down fails a run made by hand; a scheduled run ends Completed saying `gateway
+down:`, and the next ones wait for its back-off (`tasks.gateway`). Nothing is marked analysed that
+was not delivered.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tasks.analysis import (
     publish_analysis,
     select_failures,
 )
+from tasks.gateway import gateway_outage
 
 
 @flow(name=ANALYZE_ERRORS.name, flow_run_name="analyze-errors ({params.label})")
@@ -28,6 +31,8 @@ def analyze_errors(params: AnalyzeParameters = AnalyzeParameters()) -> State:
     settings = load_settings()
     if quiet := nothing_new(settings, params):
         return Completed(message=quiet)  # no task, no artifact: the history stays readable
+    if waiting := gateway_outage():
+        return waiting
     selection = select_failures(params)
     diagnosis = diagnose(selection, params)
     if diagnosis.entry is None or params.dry_run:
@@ -50,6 +55,8 @@ def analyze_errors(params: AnalyzeParameters = AnalyzeParameters()) -> State:
         publish_analysis(
             AnalysisReport(selection=selection, diagnosis=diagnosis, delivery=delivery)
         )
+        if settled := gateway_outage(posted.result(raise_on_failure=False)):
+            return settled
         posted.result()  # raises the gateway error: the run fails visibly
     commit_analysis(selection, diagnosis)
     delivery = "posted to the gateway's /log"

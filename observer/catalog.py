@@ -23,6 +23,7 @@ class FlowEntry:
     function: str
     parameters: str
     check: str  # `module:function(settings, params) -> str | None`: the flow's nothing-new check
+    posts_to_gateway: bool = False  # its scheduled runs wait while the gateway is known down
 
     @property
     def entrypoint(self) -> str:
@@ -43,12 +44,17 @@ class FlowEntry:
         return _attribute(self.parameters)
 
     def nothing_new(self, parameters: dict[str, Any]) -> str | None:
-        """Why a run with these deployment parameters (`{"params": {...}}`) would stop at its
-        first step, finding nothing new, or None. The flow's own check, under the settings of this
-        process's environment; it imports the flow's pipeline (polars), not prefect."""
+        """Why a scheduled run with these deployment parameters (`{"params": {...}}`) would stop
+        at its first step, or None: finding nothing new (the flow's own check), or, for a flow
+        that posts to the gateway, the gateway known down and its back-off not over. Under the
+        settings of this process's environment; imports the flow's pipeline (polars), not
+        prefect."""
         from observer.settings import load_settings
+        from observer.upstream import gateway_wait
 
-        return _attribute(self.check)(load_settings(), self._params(parameters))
+        settings = load_settings()
+        quiet = _attribute(self.check)(settings, self._params(parameters))
+        return quiet or (gateway_wait(settings) if self.posts_to_gateway else None)
 
     def run_name(self, parameters: dict[str, Any]) -> str | None:
         """The name the flow gives a run with these parameters (its `flow_run_name`), for a run
@@ -87,6 +93,7 @@ ANALYZE_ERRORS = FlowEntry(
     "analyze_errors",
     "observer.pipelines.analysis:AnalyzeParameters",
     "observer.pipelines.analysis:nothing_new",
+    posts_to_gateway=True,
 )
 CONSOLIDATE_PLAYBOOKS = FlowEntry(
     "consolidate-playbooks",
@@ -94,6 +101,7 @@ CONSOLIDATE_PLAYBOOKS = FlowEntry(
     "consolidate_playbooks",
     "observer.pipelines.playbooks:ConsolidateParameters",
     "observer.pipelines.playbooks:nothing_new",
+    posts_to_gateway=True,
 )
 COMPACT_HISTORY = FlowEntry(
     "compact-history",

@@ -7,12 +7,16 @@ message is for the console), or `ObserverError` for all of them.
     ObserverError
     ├── SettingsError          a configuration value is unusable (names the variable)
     ├── EventError             a request body that cannot become an op (HTTP status + field details)
+    ├── DecodeFailed           (internal) the fast decoder did not take a batch: the slow way decides
+    ├── ClientGone             (internal) the client left before its body was complete
     ├── BadRow                 a corrections line that cannot become an op (quarantined)
     ├── IntakeError            the spool did not take an op; nothing of it was kept
     │   ├── Overloaded         too much is queued for the disk
     │   └── WriteFailed        the write or the fsync failed
     ├── UpstreamError          a gateway/LLM call that failed after its attempts
     ├── NotDelivered           entries the gateway did not take; they are posted again next run
+    ├── WarmRunUnsupported     a deployment the warm worker cannot fork (the message says why)
+    ├── TemplateUnavailable    (internal) the warm template could not fork or check this run
     └── CommandError           the `observer` command cannot go on
         ├── PortInUse
         ├── StartupFailed
@@ -58,6 +62,10 @@ class ClientGone(ObserverError):
     """The client closed the connection before its body was complete: nothing to store or answer."""
 
 
+class DecodeFailed(ObserverError, ValueError):
+    """msgspec did not take a body as it is: the field-by-field way decides (internal)."""
+
+
 class BadRow(ObserverError, ValueError):
     """A line that cannot become an op; `kind` is counted, the message goes to the quarantine."""
 
@@ -93,7 +101,21 @@ class UpstreamError(ObserverError):
 
 
 class NotDelivered(ObserverError):
-    """Some entries did not reach the gateway; they are not remembered and will be posted again."""
+    """Some entries did not reach the gateway; they are not remembered and will be posted again.
+    `gateway_down`: the gateway failed as a gateway that is down does (not one entry refused)."""
+
+    def __init__(self, message: str, *, gateway_down: bool = False) -> None:
+        super().__init__(message)
+        self.gateway_down = gateway_down
+
+
+class WarmRunUnsupported(ObserverError, ValueError):
+    """This deployment cannot be run by forking the warm template; the message says why."""
+
+
+class TemplateUnavailable(ObserverError, RuntimeError):
+    """The warm template could not fork or check this run (it refused, died or is not running):
+    the worker starts or settles the run another way (internal)."""
 
 
 class CommandError(ObserverError):

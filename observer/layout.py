@@ -128,3 +128,15 @@ class DataLayout:
     def history_lock(self) -> Path:
         """Held by the one process of this host that commits to the table."""
         return self.state_dir / "compact-history.lock"
+
+    # ── the gateway ─────────────────────────────────────────────────────────────────────────────
+
+    @cached_property
+    def gateway_state(self) -> Path:
+        """Whether the gateway is down as the runs that post to it found it, and their back-off
+        (read by the worker, the flows, `observer status` and the console)."""
+        return self.state_dir / "gateway.json"
+
+    @cached_property
+    def gateway_lock(self) -> Path:
+        return self.state_dir / "gateway.lock"

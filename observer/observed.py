@@ -22,7 +22,7 @@ from observer.intake import record_ops
 from observer.jsfmt import UNDEFINED, js_json, js_string, js_truthy
 from observer.ops import Op, cut, now_timestamp
 from observer.settings import Settings, load_settings
-from observer.upstream import GatewayReply, acall_gateway, call_gateway
+from observer.upstream import GatewayReply, acall_gateway, call_gateway, gateway_post
 
 log = logging.getLogger("observer.observed")
 
@@ -47,7 +47,7 @@ async def observed(
     """
     settings = settings or default_settings()
     started = time.perf_counter()
-    reply = await acall_gateway(settings, endpoint, body, timeout=timeout, client=client)
+    reply = await acall_gateway(gateway_post(settings, endpoint, body, timeout), client)
     op = build_op(endpoint, description, reply, started)
     await asyncio.to_thread(record_quietly, settings, op)
     return reply.data, op
@@ -65,7 +65,7 @@ def observed_sync(
     """The synchronous twin of `observed()`, for callers without an event loop."""
     settings = settings or default_settings()
     started = time.perf_counter()
-    reply = call_gateway(settings, endpoint, body, timeout=timeout, client=client)
+    reply = call_gateway(gateway_post(settings, endpoint, body, timeout), client)
     op = build_op(endpoint, description, reply, started)
     record_quietly(settings, op)
     return reply.data, op

@@ -3,7 +3,8 @@
 A body is built from JSON text fragments rather than from Python values, so that it can hold what
 a client may send but `json.dumps` never writes: numbers beyond a double (`1e400`), beyond 64 bits,
 `-0`, lone surrogates, control characters in escapes, duplicate keys, a byte order mark, invalid
-UTF-8, a truncated document. `check_answer` is the property: every answer is a 2xx or 4xx with a
+UTF-8, a truncated document, nesting far deeper than any parser's recursion (the original read 20
+million levels). `check_answer` is the property: every answer is a 2xx or 4xx with a
 JSON body; an accepted event is in the spool exactly as the line writer writes it, with every
 number as JavaScript's `JSON.stringify` writes the double the original would have held.
 """
@@ -118,6 +119,28 @@ _VALUE = st.recursive(
 )
 
 
+#: Nesting around the bounds of the parsers under the webhook (msgspec and Python's near the
+#: interpreter's recursion limit, orjson at 1,024, the webhook's layers of 256) and far beyond.
+DEPTHS = (2, 255, 256, 257, 258, 513, 986, 987, 1000, 1023, 1024, 1025, 5000, 100_000)
+
+
+@st.composite
+def deep_values(draw: st.DrawFn) -> str:
+    """An array or object nested `DEPTHS` deep (or any depth up to 20,000): brackets alone, keys,
+    both in turn, or with whitespace; around a leaf that may itself hold brackets or `1e400`."""
+    depth = draw(st.one_of(st.sampled_from(DEPTHS), st.integers(min_value=1, max_value=20_000)))
+    leaf = draw(st.sampled_from(("", "1", '"]}[{"', "null", "1e400", "[]", "{}")))
+    shape = draw(st.sampled_from(("arrays", "objects", "both", "spaced")))
+    if shape == "arrays":
+        return "[" * depth + leaf + "]" * depth
+    if shape == "spaced":
+        return "[ " * depth + leaf + " ]\n" * depth
+    if shape == "objects":
+        return '{"a":' * depth + (leaf or "1") + "}" * depth
+    pairs = (depth + 1) // 2
+    return '[{"k]":' * pairs + (leaf or "1") + "}]" * pairs
+
+
 _NON_NEGATIVE = st.one_of(
     st.integers(min_value=0, max_value=2**70).map(str),
     st.floats(min_value=0, allow_infinity=False).map(repr),
@@ -145,10 +168,11 @@ def _member(draw: st.DrawFn) -> Member:
         fitting = _FITTING.get(key, _string_text())
         text = draw(fitting)
         return Member(key, text, _is_number(text))
-    kind = draw(st.sampled_from(("number", "string", "scalar", "any")))
+    kind = draw(st.sampled_from(("number", "string", "scalar", "any", "deep")))
     if kind == "number":
         return Member(key, draw(_number_text()), True)
-    text = draw({"string": _string_text(), "scalar": _SCALAR, "any": _VALUE}[kind])
+    values = {"string": _string_text(), "scalar": _SCALAR, "any": _VALUE, "deep": deep_values()}
+    text = draw(values[kind])
     return Member(key, text, _is_number(text))
 
 
@@ -174,7 +198,9 @@ def bodies(draw: st.DrawFn) -> Body:
     text = "{" + ",".join(f"{json.dumps(m.key)}:{m.text}" for m in members) + "}"
     raw = text.encode("utf-8", errors="surrogatepass")
     damage = draw(
-        st.sampled_from(("none",) * 6 + ("bom", "truncate", "bytes", "top", "pad", "bad_utf8"))
+        st.sampled_from(
+            ("none",) * 6 + ("bom", "truncate", "bytes", "top", "pad", "bad_utf8", "deep_top")
+        )
     )
     if damage == "none":
         return Body(raw, members)
@@ -189,6 +215,9 @@ def bodies(draw: st.DrawFn) -> Body:
     if damage == "bad_utf8":
         cut = draw(st.integers(min_value=0, max_value=len(raw)))
         return Body(raw[:cut] + b"\xff\xc3" + raw[cut:], ())
+    if damage == "deep_top":  # a deep array as the body, whole or cut short
+        deep = draw(deep_values()).encode()
+        return Body(deep[: draw(st.sampled_from((len(deep), len(deep) - 1, len(deep) // 2)))], ())
     return Body(draw(_VALUE).encode("utf-8", errors="surrogatepass"), ())
 
 

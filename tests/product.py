@@ -18,6 +18,7 @@ import httpx
 
 from observer.cli.console import descendants
 from observer.ops import Op
+from tests.fakes import api_call
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -140,16 +141,14 @@ def run_deployment(
     api_url: str, flow: str, deployment: str, parameters: dict[str, Any] | None = None
 ) -> str:
     """Create a run of `flow/deployment` (what the UI's Run button and `prefect deployment run`
-    do); return its id."""
-    found = httpx.get(f"{api_url}/deployments/name/{flow}/{deployment}", timeout=30)
-    found.raise_for_status()
-    created = httpx.post(
-        f"{api_url}/deployments/{found.json()['id']}/create_flow_run",
+    do); return its id. Retried on 503, as Prefect's own client does (SQLite busy)."""
+    found = api_call("GET", f"{api_url}/deployments/name/{flow}/{deployment}")
+    created = api_call(
+        "POST",
+        f"{api_url}/deployments/{found['id']}/create_flow_run",
         json={"parameters": parameters or {}},
-        timeout=30,
     )
-    created.raise_for_status()
-    return str(created.json()["id"])
+    return str(created["id"])
 
 
 def wait_for_runs(api_url: str, run_ids: list[str], timeout: float = 300) -> dict[str, str]:

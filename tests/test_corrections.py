@@ -405,3 +405,42 @@ def _artifacts_of(state: State) -> list[object]:
     )
     with get_client(sync_client=True) as client:
         return client.read_artifacts(artifact_filter=run_filter)
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize("grace_seconds", [3600.0, 0.0])
+def test_a_completed_partial_line_is_read_by_the_next_run_every_time(
+    settings: Settings, grace_seconds: float
+) -> None:
+    """Half a row in one cycle, its other half and another row in the next: the run after reads
+    both, every time, whether the grace period kept the half waiting (3600 s) or took it at
+    once as a row (0 s: quarantined as half a row, then read again whole once it went on)."""
+    path = settings.corrections_path
+    params = TailParameters(grace_seconds=grace_seconds)
+    repetitions = 8
+    for n in range(0, 2 * repetitions, 2):
+        whole = _row(n)
+        cut = 3 + n % 11  # inside the row, at a different place each time
+        _append(path, whole[:cut])
+        first = tail_flow(params)
+        assert first.recorded == 0, n
+        _append(path, whole[cut:] + _row(n + 1))
+        second = tail_flow(params)
+        assert (second.recorded, second.lag_bytes, second.pending_bytes) == (2, 0, 0), n
+    assert _ingested(settings) == _names(range(2 * repetitions))
+    halves = [entry["offset"] for entry in _quarantined(settings)]
+    assert len(halves) == (repetitions if grace_seconds == 0 else 0)
+
+
+def test_a_line_taken_after_its_grace_that_goes_on_is_read_again_whole(settings: Settings) -> None:
+    path = settings.corrections_path
+    whole = _row(0)
+    _append(path, whole[:12])
+    assert tail_corrections(settings, grace_seconds=60, now=1000.0).recorded == 0
+    taken = tail_corrections(settings, grace_seconds=60, now=1060.0)
+    assert (taken.recorded, taken.quarantined) == (0, 1)  # half a row: quarantined
+    _append(path, whole[12:] + _row(1))
+    again = tail_corrections(settings, grace_seconds=60, now=1070.0)
+    assert (again.recorded, again.quarantined) == (2, 0)
+    assert any("went on: reading it again whole" in event for event in again.events)
+    assert _ingested(settings) == _names(range(2))

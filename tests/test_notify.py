@@ -51,4 +51,7 @@ def test_the_due_run_query_is_one_the_prefect_api_accepts() -> None:
     answer = httpx.post(
         f"{PREFECT_API_URL.value()}/flow_runs/filter", json=due_runs_query(Instance())
     )
-    assert answer.status_code == 200 and answer.json() == []
+    assert answer.status_code == 200
+    # What it finds depends on the session (a worker may be taking a run meanwhile): only ever
+    # runs waiting to start.
+    assert all(run["state"]["type"] in ("SCHEDULED", "PENDING") for run in answer.json())

@@ -116,6 +116,81 @@ def test_observer_run_without_a_server_says_so_and_fails(observer_env: dict[str,
     assert "--ephemeral" in result.stderr
 
 
+def _quiet_environment(observer_env: dict[str, str], home: Path) -> dict[str, str]:
+    """A new user's environment: none of the test session's Prefect quieting, a Prefect home of
+    its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.pop("DO_NOT_TRACK", None)
+    return {**env, **observer_env, "PREFECT_HOME": str(home)}
+
+
+@pytest.mark.parametrize("where", ["checkout", "elsewhere"])
+def test_an_ephemeral_run_is_quiet_and_ends_cleanly(
+    observer_env: dict[str, str], tmp_path: Path, where: str
+) -> None:
+    """A healthy run on a temporary server: no ERROR line (the events worker, the log worker and
+    the server's telemetry each printed one), its result, exit status 0; from the checkout (whose
+    prefect.toml names the server of `observer up`) and from any other directory."""
+    corrections = Path(observer_env["OVERSEER_CORRECTIONS_PATH"])
+    corrections.parent.mkdir(parents=True)
+    corrections.write_text('{"correction":"c1"}\n{"correction":"c2"}\n')
+    env = _quiet_environment(observer_env, tmp_path / "home")
+    result = subprocess.run(
+        [sys.executable, "-m", "observer.cli", "run", "--ephemeral", "tail-corrections"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT if where == "checkout" else tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "ERROR" not in output and "Traceback" not in output and "Error" not in output, output
+    assert json.loads(result.stdout)["recorded"] == 2
+    assert "observer: tail-corrections: Completed" in result.stderr
+
+
+def test_the_ephemeral_start_up_allowance_is_in_help_and_checked() -> None:
+    usage = observer("run", "--help", env={}).stdout
+    assert "--startup-seconds N" in usage and "(default 120 s;" in " ".join(usage.split())
+    refused = observer("run", "--ephemeral", "--startup-seconds", "0", "ingest-events", env={})
+    assert refused.returncode == 2 and "must be a whole number of seconds" in refused.stderr
+
+
+def test_the_ephemeral_start_up_allowance_reaches_prefects_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A unit test: the allowance goes to Prefect's temporary server as its start-up timeout, and
+    a server that does not start in time is one line naming the option."""
+    from prefect.server.api import server as prefect_server
+
+    from observer.cli import main
+    from observer.errors import CommandError
+
+    asked: list[object] = []
+
+    class SlowServer:
+        api_url = "http://127.0.0.1:9/api"
+
+        def start(self, timeout: int | None = None) -> None:
+            asked.append(timeout)
+            raise RuntimeError(
+                "Timed out while attempting to connect to ephemeral Prefect API server."
+            )
+
+        def stop(self) -> None:
+            asked.append("stopped")
+
+    monkeypatch.setattr(prefect_server, "SubprocessASGIServer", SlowServer)
+    with pytest.raises(CommandError, match=r"did not answer within 7 s \(--startup-seconds\)"):
+        from observer.cli.runner import run_flow_command
+
+        run_flow_command(load_settings(), "ingest-events", [], ephemeral=True, startup_seconds=7)
+    assert asked == [7, "stopped"]
+    assert main(["run", "--ephemeral", "--startup-seconds", "9", "ingest-events"]) == 1
+    assert asked[2:] == [9, "stopped"]
+
+
 def test_observer_run_runs_the_deployment_and_follows_it(
     worker: dict[str, str], worker_data: Path
 ) -> None:

@@ -10,14 +10,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from observer.cli.console import descendants, running
 from observer.intake.record import record_ops
 from observer.settings import load_settings
+from tests.fakes import FakeUpstream, Hang
 from tests.product import ObserverUp, command_line, free_port, run_deployment, sample_op
 
 A_YEAR = str(365 * 24 * 3600)
+#: Each test starts the whole product, whose start alone `ObserverUp.wait_up` allows 300 s (on a
+#: loaded 2-core machine it took over the suite's default 120 s for the whole test).
+pytestmark = pytest.mark.timeout(480)
 
 
 def _rss_mb(pid: int) -> float:
@@ -98,3 +103,47 @@ def test_stopping_waits_for_a_flow_run_the_worker_leaves_and_leaves_no_process(
         assert not left, [command_line(pid) for pid in left if running(pid)]
     finally:
         up.stop()
+
+
+def test_ctrl_c_during_a_run_retrying_a_hanging_gateway_ends_it_within_the_stop(
+    tmp_path: Path,
+) -> None:
+    """A run made by hand posts to a gateway that takes the connection and never answers (each
+    attempt a 30 s timeout, three attempts, three tries of the task: minutes); Ctrl-C stops it
+    with everything else, and nothing is left when `observer up` returns."""
+    gateway = FakeUpstream()
+    gateway.default("/log", Hang(seconds=600))
+    port = free_port()
+    env = {
+        "OBSERVER_CYCLE": A_YEAR,
+        "GATEWAY_URL": gateway.url,
+        "LAKEHOUSE_URL": "http://127.0.0.1:9",
+    }
+    up = ObserverUp(tmp_path, env, "--prefect-port", str(port))
+    try:
+        up.wait_up()
+        failure = {"success": False, "error": "staffer 7 not found"}
+        assert httpx.post(f"{up.url}/event", json=failure).status_code == 200
+        deadline = time.monotonic() + 120  # ingested (the webhook wakes ingestion)
+        while not up.ops_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        before = set(descendants(up.process.pid))
+        run_deployment(f"http://127.0.0.1:{port}/api", "analyze-errors", "analyze-errors", {})
+        deadline = time.monotonic() + 120
+        while not gateway.seen("/log") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert gateway.seen("/log"), "the run never posted"
+        runs = [pid for pid in descendants(up.process.pid) if pid not in before]
+        assert runs
+        everything = descendants(up.process.pid)
+
+        stopped_at = time.monotonic()
+        up.process.send_signal(signal.SIGINT)
+        assert up.process.wait(timeout=120) == 0
+        took = time.monotonic() - stopped_at
+        left = [pid for pid in everything if running(pid)]
+        assert not left, [command_line(pid) for pid in left]
+        print(f"observer up stopped {took:.1f} s after Ctrl-C, a run retrying the gateway with it")
+    finally:
+        up.stop()
+        gateway.close()

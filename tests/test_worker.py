@@ -27,9 +27,9 @@ from observer.intake import record_lines
 from observer.ops import Op
 from observer.settings import load_settings
 from observer.worker import protocol
+from observer.worker.boot import preload_modules
 from observer.worker.client import WarmTemplate
 from observer.worker.template import Template
-from observer.worker.worker import preload_modules
 from tests.conftest import ROOT
 from tests.fakes import FakeUpstream, Reply, WebhookProcess, api_call
 from tests.product import command_line
@@ -86,6 +86,21 @@ def states(api: str, run_id: str) -> list[str]:
         s["name"]
         for s in httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id}).json()
     ]
+
+
+def schedule_due_run(api: str, deployment_name: str) -> dict[str, Any]:
+    """A run of the deployment's own schedule due now, made as the scheduler makes them (the one
+    that fell within the last interval); returns the deployment."""
+    deployment = api_call("GET", f"{api}/deployments/name/{deployment_name}")
+    interval = deployment["schedules"][0]["schedule"]["interval"]
+    now = datetime.now(UTC).timestamp()
+    window = {
+        "start_time": datetime.fromtimestamp(now - interval + 1, UTC).isoformat(),
+        "end_time": datetime.fromtimestamp(now + 1, UTC).isoformat(),
+        "max_runs": 1,
+    }
+    api_call("POST", f"{api}/deployments/{deployment['id']}/schedule", json=window)
+    return deployment
 
 
 def run_env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -153,14 +168,7 @@ def test_a_scheduled_run_with_nothing_new_ends_without_a_process(
     """A run of tail-corrections' own schedule (made as the scheduler makes them, due now); the
     worker's data dir has no corrections file, so the worker settles it: Completed with the flow's
     own message, no Pending or Running, no process."""
-    deployment = api_call("GET", f"{deployed_api}/deployments/name/{TAIL_CORRECTIONS.deployment}")
-    now = datetime.now(UTC).timestamp()
-    window = {
-        "start_time": datetime.fromtimestamp(now - 29, UTC).isoformat(),
-        "end_time": datetime.fromtimestamp(now + 1, UTC).isoformat(),
-        "max_runs": 1,
-    }
-    api_call("POST", f"{deployed_api}/deployments/{deployment['id']}/schedule", json=window)
+    deployment = schedule_due_run(deployed_api, TAIL_CORRECTIONS.deployment)
     query = {
         "deployments": {"id": {"any_": [deployment["id"]]}},
         "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},

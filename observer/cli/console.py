@@ -12,7 +12,9 @@ obeys (a Prefect 3.9 worker keeps going after its first SIGINT and kills itself 
 it gets SIGINT twice), and caps their logs. The console gets one line per run that ends badly:
 the watcher asks the Prefect API every `WATCH_SECONDS` for runs that ended Failed, Crashed or
 Cancelled since it last looked, over one kept-alive connection. A run's full logs and traceback
-stay on its page in the UI.
+stay on its page in the UI. It also reads the gateway's outage record (`state/gateway.json`,
+kept by the runs that post to it) and says one line when the gateway goes down, one when it is
+back, however many runs wait meanwhile.
 
 Only the standard library may be imported here.
 """
@@ -135,23 +137,22 @@ def cap_log(log: str) -> None:
         pass
 
 
-class Stopped(Exception):
-    """A child stopped on its own; the message says which, with the end of its log."""
-
-
 def keep(children: list[Child], watcher: RunWatcher, stopping: Callable[[], bool]) -> int:
-    """Watch until asked to stop (0) or until a child stops on its own (1); then stop the
-    children, last started first."""
+    """Watch until asked to stop (0) or until a child stops on its own (1, saying which); then
+    stop the children, last started first."""
     code = 0
     try:
         next_look = 0.0
         while not stopping():
-            dead = [child for child in children if not child.alive()]
-            if dead:
-                raise Stopped(
-                    f"{', '.join(c.name for c in dead)} stopped unexpectedly; the end of its log"
-                    f" ({dead[0].log}):\n{dead[0].last_lines()}"
+            if dead := [child for child in children if not child.alive()]:
+                print(
+                    f"observer: {', '.join(c.name for c in dead)} stopped unexpectedly; the end"
+                    f" of its log ({dead[0].log}):\n{dead[0].last_lines()}",
+                    file=sys.stderr,
+                    flush=True,
                 )
+                code = 1
+                break
             if time.monotonic() >= next_look:
                 orphans(children)  # reaps a run that ended here, its worker gone before it
                 watcher.check()
@@ -159,9 +160,6 @@ def keep(children: list[Child], watcher: RunWatcher, stopping: Callable[[], bool
                     cap_log(child.log)
                 next_look = time.monotonic() + WATCH_SECONDS
             time.sleep(0.5)
-    except Stopped as exc:
-        print(f"observer: {exc}", file=sys.stderr, flush=True)
-        code = 1
     finally:
         watcher.close()
         stop_all(children)
@@ -276,12 +274,21 @@ def _signal_session(pid: int, number: int) -> None:
 
 
 def start_console(
-    children: list[Child], api_url: str, work_pool: str, stopping: Callable[[], bool]
+    children: list[Child],
+    api_url: str,
+    work_pool: str,
+    gateway_state: str,
+    stopping: Callable[[], bool],
 ) -> int:
     """Become the light console (this process, exec'd), unless a stop was asked for during the
     start-up. Stop signals are held from that last look across the exec, so one sent meanwhile
     is handled there. Should the exec fail, keep watching from here."""
-    plan = {"api_url": api_url, "work_pool": work_pool, "children": [c.to_json() for c in children]}
+    plan = {
+        "api_url": api_url,
+        "work_pool": work_pool,
+        "gateway_state": gateway_state,
+        "children": [c.to_json() for c in children],
+    }
     sys.stdout.flush()
     sys.stderr.flush()
     held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -294,10 +301,10 @@ def start_console(
     except OSError as exc:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
         say(f"could not start the light console ({exc}); watching from here")
-    return run(children, api_url, work_pool)
+    return run(children, api_url, work_pool, gateway_state)
 
 
-def run(children: list[Child], api_url: str, work_pool: str) -> int:
+def run(children: list[Child], api_url: str, work_pool: str, gateway_state: str) -> int:
     stop_requested = False
 
     def request_stop(_signum: int, _frame: object) -> None:
@@ -307,13 +314,14 @@ def run(children: list[Child], api_url: str, work_pool: str) -> int:
     for number in STOP_SIGNALS:
         signal.signal(number, request_stop)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    return keep(children, RunWatcher(api_url, work_pool, say), lambda: stop_requested)
+    watcher = RunWatcher(api_url, work_pool, say, GatewayWatcher(gateway_state, say))
+    return keep(children, watcher, lambda: stop_requested)
 
 
 def main(argv: list[str]) -> int:
     plan = json.loads(argv[0])
     children = [Child(**child) for child in plan["children"]]
-    return run(children, plan["api_url"], plan["work_pool"])
+    return run(children, plan["api_url"], plan["work_pool"], plan["gateway_state"])
 
 
 # ── runs that end badly ─────────────────────────────────────────────────────────────────────────
@@ -322,8 +330,15 @@ def main(argv: list[str]) -> int:
 class RunWatcher:
     """Reports each run that ended badly once, as one line through `say`."""
 
-    def __init__(self, api_url: str, work_pool: str, say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        work_pool: str,
+        say: Callable[[str], None],
+        gateway: GatewayWatcher | None = None,
+    ) -> None:
         """Watches the runs of `work_pool` only: on a shared server, other hosts' are theirs."""
+        self.gateway = gateway
         self.api_url = api_url.rstrip("/")
         self.work_pool = work_pool
         self.ui_url = self.api_url.removesuffix("/api")
@@ -341,6 +356,10 @@ class RunWatcher:
 
     def check(self) -> int:
         """Look once; returns how many lines were said. Never raises for the API being away."""
+        said = self.gateway.check() if self.gateway is not None else 0
+        return said + self._check_runs()
+
+    def _check_runs(self) -> int:
         until = datetime.now(UTC)
         query = {
             "flow_runs": {
@@ -418,6 +437,55 @@ class RunWatcher:
         )
         self._connection = kind(self._api.netloc, timeout=5)
         return self._connection
+
+
+# ── the gateway's outages ───────────────────────────────────────────────────────────────────────
+
+
+class GatewayWatcher:
+    """Says one line when the gateway goes down and one when it is back, from the outage record
+    the runs that post to it keep (`observer.upstream.GatewayOutage`, read here as plain JSON)."""
+
+    def __init__(self, path: str, say: Callable[[str], None]) -> None:
+        self.path = Path(path)
+        self._say = say
+        self._seen: int | None = None  # outages already said (None: not looked yet)
+        self._down = False  # an outage was said and its end not yet
+
+    def check(self) -> int:
+        """Look once; returns how many lines were said."""
+        try:
+            record = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return 0
+        if not isinstance(record, dict):
+            return 0
+        outages = record.get("outages") if isinstance(record.get("outages"), int) else 0
+        down_since = record.get("down_since")
+        said = 0
+        if self._seen is None:  # an outage over before this console started is not news
+            self._seen = outages - 1 if down_since else outages
+        if outages > self._seen:
+            self._seen = outages
+            if self._down:  # over and begun again between two looks
+                self._say(f"gateway: back at {record.get('back_at') or '?'}")
+                said += 1
+            self._say(
+                f"gateway: down since {down_since or record.get('back_at') or '?'}"
+                f" ({' '.join(str(record.get('last_error') or '?').split())[:MESSAGE_CHARS]});"
+                " scheduled runs that post to it wait, with a back-off, and runs made by hand"
+                " still try; nothing is lost"
+            )
+            self._down = True
+            said += 1
+        if self._down and not down_since:
+            self._say(
+                f"gateway: back at {record.get('back_at') or '?'}; the next runs deliver what"
+                " waited"
+            )
+            self._down = False
+            said += 1
+        return said
 
 
 if __name__ == "__main__":

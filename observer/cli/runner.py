@@ -28,6 +28,10 @@ from observer.settings import Settings
 POLL_SECONDS = 0.5
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
+#: How long `--ephemeral` waits for its temporary Prefect server by default: Prefect's own 20 s
+#: were not enough on a busy 2-core machine, where the server's imports alone can take longer.
+EPHEMERAL_STARTUP_SECONDS = 120
+
 
 def parse_assignments(assignments: Sequence[str]) -> dict[str, Any]:
     """`key=value` pairs; a value is JSON when it parses as JSON, else a plain string."""
@@ -50,6 +54,7 @@ def run_flow_command(
     *,
     list_only: bool = False,
     ephemeral: bool = False,
+    startup_seconds: int = EPHEMERAL_STARTUP_SECONDS,
 ) -> int:
     if list_only or not name:
         for flow_name in FLOWS:
@@ -65,7 +70,7 @@ def run_flow_command(
         print(f"observer: bad parameters for {name}: {exc}", file=sys.stderr)
         return 2
     if ephemeral:
-        return _run_here(entry, params)
+        return _run_here(entry, params, startup_seconds)
     api = _answering_api(settings)
     return _run_deployment(entry, params, api, instance_of(settings).deployment_path(entry.name))
 
@@ -141,20 +146,52 @@ def _artifacts(client: Any, flow_run_id: Any) -> list[Any]:
     return [a for a in client.read_artifacts(artifact_filter=flow_run_filter) if a.key]
 
 
-def _run_here(entry: FlowEntry, params: FlowParameters) -> int:
-    """The flow in this process, on a temporary Prefect server (asked for with --ephemeral)."""
-    os.environ["PREFECT_API_URL"] = ""
-    os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "true"
+def _run_here(entry: FlowEntry, params: FlowParameters, startup_seconds: int) -> int:
+    """The flow in this process, on a temporary Prefect server (asked for with --ephemeral).
+
+    The server is Prefect's own temporary one (`SubprocessASGIServer`, what ephemeral mode
+    starts), started here with the allowance asked for, and named to every client of this
+    process as its API: the flow's client and Prefect's events worker, which in ephemeral mode
+    got no URL and logged an error for each event. A throw-away server sends no telemetry.
+    """
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"  # nothing else starts one
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
     from pydantic import BaseModel
 
-    state = entry.load()(params, return_state=True)
-    result = state.result(raise_on_failure=False)
+    server = SubprocessASGIServer()
+    try:
+        server.start(timeout=startup_seconds)
+    except RuntimeError:
+        server.stop()
+        raise CommandError(
+            f"the temporary Prefect server did not answer within {startup_seconds} s"
+            " (--startup-seconds)"
+        ) from None
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            state = entry.load()(params, return_state=True)
+            result = state.result(raise_on_failure=False)
+            _drain_to(server)
+    finally:
+        server.stop()
     if isinstance(result, BaseModel):
         print(result.model_dump_json(indent=2))
     elif result is not None and not isinstance(result, Exception):
         print(result)
     _say(f"{entry.name}: {state.name}" + (f": {state.message}" if state.message else ""))
     return 0 if state.is_completed() else 1
+
+
+def _drain_to(server: Any) -> None:
+    """Send the run's queued logs and events while the server is still there (as Prefect's own
+    test harness does before it stops its server): each would be an error line after."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all()
+    EventsWorker.drain_all()
 
 
 def _say(message: str) -> None:

@@ -28,6 +28,7 @@ from observer.intake.checkpoint import load_checkpoint, spool_backlog
 from observer.pipelines.corrections import CorrectionsCheckpoint
 from observer.prefect_database import configured_database_url
 from observer.settings import Settings
+from observer.upstream import GatewayOutage
 
 TIMEOUT_SECONDS = 1.5
 
@@ -95,6 +96,7 @@ class ProductStatus(BaseModel):
     ops: FileStatus
     corrections: CorrectionsStatus
     prefect_db: DatabaseStatus
+    gateway_outage: GatewayOutage
 
     @property
     def healthy(self) -> bool:
@@ -143,6 +145,13 @@ class ProductStatus(BaseModel):
         database = self.prefect_db
         size = f", {database.bytes} byte(s)" if database.bytes is not None else ""
         data.add_row("Prefect database", database.kind + size)
+        outage = self.gateway_outage
+        data.add_row(
+            "gateway posts",
+            outage.wait_reason() or f"down since {outage.down_since}: the next run tries"
+            if outage.down
+            else "delivered (no outage going on)",
+        )
         return Group(services, "", runs, "", data)
 
 
@@ -167,6 +176,7 @@ def gather(settings: Settings) -> ProductStatus:
         ops=_ops_file(settings.layout.ops_path),
         corrections=_corrections(settings),
         prefect_db=_database(settings),
+        gateway_outage=GatewayOutage.read(settings),
     )
 
 

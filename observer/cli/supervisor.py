@@ -136,7 +136,13 @@ def run_everything(settings: Settings, *, prefect_port: int = 4200, server: bool
             f"  ops {settings.layout.ops_path.resolve()}  (Ctrl-C stops everything)"
         )
         say(f"logs in {settings.layout.logs_dir.resolve()}; a run that ends badly is one line here")
-        return start_console(children, api_url, instance.work_pool, lambda: stopping)
+        return start_console(
+            children,
+            api_url,
+            instance.work_pool,
+            str(settings.layout.gateway_state.resolve()),
+            lambda: stopping,
+        )
     except CommandError as exc:
         print(f"observer: {exc}", file=sys.stderr)
         stop_all(children)

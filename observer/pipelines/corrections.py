@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, computed_field
 
 from observer.errors import BadRow, QuarantineKind
 from observer.files import append_durably, file_lock, load_state, save_state
@@ -31,7 +31,7 @@ from observer.intake import record_lines
 from observer.lines import CHUNK_BYTES, Line, read_lines
 from observer.ops import cut, now_timestamp, op_line
 from observer.pipelines.parameters import FlowParameters
-from observer.pipelines.report import Artifact, measures
+from observer.pipelines.report import Artifact, CountingReport
 from observer.settings import Settings
 from observer.values import json_type_name, number_from_text
 
@@ -131,6 +131,9 @@ class CorrectionsCheckpoint(FileMark):
 
     pending_bytes: int = 0  # an unterminated last line at `offset`, this long when last seen…
     pending_since: float | None = None  # …since this wall-clock time (for the grace period)
+    #: Where the unterminated last line taken as a row (its grace over) starts; it ends at
+    #: `offset`. Should the file go on there, that line was not over: it is read again whole.
+    open_line: int | None = None
     rows_total: int = 0
     quarantined_total: int = 0
     rotations_total: int = 0
@@ -168,7 +171,7 @@ class TailParameters(FlowParameters):
         return ", ".join(parts)
 
 
-class TailReport(BaseModel):
+class TailReport(CountingReport):
     """What one run did: for its logs and its table artifact."""
 
     path: str = ""
@@ -179,24 +182,22 @@ class TailReport(BaseModel):
     quarantined: int = 0
     quarantined_by_kind: dict[str, int] = Field(default_factory=dict)
     blank_lines: int = 0
-    bytes_read: int = 0
-    batches: int = 0
     start_offset: int = 0
     offset: int = 0
     size: int = 0
-    lag_bytes: int = 0
     pending_bytes: int = 0
     budget_reached: bool = False
     events: list[str] = Field(default_factory=list)  # rotation, truncation, re-read, grace, …
-    seconds: float = 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def lag_bytes(self) -> int:
+        """Bytes of the file not read yet (an unterminated last line among them)."""
+        return max(0, self.size - self.offset)
 
     def artifacts(self) -> list[Artifact]:
         """A table of (measure, value) rows: counts, quarantine kinds, then what happened."""
-        rows = measures(self.model_dump(exclude={"quarantined_by_kind", "events"}))
-        rows += measures(
-            {f"quarantined:{k}": n for k, n in sorted(self.quarantined_by_kind.items())}
-        )
-        rows += [{"measure": "event", "value": text} for text in self.events]
+        rows = self.rows("quarantined_by_kind", "quarantined", self.events, exclude={"events"})
         description = (
             f"Corrections tailing: {self.recorded} op(s) recorded, {self.quarantined}"
             f" quarantined, lag {self.lag_bytes} byte(s)"
@@ -272,8 +273,9 @@ class _Run:
     def full(self) -> bool:
         return len(self.batch) >= BATCH_ROWS or self.batch.size >= BATCH_BYTES
 
-    def commit(self, end: int) -> None:
-        """Make the batch durable (quarantine, then ops), then move the checkpoint to `end`."""
+    def commit(self, end: int, open_line: int | None = None) -> None:
+        """Make the batch durable (quarantine, then ops), then move the checkpoint to `end`
+        (`open_line`: where the unterminated line that ends there starts)."""
         batch, report = self.batch, self.report
         if batch.quarantine:
             append_durably(self.settings.layout.corrections_quarantine, b"".join(batch.quarantine))
@@ -284,6 +286,7 @@ class _Run:
                 "offset": end,
                 "pending_bytes": 0,
                 "pending_since": None,
+                "open_line": open_line,
                 "rows_total": self.checkpoint.rows_total + len(batch.entries),
                 "quarantined_total": self.checkpoint.quarantined_total + len(batch.quarantine),
             }
@@ -308,6 +311,27 @@ class _Run:
             update={"pending_bytes": line.length, "pending_since": now}
         )
         save_state(self.settings.layout.corrections_checkpoint, self.checkpoint)
+
+    def _reopen_a_continued_line(self, handle: BinaryIO) -> None:
+        """If the file goes on where an unterminated line was taken as a row, that line was not
+        over: read it again from its start, whole, under its own id (a newline there only ends
+        it, and is skipped as a blank line)."""
+        checkpoint = self.checkpoint
+        if checkpoint.open_line is None:
+            return
+        handle.seek(checkpoint.offset)
+        following = handle.read(1)
+        if not following:
+            return  # nothing more yet
+        if following != b"\n":
+            self.report.events.append(
+                f"the unterminated line taken at byte {checkpoint.open_line} went on: reading it"
+                " again whole"
+            )
+            update: dict[str, object] = {"offset": checkpoint.open_line, "open_line": None}
+        else:
+            update = {"open_line": None}
+        self.checkpoint = checkpoint.model_copy(update=update)
 
     def grace_over(self, line: Line, now: float, grace_seconds: float) -> bool:
         checkpoint = self.checkpoint
@@ -336,6 +360,7 @@ class _Run:
         Returns True when the end of the file was reached.
         """
         self.reading = source
+        self._reopen_a_continued_line(handle)
         start = end = self.checkpoint.offset
         max_line = self.settings.corrections_max_line_bytes
         for line in read_lines(handle, start, max_line_bytes=max_line):
@@ -344,7 +369,9 @@ class _Run:
                     self.report.events.append(f"took an unterminated last line at byte {end}")
                 self.take(line)
                 end = line.end
-                if self.full():
+                if not line.terminated:
+                    self.commit(end, open_line=line.offset)
+                elif self.full():
                     self.commit(end)
                 if line.terminated and end - start >= budget:
                     self.report.budget_reached = True
@@ -414,7 +441,6 @@ def tail_corrections(
                 run.drain(handle, path, final=False, grace_seconds=grace, budget=budget, now=wall)
             report.size = os.fstat(handle.fileno()).st_size
             report.offset = run.checkpoint.offset
-            report.lag_bytes = max(0, report.size - report.offset)
     report.seconds = round(time.monotonic() - started, 4)
     return report
 
@@ -498,5 +524,5 @@ def _rewind(run: _Run, handle: BinaryIO, offset: int) -> None:
         target = min(target + skipped, size)
     run.report.events.append(f"re-reading from byte {target} (asked {offset})")
     run.checkpoint = run.checkpoint.model_copy(
-        update={"offset": target, "pending_bytes": 0, "pending_since": None}
+        update={"offset": target, "pending_bytes": 0, "pending_since": None, "open_line": None}
     )

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import polars as pl
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from observer.files import append_durably, file_lock, load_state, save_state, truncate_to
 from observer.history.stream import (
@@ -36,7 +36,7 @@ from observer.intake.checkpoint import (
 from observer.intake.spool import SpoolPosition, delete_segments_before, read_spool
 from observer.pipelines.frames import frame_lines, spool_frame
 from observer.pipelines.parameters import FlowParameters
-from observer.pipelines.report import Artifact, measures
+from observer.pipelines.report import Artifact, CountingReport
 from observer.settings import Settings
 
 DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
@@ -62,14 +62,12 @@ class IngestParameters(FlowParameters):
         return self.reason
 
 
-class IngestReport(BaseModel):
+class IngestReport(CountingReport):
     """What one ingestion run did, for its logs and its table artifact."""
 
     reason: str = Field("manual", exclude=True)  # why the run started (in the description only)
     ingested: int = 0
     duplicates: int = 0
-    batches: int = 0
-    bytes_read: int = 0
     torn_bytes: int = 0
     repaired_crash: bool = False
     seals: int = 0
@@ -78,14 +76,11 @@ class IngestReport(BaseModel):
     by_source: dict[str, int] = Field(default_factory=dict)
     ingested_total: int = 0
     ops_bytes: int = 0
-    seconds: float = 0.0
 
     def artifacts(self) -> list[Artifact]:
         """A table of (measure, value) rows, counts per source last."""
-        rows = measures(self.model_dump(exclude={"by_source"}))
-        rows += measures({f"source:{s}": n for s, n in sorted(self.by_source.items())})
         description = f"Ingestion run ({self.reason}): {self.ingested} op(s) into ops.jsonl"
-        return [Artifact("ingest-events", description, table=rows)]
+        return [Artifact("ingest-events", description, table=self.rows("by_source", "source"))]
 
 
 def nothing_new(settings: Settings, params: IngestParameters | None = None) -> str | None:

@@ -31,7 +31,7 @@ from observer.ops import cut, now_timestamp
 from observer.pipelines.parameters import FlowParameters
 from observer.pipelines.report import Artifact
 from observer.settings import Settings
-from observer.upstream import LogEntry, Upstreams
+from observer.upstream import LogEntry, Upstreams, gateway_is_down
 
 PATTERN_INPUTS = 3
 PATTERN_CHARS = 200
@@ -442,6 +442,7 @@ class ConsolidationReport(BaseModel):
     note: str = ""
     status: dict[str, str] = Field(default_factory=dict)
     playbook: Playbook = Field(default_factory=Playbook, exclude=True)
+    gateway_down: bool = Field(False, exclude=True)  # a post failed as a gateway that is down
 
     @classmethod
     def planned(cls, playbook: Playbook, *, dry_run: bool) -> ConsolidationReport:
@@ -468,7 +469,8 @@ class ConsolidationReport(BaseModel):
         if failed:
             raise NotDelivered(
                 f"{failed} entr(y/ies) not delivered, {self.count('not attempted')} not attempted;"
-                " they stay unposted and the next run tries again"
+                " they stay unposted and the next run tries again",
+                gateway_down=self.gateway_down,
             )
 
     def artifacts(self) -> list[Artifact]:
@@ -551,8 +553,9 @@ def post_changed(
             report.status[endpoint] = post(planned)
         except Exception as error:  # any failure: not remembered, the next run posts it again
             report.status[endpoint] = f"failed: {error}"
-            if not isinstance(error, UpstreamError) or error.status is None or error.status >= 500:
+            if gateway_is_down(error) or not isinstance(error, UpstreamError):
                 gateway_down = "the gateway failed on an earlier entry"
+                report.gateway_down = report.gateway_down or gateway_is_down(error)
 
 
 _MARKDOWN_SPECIAL = frozenset("\\`*_[]<>|#~")

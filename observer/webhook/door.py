@@ -14,20 +14,20 @@ as a whole), and the answer holds one result per event, in order.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
-from observer.errors import EventError, IntakeError
+from observer.errors import DecodeFailed, EventError, IntakeError
 from observer.intake.group_commit import Intake
 from observer.intake.spool import encode_record, encode_records, records_without_ids
 from observer.ops import now_timestamp
 from observer.settings import Settings
 from observer.values import json_type_name
 from observer.webhook.events import (
-    DecodeFailed,
     FastEvent,
     Ready,
     batch_item,
@@ -39,6 +39,9 @@ from observer.webhook.events import (
 )
 from observer.webhook.ledger import Ledger
 
+log = logging.getLogger("observer.webhook")
+
+Read = TypeVar("Read")
 Headers = Sequence[tuple[bytes, bytes]]
 #: How an answer leaves: status, JSON payload, headers beyond content-type and content-length.
 Reply = Callable[[int, bytes, Headers], None]
@@ -56,6 +59,21 @@ def error_payload(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
+def _read(reply: Reply, read: Callable[..., Read], *body: Any) -> Read | None:
+    """What `read` makes of a request's body, or None once its refusal is answered: the
+    `EventError`'s status and message, or, for a body that broke the validation itself (a bug,
+    not the client's), a JSON 500 and the traceback in the log; nothing kept either way."""
+    try:
+        return read(*body)
+    except EventError as exc:
+        reply(exc.status, orjson.dumps(exc.to_json()), NO_HEADERS)
+    except Exception:
+        log.exception("a request body could not be validated")
+        message = "the body could not be validated (a webhook bug; nothing was kept)"
+        reply(500, error_payload(message), NO_HEADERS)
+    return None
+
+
 class EventDoor:
     """Validation, idempotency and the hand-over to the intake for `/event` and `/events`."""
 
@@ -69,10 +87,8 @@ class EventDoor:
     def post_event(self, body: bytes, reply: Reply) -> None:
         """One event: 200 `{"accepted":true,"ring_size":N}` once durable (`"duplicate":true` when
         its id is already stored), 400/422 naming what is wrong, 503 when nothing was kept."""
-        try:
-            event = ready_event(body)
-        except EventError as exc:
-            reply(exc.status, orjson.dumps(exc.to_json()), NO_HEADERS)
+        event = _read(reply, ready_event, body)
+        if event is None:
             return
         ledger = self.ledger
         event_id = event.event_id
@@ -92,13 +108,9 @@ class EventDoor:
     def post_events(self, body: bytes, content_type: bytes | None, reply: Reply) -> None:
         """A batch: 200 with one result per event once the new valid ones are durable; 400 when the
         body is no batch, 413 over `max_batch` events, 503 when nothing was kept."""
-        try:
-            items = self._items(body, content_type)
-        except EventError as exc:
-            reply(exc.status, orjson.dumps(exc.to_json()), NO_HEADERS)
+        batch = _read(reply, self._sorted_batch, body, content_type)
+        if batch is None:
             return
-        now = now_timestamp()  # one arrival time for the batch's events without a timestamp
-        batch = _sort_out([batch_item(item, now) for item in items], self.ledger)
         counts = {
             "accepted": len(batch.ops),
             "duplicates": batch.duplicates,
@@ -113,6 +125,11 @@ class EventDoor:
             done(len(self.ledger.window))
             return
         self._put(batch.ops, list(batch.claimed), batch.records(), done, reply)
+
+    def _sorted_batch(self, body: bytes, content_type: bytes | None) -> SortedBatch:
+        now = now_timestamp()  # one arrival time for the batch's events without a timestamp
+        items = self._items(body, content_type)
+        return _sort_out([batch_item(item, now) for item in items], self.ledger)
 
     def _items(self, body: bytes, content_type: bytes | None) -> list[Any]:
         """The batch's events: decoded at once when every one has its fields' JSON types, else

@@ -23,13 +23,13 @@ from typing import Any, NamedTuple
 import msgspec
 import orjson
 
-from observer.errors import EventError
+from observer.errors import DecodeFailed, EventError
 from observer.ops import js_number, now_timestamp, op_line
 from observer.values import (
     MAX_EXACT_INT,
     finite,
     json_type_name,
-    loads_beyond_double,
+    loads_refused,
     number_from_text,
 )
 
@@ -277,19 +277,18 @@ def _field_errors(data: dict[str, Any]) -> EventError:
 
 def load_unusual(body: bytes, error: orjson.JSONDecodeError) -> Any:
     """What orjson refused but the original read: a body after a UTF-8 BOM (its `req.json()`
-    ignored one, as RFC 8259 allows), and numbers beyond a double (refused by field, 422)."""
+    ignored one, as RFC 8259 allows), deeper nesting than orjson's bound, and numbers beyond a
+    double (refused by field, 422)."""
     if body.startswith(UTF8_BOM):
         body = body[len(UTF8_BOM) :]
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             error = exc
-    if str(error).startswith("number is infinity"):
-        try:
-            return loads_beyond_double(body)
-        except ValueError as exc:
-            raise EventError(f"invalid JSON: {exc}", status=400) from None
-    raise EventError(f"invalid JSON: {error}", status=400) from None
+    try:
+        return loads_refused(body, error)
+    except ValueError as exc:
+        raise EventError(f"invalid JSON: {exc}", status=400) from None
 
 
 # ── the fast path ───────────────────────────────────────────────────────────────────────────────
@@ -349,14 +348,13 @@ class Ready(NamedTuple):
 
 _ready = tuple.__new__  # `_ready(Ready, (...))`: a NamedTuple without its Python-level __new__
 
+#: What msgspec raises for a body it does not take: its own errors, and RecursionError for nesting
+#: deeper than the interpreter's recursion limit (less the stack already in use) allows.
+_NOT_DECODED = (msgspec.MsgspecError, RecursionError)
 _decode_event = msgspec.json.Decoder(FastEvent).decode
 _decode_events = msgspec.json.Decoder(list[FastEvent]).decode
 _encoder = msgspec.json.Encoder()
 _encode, _encode_lines = _encoder.encode, _encoder.encode_lines
-
-
-class DecodeFailed(ValueError):
-    """msgspec did not take the body: the slow way decides."""
 
 
 def decode_events(body: bytes) -> list[FastEvent]:
@@ -365,7 +363,7 @@ def decode_events(body: bytes) -> list[FastEvent]:
         raise DecodeFailed
     try:
         return _decode_events(body)
-    except msgspec.MsgspecError:
+    except _NOT_DECODED:
         raise DecodeFailed from None
 
 
@@ -374,7 +372,7 @@ def ready_event(body: bytes, now: str | None = None) -> Ready:
     if _utf8(body):
         try:
             event = _decode_event(body)
-        except msgspec.MsgspecError:
+        except _NOT_DECODED:
             pass
         else:
             return ready_decoded(event, now)

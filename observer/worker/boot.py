@@ -34,9 +34,15 @@ def project_directory() -> Path:
     return Path(os.environ.get("OBSERVER_PROJECT_DIR") or Path.cwd())
 
 
+def preload_modules() -> list[str]:
+    """The flows' modules, imported once by the template."""
+    from observer.catalog import FLOWS
+
+    return sorted(entry.module for entry in FLOWS.values())
+
+
 def main(worker_args: list[str]) -> None:
     from observer.worker.template import serve, warm_up
-    from observer.worker.worker import preload_modules
 
     os.chdir(project_directory())
 

@@ -19,16 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from observer.errors import TemplateUnavailable
 from observer.worker import protocol
 from observer.worker.boot import TEMPLATE_VARIABLE
 
 #: What a run's process is reported to have returned when its template died before it did.
 UNKNOWN_EXIT = 1
 START_TIMEOUT = 180.0
-
-
-class TemplateUnavailable(RuntimeError):
-    """The template could not fork this run (it refused, died or is not running)."""
 
 
 class AdoptedProcess:

@@ -63,9 +63,10 @@ from prefect.workers.base import (
 from pydantic import Field, PrivateAttr
 
 from observer.catalog import flow_at
+from observer.errors import TemplateUnavailable, WarmRunUnsupported
 from observer.worker import scheduling
-from observer.worker.boot import project_directory
-from observer.worker.client import TemplateUnavailable, WarmTemplate
+from observer.worker.boot import preload_modules, project_directory
+from observer.worker.client import WarmTemplate
 from observer.worker.protocol import CheckRequest
 from observer.worker.starter import TemplateStarter
 
@@ -79,10 +80,6 @@ WORKER_TYPE = "observer-warm"
 SET_WORKING_DIRECTORY = "prefect.deployments.steps.set_working_directory"
 AWAITING_SLOT = "AwaitingConcurrencySlot"
 STOP_GRACE_SECONDS = 10.0
-
-
-class WarmRunUnsupported(ValueError):
-    """This deployment cannot be run by forking the template; the message says why."""
 
 
 class ObserverJobConfiguration(BaseJobConfiguration):
@@ -176,13 +173,6 @@ class FlowsRemembered:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
-
-
-def preload_modules() -> list[str]:
-    """The flows' modules, imported once by the template."""
-    from observer.catalog import FLOWS
-
-    return sorted(entry.module for entry in FLOWS.values())
 
 
 class ObserverWorker(BaseWorker[ObserverJobConfiguration, ObserverVariables, ObserverWorkerResult]):
