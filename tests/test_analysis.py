@@ -31,6 +31,7 @@ from observer.pipelines.failures import FIRST_RUN_LINES
 from observer.pipelines.grouping import clean_cut, normalise_error
 from observer.settings import Settings
 from tests.fakes import Drop, FakeUpstream, Hang, Reply
+from tests.rendered import shown
 
 DIAGNOSIS = "Retry with a smaller batch; add 'do not call fill without a city' to the playbook."
 
@@ -362,8 +363,8 @@ def test_every_run_leaves_a_report_and_a_groups_table(
     append(settings, [failure("staffer 1 not found")])
     assert run().is_completed()  # LLM down: degraded
     report, table = asyncio.run(_latest_artifacts("analyze-errors-report", "analyze-errors-groups"))
-    assert "Degraded report — not made by the LLM" in report
-    assert "posted to the gateway's /log" in report
+    assert "Degraded report — not made by the LLM" in shown(report)
+    assert "posted to the gateway's /log" in shown(report)
     rows = json.loads(table)
     assert rows[0]["pattern"] == "staffer <num> not found" and rows[0]["count"] == 1
 

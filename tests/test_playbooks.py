@@ -22,6 +22,7 @@ from observer.pipelines.playbooks import (
 )
 from observer.settings import Settings
 from tests.fakes import FakeUpstream, Hang, Reply
+from tests.rendered import as_html, shown
 
 GOLDEN = Path(__file__).parent / "golden"
 Spec = tuple[str, float, bool]  # endpoint, duration_ms, success
@@ -198,7 +199,8 @@ def test_posts_once_then_only_what_changed(gateway: FakeUpstream, settings: Sett
     assert set(load_state(settings.layout.playbooks_state, PlaybookState).endpoints) == set(names)
     table = json.loads(_artifact("consolidate-playbooks"))
     assert {row["endpoint"]: row["status"] for row in table} == dict.fromkeys(names, "posted")
-    assert r"\_\_proto\_\_" in _artifact("consolidate-playbooks-changes")
+    changes = as_html(_artifact("consolidate-playbooks-changes"))
+    assert "<td>__proto__</td>" in changes and "<strong>" not in changes
 
     gateway.requests.clear()
     consolidate_playbooks()
@@ -211,7 +213,7 @@ def test_posts_once_then_only_what_changed(gateway: FakeUpstream, settings: Sett
         "consolidated: 4 successful constructor calls"
     )
     assert again.status["🚀"] == "unchanged"
-    assert "1 new success(es)" in _artifact("consolidate-playbooks-changes")
+    assert "1 new success(es)" in shown(_artifact("consolidate-playbooks-changes"))
 
 
 @pytest.mark.usefixtures("prefect_server")
