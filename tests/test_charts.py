@@ -297,3 +297,4 @@ def test_a_sparkline_is_one_block_per_value_and_zero_is_blank() -> None:
     assert sparkline([0, 0]) == "  " and sparkline([]) == ""
     assert sparkline([5, 5, 5]) == "███"
     assert sparkline([1000, 1]) == "█▁"  # a small value is still seen
+    assert sparkline([1, 0, 4], top=8) == "▁ ▄"  # on another series' scale
