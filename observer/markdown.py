@@ -14,12 +14,14 @@ every such text enters markdown through one of these, never by plain interpolati
 
 The rule behind `text` is CommonMark's own: any ASCII punctuation character may be backslash-escaped
 and then stands for itself. Escaping every one of them leaves no link, image, emphasis, HTML tag,
-entity, heading, list, quote, table pipe or GitHub autolink (`http\:\/\/…`, `www\.…`,
-`a\@b\.c`) for a hostile string to form; the page shows the characters as written. Line breaks
-are turned into spaces (a new line could start a heading or a block), and control and bidi
-characters, which could hide or reorder what a reader sees, into U+FFFD.
+entity, heading, list, quote or table pipe for a hostile string to form; the page shows the
+characters as written. GitHub's autolinks are another matter: the new UI (remark-gfm) looks for
+`www.…`, `http://…` and `a@b.c` in the text *after* parsing, escapes undone, so a word holding one
+is put in a code span instead, which that search leaves alone (and shows the word verbatim, in
+monospace). Line breaks become spaces (a new line could start a heading or a block), and control
+and bidi characters, which could hide or reorder what a reader sees, U+FFFD.
 
-    text("[x](http://evil) # hi")  ->  \[x\]\(http\:\/\/evil\) \# hi
+    text("[x](http://evil) # hi")  ->  `[x](http://evil)` \# hi
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ _HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ufe
 _LINE_BREAKS = re.compile("\r\n|[\r\n\u2028\u2029\x85]")
 _BACKTICKS = re.compile("`+")
 _INFO = re.compile(r"[a-z0-9+-]*")
+_WORDS = re.compile(r"(\s+)")
+#: What GitHub's autolinks grow from: `www.`, `scheme://`, `mailto:`, `xmpp:`, an `@` (e-mail).
+_LINK_LIKE = re.compile(r"(?i)www\.|://|mailto:|xmpp:|@")
 REPLACEMENT = "\ufffd"
 
 
@@ -45,15 +50,24 @@ def _one_line(value: object) -> str:
     return _visible(_LINE_BREAKS.sub(" ", str(value))).strip()
 
 
-def text(value: object) -> str:
-    """`value` as inline markdown that shows exactly its characters, on one line."""
-    return "".join("\\" + c if c in _ASCII_PUNCTUATION else c for c in _one_line(value))
+def text(value: object, *, in_table: bool = False) -> str:
+    """`value` as inline markdown that shows exactly its characters, on one line. A word that a
+    GitHub renderer would turn into a link even with its punctuation escaped (the new UI finds
+    `www.…`, `scheme://…` and `a@b.c` in the text after parsing) becomes a code span, which that
+    search leaves alone. `in_table`: inside a table cell (see `code`)."""
+    parts = []
+    for word in _WORDS.split(_one_line(value)):
+        if _LINK_LIKE.search(word):
+            parts.append(code(word, in_table=in_table))
+        else:
+            parts.append("".join("\\" + c if c in _ASCII_PUNCTUATION else c for c in word))
+    return "".join(parts)
 
 
 def cell(value: object) -> str:
     """A table cell showing `value` as written (`__proto__` is not bold "proto", `|` no column);
     None is an empty cell."""
-    return "" if value is None else text(value)
+    return "" if value is None else text(value, in_table=True)
 
 
 def code(value: object, *, in_table: bool = False) -> str:

@@ -62,17 +62,28 @@ def flat(value: str) -> str:
     )
 
 
+def outside_code(html: str) -> str:
+    """The HTML without its code spans: where a renderer's post-parse autolink search looks."""
+    return re.sub(r"<code>.*?</code>", "", html, flags=re.S)
+
+
+def no_autolink_seed(html: str) -> bool:
+    return re.search(r"(?i)www\.|://|mailto:|xmpp:|@", text_of(outside_code(html))) is None
+
+
 @pytest.mark.parametrize("hostile", HOSTILE)
 def test_text_is_shown_as_written_in_a_paragraph_a_list_item_and_a_heading(hostile: str) -> None:
     escaped = markdown.text(hostile)
     assert "\n" not in escaped
-    assert "://" not in escaped and "www." not in escaped and re.search(r"\w@", escaped) is None
     for wrapper, tag in (("Outcome: {}", "p"), ("- {}", "li"), ("## {}", "h2"), ("{}", "p")):
         html = as_html(wrapper.format(escaped))
         own = html.count(f"<{tag}>")
         assert own == 1, html
-        others = FORBIDDEN_TAGS.findall(html.replace(f"<{tag}>", "").replace(f"</{tag}>", ""))
+        others = FORBIDDEN_TAGS.findall(
+            outside_code(html).replace(f"<{tag}>", "").replace(f"</{tag}>", "")
+        )
         assert others == ([] if tag != "li" else ["ul"]), html
+        assert no_autolink_seed(html), html
         assert shown(wrapper.format(escaped)).strip().endswith(flat(hostile).strip())
 
 
@@ -83,7 +94,8 @@ def test_a_table_cell_holds_its_text_and_nothing_else(hostile: str) -> None:
     assert len(cells) == 4, html
     assert text_of(cells[0]) == flat(hostile).strip() and cells[1] == "next"
     assert cells[2:] == ["", "3"]
-    assert FORBIDDEN_TAGS.findall(html.replace("<table>", "")) == []
+    assert FORBIDDEN_TAGS.findall(outside_code(html).replace("<table>", "")) == []
+    assert no_autolink_seed(html)
 
 
 @pytest.mark.parametrize("hostile", HOSTILE)
@@ -112,8 +124,8 @@ def test_paragraphs_keep_their_lines_and_nothing_else() -> None:
     html = as_html(markdown.paragraphs(answer))
     assert html.count("<p>") == 2
     assert html.count("<br />") >= len("\n".join(HOSTILE).splitlines()) - 1
-    without_breaks = html.replace("<br />", "").replace("<p>", "").replace("</p>", "")
-    assert FORBIDDEN_TAGS.findall(without_breaks) == []
+    without_breaks = outside_code(html).replace("<br />", "").replace("<p>", "").replace("</p>", "")
+    assert FORBIDDEN_TAGS.findall(without_breaks) == [] and no_autolink_seed(html)
     assert "[a link](http://evil)" in shown(markdown.paragraphs(answer))
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from observer.charts.figure import (
     nice_ceiling,
     number,
     short,
+    text_width,
 )
 
 MAX_CATEGORIES = 62
@@ -97,7 +99,7 @@ class BarChart(Chart):
             top = panels_top + index * panel_height + 8
             plot = Plot(left, top, right, top + panel_height - 14)
             highest = nice_ceiling(max(measure.values, default=0), measure.format)
-            plot.y_axis(canvas, highest, measure.format, steps=2)
+            plot.y_axis(canvas, highest, measure.format, counts=(2, 1))
             shapes: dict[bool, list[str]] = {False: [], True: []}
             width = number(slot * 0.7)
             for position, (category, value) in enumerate(
@@ -110,12 +112,12 @@ class BarChart(Chart):
             for marked, fill in ((False, PALETTE[index]), (True, "url(#h)")):
                 if shapes[marked]:
                     canvas.add(f'<path d="{"".join(shapes[marked])}" fill="{fill}"/>')
-        step = max(1, -(-count * 64 // int(right - left)))  # a label every ~64 px at most
+        names = [label(category, 12) for category in self.categories]
+        widest = max((text_width(name) for name in names), default=0)
+        step = max(1, math.ceil((widest + 12) / slot))  # labels that do not touch
         for position in range(0, count, step):
             x = left + (position + 0.5) * slot
-            canvas.text(
-                x, HEIGHT - 12, label(self.categories[position], 12), ' text-anchor="middle"'
-            )
+            canvas.text(x, HEIGHT - 12, names[position], ' text-anchor="middle"')
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,9 @@ class RankedBars(Chart):
         scale = (right - label_right - 8) / top_value
         for row, bar in enumerate(self.bars):
             y = 56 + row * ROW_HEIGHT
-            canvas.text(label_right, y + 13, label(bar.label, 40), ' text-anchor="end"')
+            canvas.text(
+                label_right, y + 13, label(bar.label, 34, middle=True), ' text-anchor="end"'
+            )
             x0 = label_right + 8
             if bar.behind is not None:
                 canvas.rect(x0, y + 3, min(bar.behind, top_value) * scale, 14, LIGHT)

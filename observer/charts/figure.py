@@ -36,8 +36,8 @@ ACCENT = PALETTE[1]
 LIGHT = "#9ec9e8"  # the first colour, lighter: a bar behind another
 
 _STYLE = (
-    "text{font-family:system-ui,sans-serif;font-size:11px;fill:" + SOFT_INK + "}"
-    ".t{font-size:13px;font-weight:600;fill:" + INK + "}"
+    "text{font-family:system-ui,sans-serif;font-size:13px;fill:" + SOFT_INK + "}"
+    ".t{font-size:15px;font-weight:600;fill:" + INK + "}"
     ".v{fill:" + INK + "}"
     ".g{stroke:" + GRID + "}"
     ".l{fill:none;stroke-width:2;stroke-linejoin:round;stroke-linecap:round}"
@@ -109,9 +109,21 @@ def nice_ceiling(value: float, fmt: Format = "count") -> float:
     return 10 * power
 
 
-def ticks(top: float, count: int = 4) -> list[float]:
-    """`count` + 1 evenly spaced values from 0 to `top`."""
-    return [top * i / count for i in range(count + 1)]
+def _nice(step: float) -> bool:
+    mantissa = step / 10 ** math.floor(math.log10(step))
+    return any(math.isclose(mantissa, m) for m in (1, 2, 2.5, 5, 10))
+
+
+def ticks(top: float, fmt: Format, counts: Sequence[int] = (4, 5, 2, 1)) -> list[float]:
+    """Evenly spaced values from 0 to `top`, in the first of `counts` steps that gives a round
+    step (1, 2, 2.5 or 5 × 10^k; whole for counts and bytes: no `1.2` on a count axis)."""
+    unit = next((s for s, _ in _BYTE_UNITS if top >= s), 1) if fmt == "bytes" else 1
+    for count in counts:
+        step = top / count
+        whole = fmt not in ("count", "bytes") or (step / unit).is_integer() or step >= 10 * unit
+        if step > 0 and _nice(step / unit) and whole:
+            return [step * i for i in range(count + 1)]
+    return [0.0, top]
 
 
 def as_x(value: XValue) -> float:
@@ -128,12 +140,18 @@ def x_text(value: XValue) -> str:
     return moment.strftime("%Y-%m-%d %H:%MZ")
 
 
-def label(value: str, limit: int) -> str:
-    """A label cut to `limit` characters (an ellipsis says so)."""
-    return value if len(value) <= limit else value[: limit - 1] + "…"
+def label(value: str, limit: int, *, middle: bool = False) -> str:
+    """A label cut to `limit` characters (an ellipsis says so); `middle` keeps its start and its
+    end (names that share a prefix stay told apart)."""
+    if len(value) <= limit:
+        return value
+    if middle:
+        head = (limit - 1) * 3 // 5
+        return value[:head] + "…" + value[len(value) - (limit - 1 - head) :]
+    return value[: limit - 1] + "…"
 
 
-def text_width(value: str, size: float = 11) -> float:
+def text_width(value: str, size: float = 13) -> float:
     """About how wide `value` is in system-ui at `size` px (no font metrics at hand)."""
     return len(value) * size * 0.56
 
@@ -162,7 +180,7 @@ class Canvas:
             f"<style>{_STYLE}</style>",
             f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" rx="6"'
             f' fill="{BACKGROUND}" stroke="{BORDER}"/>',
-            f'<text x="16" y="22" class="t">{xml(label(title, 76))}</text>',
+            f'<text x="16" y="22" class="t">{xml(label(title, 68))}</text>',
         ]
 
     def add(self, element: str) -> None:
@@ -186,7 +204,7 @@ class Canvas:
         """Swatches and names in a row under the title: (name, colour, "line"/"dash"/"box")."""
         x = 16.0
         for full_name, colour, kind in entries:
-            name = label(full_name, 28)
+            name = label(full_name, 26)
             if kind == "box":
                 self.rect(x, y - 8, 10, 10, colour)
             else:
@@ -271,9 +289,11 @@ class Plot:
             return (self.left + self.right) / 2
         return self.left + (self.right - self.left) * (value - low) / (high - low)
 
-    def y_axis(self, canvas: Canvas, top_value: float, fmt: Format, steps: int = 4) -> None:
+    def y_axis(
+        self, canvas: Canvas, top_value: float, fmt: Format, counts: Sequence[int] = (4, 5, 2, 1)
+    ) -> None:
         """Horizontal grid lines with their values on the left."""
-        for value in ticks(top_value, steps):
+        for value in ticks(top_value, fmt, counts):
             y = self.y(value, top_value)
             canvas.line(self.left, y, self.right, y)
             canvas.text(self.left - 6, y + 4, short(value, fmt), ' text-anchor="end"')
