@@ -10,7 +10,8 @@ every such text enters markdown through one of these, never by plain interpolati
 - `code(s)`: an inline code span that the text cannot close (`in_table=True` inside a cell);
 - `block(s, info)`: a fenced code block that the text cannot close;
 - `paragraphs(s)`: prose of several lines (an LLM's answer), line breaks kept;
-- `table(columns, rows)`: a GFM table of escaped cells.
+- `table(columns, rows)`: a GFM table of escaped cells;
+- `plain(s)`: the other way, what a line of `text` shows (for a console).
 
 The rule behind `text` is CommonMark's own: any ASCII punctuation character may be backslash-escaped
 and then stands for itself. Escaping every one of them leaves no link, image, emphasis, HTML tag,
@@ -110,6 +111,32 @@ def paragraphs(value: object) -> str:
     if lines:
         result.append("\\\n".join(lines))
     return "\n\n".join(result)
+
+
+def plain(value: str) -> str:
+    """What one line of `text` shows, for a console: its escapes and code spans undone."""
+    shown, i = [], 0
+    while i < len(value):
+        char = value[i]
+        if char == "\\" and i + 1 < len(value) and value[i + 1] in _ASCII_PUNCTUATION:
+            shown.append(value[i + 1])
+            i += 2
+            continue
+        if char == "`":
+            fence = _BACKTICKS.match(value, i).group()  # type: ignore[union-attr]
+            end = value.find(fence, i + len(fence))
+            while end >= 0 and value[end + len(fence) : end + len(fence) + 1] == "`":
+                end = value.find(fence, end + len(fence) + 1)
+            if end >= 0:
+                inner = value[i + len(fence) : end]
+                if inner.startswith(" ") and inner.endswith(" ") and inner.strip():
+                    inner = inner[1:-1]
+                shown.append(inner)
+                i = end + len(fence)
+                continue
+        shown.append(char)
+        i += 1
+    return "".join(shown)
 
 
 def table(columns: Sequence[object], rows: Iterable[Sequence[object]]) -> str:

@@ -13,6 +13,8 @@ import re
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from observer import markdown
 from observer.markdown import REPLACEMENT
@@ -56,7 +58,7 @@ FORBIDDEN_TAGS = re.compile(
 
 def flat(value: str) -> str:
     """What `text` shows: one line, hidden characters replaced."""
-    value = re.sub("\r\n|[\r\n]", " ", value).replace("\t", " ")
+    value = re.sub("\r\n|[\r\n\u2028\u2029\x85]", " ", value).replace("\t", " ")
     return re.sub(
         "[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ufeff]", REPLACEMENT, value
     )
@@ -208,3 +210,8 @@ def test_a_playbook_report_shows_hostile_endpoints_and_failures_as_text(settings
     headings, images = _page_structure(report.markdown())
     assert headings == ["Playbook changes", "Success rate", "Latency"]
     assert len(images) == 2
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",))))
+def test_plain_undoes_text_for_the_console(value: str) -> None:
+    assert markdown.plain(markdown.text(value)) == flat(value).strip()
