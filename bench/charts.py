@@ -56,16 +56,29 @@ reference = [0.42 - 0.01 * i for i in range(14)]
 groups = [(f"scenario:fill: staffer <num> not found {i}", 40 - 3 * i) for i in range(12)]
 """
 
+#: Times `load()` (the import) and `draw()` (the charts, returned as SVG texts) of a drawing child.
+_TIMED = """
+import json, sys, time
+import observer
+before, started = memory(), time.perf_counter()
+load()
+imported, after = time.perf_counter() - started, memory()
+started = time.perf_counter()
+first = draw()
+drawn = time.perf_counter() - started
+print(json.dumps({"import_s": imported, "import_mb": after["VmRSS"] - before["VmRSS"],
+                  "draw_s": drawn, "bytes": [len(s.encode()) for s in first],
+                  "same_bytes": first == draw()}))
+"""
+
 CHILDREN = {
     "ours": _MEMORY
     + _DATA
     + """
-import json, time
-import observer
-before, started = memory(), time.perf_counter()
-from observer.charts import Bar, LineChart, Marker, RankedBars, Series
-imported, after = time.perf_counter() - started, memory()
+def load():
+    import observer.charts
 def draw():
+    from observer.charts import Bar, LineChart, Marker, RankedBars, Series
     line = LineChart(
         title="Failure rate before and after the correction",
         series=[Series("failure rate", list(zip(days, rate))),
@@ -74,23 +87,17 @@ def draw():
     )
     bars = RankedBars(title="Groups by size", bars=[Bar(name, n) for name, n in groups])
     return [line.svg(), bars.svg()]
-started = time.perf_counter()
-first = draw()
-drawn = time.perf_counter() - started
-print(json.dumps({"import_s": imported, "import_mb": after["VmRSS"] - before["VmRSS"],
-                  "draw_s": drawn, "bytes": [len(s.encode()) for s in first],
-                  "same_bytes": first == draw()}))
-""",
+"""
+    + _TIMED,
     "pygal": _MEMORY
     + _DATA
     + """
-import json, sys, time
+import sys
 sys.path.insert(0, sys.argv[1])
-import observer
-before, started = memory(), time.perf_counter()
-import pygal
-imported, after = time.perf_counter() - started, memory()
+def load():
+    import pygal
 def draw():
+    import pygal
     line = pygal.Line(js=[], width=640, height=240, range=(0, 1), title="Failure rate")
     line.x_labels = [d.strftime("%m-%d") for d in days]
     line.add("failure rate", rate)
@@ -99,13 +106,8 @@ def draw():
     for name, n in groups:
         bars.add(name, n)
     return [line.render().decode(), bars.render().decode()]
-started = time.perf_counter()
-first = draw()
-drawn = time.perf_counter() - started
-print(json.dumps({"import_s": imported, "import_mb": after["VmRSS"] - before["VmRSS"],
-                  "draw_s": drawn, "bytes": [len(s.encode()) for s in first],
-                  "same_bytes": first == draw()}))
-""",
+"""
+    + _TIMED,
     "template": _MEMORY
     + """
 import json, time

@@ -24,6 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from observer.cli.supervisor import _start as start_child
+from observer.cli.supervisor import _wait_until_healthy as wait_until_healthy
 from observer.intake import record_ops
 from observer.ops import Op
 from observer.settings import load_settings
@@ -68,44 +70,26 @@ RUN_FLOWS = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`prefect server start` with its UI on a free loopback port; yields its base URL."""
+    """A Prefect server with its UI on a free loopback port, started as `observer up` starts it;
+    yields its base URL."""
     home = tmp_path_factory.mktemp("prefect-ui")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         PREFECT_HOME=str(home),
-        PREFECT_API_URL=f"{url}/api",  # what the UI is told to call, as `observer up` does
+        PREFECT_API_URL=f"{url}/api",  # what the UI is told to call
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )
-    with open(home / "server.log", "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-             "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-        )  # fmt: skip
+    server = start_child(
+        "prefect server", env, signal.SIGTERM, home, "server", "start", "--host", "127.0.0.1",
+        "--port", str(port),
+    )  # fmt: skip
     try:
-        _wait_healthy(f"{url}/api/health", server, home / "server.log")
+        wait_until_healthy(f"{url}/api/health", server, "the Prefect server")
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-
-
-def _wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log.read_text(errors="replace")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"the Prefect server did not answer:\n{log.read_text(errors='replace')}")
+        server.stop(timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,13 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+import observer.charts
 from observer.charts import (
     MAX_SVG_BYTES,
     Bar,
@@ -48,25 +50,17 @@ def day(n: int) -> datetime:
 
 def outcome_chart() -> LineChart:
     """What assess-outcomes will draw: a rate before and after, the intervention, a reference."""
-    rate = [0.42, 0.40, 0.45, 0.12, 0.10, 0.08]
-    reference = [0.42, 0.38, 0.35, 0.32, 0.30, 0.28]
-    return LineChart(
-        title="Failure rate of fill/welder before and after the correction",
-        series=[
-            Series("failure rate", [(day(i), v) for i, v in enumerate(rate)]),
-            Series(
-                "reference decay",
-                [(day(i), v) for i, v in enumerate(reference)],
-                dashed=True,
-                muted=True,
-            ),
-        ],
-        x_name="day",
-        y_format="percent",
-        y_max=1.0,
-        markers=[Marker(day(3), "correction applied")],
-        spans=[Span(day(3), day(5), "after")],
+    days = [day(i) for i in range(6)]
+    rate = Series(
+        "failure rate", list(zip(days, [0.42, 0.40, 0.45, 0.12, 0.10, 0.08], strict=True))
     )
+    reference = [0.42, 0.38, 0.35, 0.32, 0.30, 0.28]
+    decay = Series(
+        "reference decay", list(zip(days, reference, strict=True)), dashed=True, muted=True
+    )
+    title = "Failure rate of fill/welder before and after the correction"
+    intervention, after = Marker(days[3], "correction applied"), Span(days[3], days[5], "after")
+    return LineChart(title, [rate, decay], "day", "percent", 1.0, [intervention], [after])
 
 
 def history_chart() -> BarChart:
@@ -85,16 +79,22 @@ def history_chart() -> BarChart:
     )
 
 
+def documented() -> dict[str, Chart]:
+    """The charts of the API's docstring examples, each run as written, by kind."""
+    blocks = re.findall(r"::\n\n((?:    .*\n|\n)+)", observer.charts.__doc__ or "")
+    charts: dict[str, Chart] = {}
+    for block in blocks:
+        scope: dict[str, object] = {}
+        exec(textwrap.dedent(block), scope)  # the docstring is ours: its examples are code
+        if isinstance(chart := scope.get("chart"), Chart):
+            charts[type(chart).__name__] = chart
+    return charts
+
+
 def latency_chart() -> RankedBars:
-    return RankedBars(
-        title="Latency per endpoint",
-        bars=[Bar("scenario:fill", 25, behind=39), Bar("/query", 12.5, behind=80, highlight=True)],
-        label_name="endpoint",
-        value_name="p50",
-        behind_name="p95",
-        highlight_name="slower",
-        format="ms",
-    )
+    chart = documented()["RankedBars"]
+    assert isinstance(chart, RankedBars)
+    return chart
 
 
 def every_kind() -> list[Chart]:
@@ -107,6 +107,14 @@ def parsed(chart: Chart) -> ET.Element:
 
 def number_list(text: str) -> list[float]:
     return [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", text)]
+
+
+def test_the_documented_examples_draw() -> None:
+    """Each example of the API's docstring runs as written and draws a valid chart."""
+    charts = documented()
+    assert list(charts) == ["LineChart", "BarChart", "RankedBars"]
+    for chart in charts.values():
+        ET.fromstring(chart.svg())
 
 
 # ── what every chart is ─────────────────────────────────────────────────────────────────────────
@@ -226,12 +234,12 @@ def test_ranked_bar_widths_are_the_table_values_and_highlights_are_marked() -> N
     table = chart.table()
     assert table.rows == (
         ("scenario:fill", "25 ms", "39 ms", ""),
-        ("/query", "12.5 ms", "80 ms", "yes"),
+        ("/query", "12 ms", "80 ms", "yes"),
     )
     rects = [r for r in parsed(chart).iter(f"{SVG}rect") if r.get("height") == "14"]
     widths = [float(r.get("width", 0)) for r in rects]  # behind, front, behind, front
     scale = widths[0] / 39
-    assert widths == pytest.approx([39 * scale, 25 * scale, 80 * scale, 12.5 * scale], abs=0.15)
+    assert widths == pytest.approx([39 * scale, 25 * scale, 80 * scale, 12 * scale], abs=0.15)
     assert [r.get("fill") for r in rects[1::2]].count(ACCENT) == 1
 
 

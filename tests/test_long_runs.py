@@ -15,7 +15,15 @@ from observer.catalog import INGEST_EVENTS, TAIL_CORRECTIONS
 from observer.files import load_state
 from observer.pipelines.corrections import CorrectionsCheckpoint
 from observer.settings import load_settings
-from tests.test_worker import create_run, ended, read_run, run_env, wait_for, wait_for_log
+from tests.test_worker import (
+    cancel,
+    create_run,
+    ended,
+    read_run,
+    run_env,
+    wait_for,
+    wait_for_log,
+)
 
 ROW = (
     b'{"task_class":"staffing.fill","reason":"escalation","model":"gpt-oss:120b",'
@@ -81,10 +89,7 @@ def test_a_long_re_read_shows_its_progress_can_be_cancelled_midway_and_the_next_
     )
     midway = watch(deployed_api, first, lambda seen, run: any(0 < v < 100 for v in seen))
     assert not ended(read_run(deployed_api, first)), "the run ended before it could be cancelled"
-    httpx.post(  # what the UI's Cancel does
-        f"{deployed_api}/flow_runs/{first}/set_state",
-        json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
-    ).raise_for_status()
+    cancel(deployed_api, first)  # as the UI's Cancel does
     run = wait_for(deployed_api, first, ended, timeout=30)
     assert run["state"]["type"] == "CANCELLED", run["state"]
     stopped_at = progress_of(deployed_api, first)

@@ -1,4 +1,4 @@
-"""Charts the product draws itself: small SVGs for the run pages, a sparkline for the terminal.
+r"""Charts the product draws itself: small SVGs for the run pages, a sparkline for the terminal.
 
 A chart is an object that renders itself (as rich's renderables do): a frozen dataclass of the
 numbers it shows, with

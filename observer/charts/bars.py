@@ -7,25 +7,8 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from observer.charts.figure import (
-    ACCENT,
-    HEIGHT,
-    LIGHT,
-    MUTED,
-    PALETTE,
-    WIDTH,
-    Canvas,
-    Chart,
-    DataTable,
-    Format,
-    Plot,
-    exact,
-    label,
-    nice_ceiling,
-    number,
-    short,
-    text_width,
-)
+from observer.charts import figure
+from observer.charts.figure import Canvas, Chart, DataTable, Format, Plot
 
 MAX_CATEGORIES = 62
 MAX_MEASURES = 2
@@ -34,7 +17,7 @@ ROW_HEIGHT = 22
 HATCH = (
     '<defs><pattern id="h" width="6" height="6" patternUnits="userSpaceOnUse"'
     ' patternTransform="rotate(45)"><rect width="6" height="6" fill="#eef0f3"/>'
-    f'<path d="M0 0v6" stroke="{MUTED}" stroke-width="2.5"/></pattern></defs>'
+    f'<path d="M0 0v6" stroke="{figure.MUTED}" stroke-width="2.5"/></pattern></defs>'
 )
 
 
@@ -74,7 +57,7 @@ class BarChart(Chart):
             columns += (self.mark_label,)
         rows = []
         for index, category in enumerate(self.categories):
-            row = [category, *(exact(m.values[index], m.format) for m in self.measures)]
+            row = [category, *(figure.exact(m.values[index], m.format) for m in self.measures)]
             if self.marked:
                 row.append("yes" if category in self.marked else "")
             rows.append(tuple(row))
@@ -85,39 +68,39 @@ class BarChart(Chart):
         return f"Hatched: {self.mark_label} ({', '.join(marked)})." if marked else ""
 
     def draw(self, canvas: Canvas) -> None:
-        legend = [(m.name, PALETTE[i], "box") for i, m in enumerate(self.measures)]
+        legend = [(m.name, figure.PALETTE[i], "box") for i, m in enumerate(self.measures)]
         if self.marked:
             canvas.add(HATCH)
             legend.append((self.mark_label, "url(#h)", "box"))
         canvas.legend(legend)
         count = max(1, len(self.categories))
-        left, right = 66.0, WIDTH - 16.0
+        left, right = 66.0, figure.WIDTH - 16.0
         slot = (right - left) / count
-        panels_top, panels_bottom = 52.0, HEIGHT - 28.0
+        panels_top, panels_bottom = 52.0, figure.HEIGHT - 28.0
         panel_height = (panels_bottom - panels_top) / len(self.measures)
         for index, measure in enumerate(self.measures):
             top = panels_top + index * panel_height + 8
             plot = Plot(left, top, right, top + panel_height - 14)
-            highest = nice_ceiling(max(measure.values, default=0), measure.format)
+            highest = figure.nice_ceiling(max(measure.values, default=0), measure.format)
             plot.y_axis(canvas, highest, measure.format, counts=(2, 1))
             shapes: dict[bool, list[str]] = {False: [], True: []}
-            width = number(slot * 0.7)
+            width = figure.number(slot * 0.7)
             for position, (category, value) in enumerate(
                 zip(self.categories, measure.values, strict=True)
             ):
                 x, y = left + position * slot + slot * 0.15, plot.y(value, highest)
                 shapes[category in self.marked].append(
-                    f"M{number(x)} {number(y)}h{width}V{number(plot.bottom)}h-{width}z"
+                    f"M{figure.number(x)} {figure.number(y)}h{width}V{figure.number(plot.bottom)}h-{width}z"
                 )
-            for marked, fill in ((False, PALETTE[index]), (True, "url(#h)")):
+            for marked, fill in ((False, figure.PALETTE[index]), (True, "url(#h)")):
                 if shapes[marked]:
                     canvas.add(f'<path d="{"".join(shapes[marked])}" fill="{fill}"/>')
-        names = [label(category, 12) for category in self.categories]
-        widest = max((text_width(name) for name in names), default=0)
+        names = [figure.label(category, 12) for category in self.categories]
+        widest = max((figure.text_width(name) for name in names), default=0)
         step = max(1, math.ceil((widest + 12) / slot))  # labels that do not touch
         for position in range(0, count, step):
             x = left + (position + 0.5) * slot
-            canvas.text(x, HEIGHT - 12, names[position], ' text-anchor="middle"')
+            canvas.text(x, figure.HEIGHT - 12, names[position], ' text-anchor="middle"')
 
 
 @dataclass(frozen=True)
@@ -138,7 +121,7 @@ class RankedBars(Chart):
 
     title: str
     bars: Sequence[Bar]
-    label_name: str = "label"
+    label_name: str = "figure.label"
     value_name: str = "value"
     behind_name: str = ""
     highlight_name: str = ""
@@ -154,7 +137,7 @@ class RankedBars(Chart):
         return self.note
 
     def size(self) -> tuple[int, int]:
-        return WIDTH, max(120, 62 + ROW_HEIGHT * len(self.bars) + 10)
+        return figure.WIDTH, max(120, 62 + ROW_HEIGHT * len(self.bars) + 10)
 
     def table(self) -> DataTable:
         columns = [self.label_name, self.value_name]
@@ -164,42 +147,44 @@ class RankedBars(Chart):
             columns.append(self.highlight_name)
         rows = []
         for bar in self.bars:
-            row = [bar.label, exact(bar.value, self.format)]
+            row = [bar.label, figure.exact(bar.value, self.format)]
             if self.behind_name:
-                row.append(exact(bar.behind, self.format))
+                row.append(figure.exact(bar.behind, self.format))
             if self.highlight_name:
                 row.append("yes" if bar.highlight else "")
             rows.append(tuple(row))
         return DataTable(tuple(columns), tuple(rows))
 
     def draw(self, canvas: Canvas) -> None:
-        legend = [(self.value_name, PALETTE[0], "box")]
+        legend = [(self.value_name, figure.PALETTE[0], "box")]
         if self.behind_name:
-            legend.append((self.behind_name, LIGHT, "box"))
+            legend.append((self.behind_name, figure.LIGHT, "box"))
         if self.highlight_name:
-            legend.append((self.highlight_name, ACCENT, "box"))
+            legend.append((self.highlight_name, figure.ACCENT, "box"))
         canvas.legend(legend)
         label_right = 250.0
-        right = WIDTH - (110.0 if self.behind_name else 60.0)
+        right = figure.WIDTH - (110.0 if self.behind_name else 60.0)
         highest = max((max(b.value, b.behind or 0) for b in self.bars), default=0)
         top_value = (
-            self.top_value if self.top_value is not None else nice_ceiling(highest, self.format)
+            self.top_value
+            if self.top_value is not None
+            else figure.nice_ceiling(highest, self.format)
         )
         scale = (right - label_right - 8) / top_value
         for row, bar in enumerate(self.bars):
             y = 56 + row * ROW_HEIGHT
             canvas.text(
-                label_right, y + 13, label(bar.label, 34, middle=True), ' text-anchor="end"'
+                label_right, y + 13, figure.label(bar.label, 34, middle=True), ' text-anchor="end"'
             )
             x0 = label_right + 8
             if bar.behind is not None:
-                canvas.rect(x0, y + 3, min(bar.behind, top_value) * scale, 14, LIGHT)
-            colour = ACCENT if bar.highlight else PALETTE[0]
+                canvas.rect(x0, y + 3, min(bar.behind, top_value) * scale, 14, figure.LIGHT)
+            colour = figure.ACCENT if bar.highlight else figure.PALETTE[0]
             width = min(bar.value, top_value) * scale
             canvas.rect(x0, y + 3, width, 14, colour)
             end = max(width, (bar.behind or 0) * scale)
-            text = short(bar.value, self.format)
+            text = figure.short(bar.value, self.format)
             if bar.behind is not None:
-                text += " / " + short(bar.behind, self.format)
+                text += " / " + figure.short(bar.behind, self.format)
             canvas.text(x0 + end + 4, y + 14, text, ' class="v"')
         canvas.line(label_right + 8, 50, label_right + 8, 56 + ROW_HEIGHT * len(self.bars))

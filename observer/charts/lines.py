@@ -6,27 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from observer.charts.figure import (
-    HEIGHT,
-    MUTED,
-    PALETTE,
-    WIDTH,
-    Canvas,
-    Chart,
-    DataTable,
-    Format,
-    Plot,
-    XValue,
-    as_x,
-    exact,
-    label,
-    nice_ceiling,
-    number,
-    x_text,
-    xml,
-)
+from observer.charts import figure
+from observer.charts.figure import Canvas, Chart, DataTable, Format, Plot, XValue
 
-MAX_SERIES = len(PALETTE)
+MAX_SERIES = len(figure.PALETTE)
 #: Points in all series together: what keeps the SVG within its size budget.
 MAX_POINTS = 360
 SPAN_FILL = "#e8eef6"
@@ -81,25 +64,32 @@ class LineChart(Chart):
         seen: dict[float, XValue] = {}
         for series in self.series:
             for x, _ in series.points:
-                seen.setdefault(as_x(x), x)
+                seen.setdefault(figure.as_x(x), x)
         return [seen[key] for key in sorted(seen)]
 
     def table(self) -> DataTable:
-        values = [{as_x(x): y for x, y in series.points} for series in self.series]
+        values = [{figure.as_x(x): y for x, y in series.points} for series in self.series]
         rows = tuple(
-            (x_text(x), *(exact(v.get(as_x(x)), self.y_format) for v in values)) for x in self._xs()
+            (
+                figure.x_text(x),
+                *(figure.exact(v.get(figure.as_x(x)), self.y_format) for v in values),
+            )
+            for x in self._xs()
         )
         return DataTable((self.x_name, *(s.name for s in self.series)), rows)
 
     def caption(self) -> str:
-        parts = [f"Shaded: {s.label} ({x_text(s.start)} to {x_text(s.end)})." for s in self.spans]
-        parts += [f"Line: {m.label} at {x_text(m.at)}." for m in self.markers]
+        parts = [
+            f"Shaded: {s.label} ({figure.x_text(s.start)} to {figure.x_text(s.end)})."
+            for s in self.spans
+        ]
+        parts += [f"Line: {m.label} at {figure.x_text(m.at)}." for m in self.markers]
         return " ".join(parts)
 
     def colours(self) -> list[str]:
-        colours, free = [], iter(PALETTE)
+        colours, free = [], iter(figure.PALETTE)
         for series in self.series:
-            colours.append(MUTED if series.muted else next(free))
+            colours.append(figure.MUTED if series.muted else next(free))
         return colours
 
     def draw(self, canvas: Canvas) -> None:
@@ -110,40 +100,42 @@ class LineChart(Chart):
                 for s, colour in zip(self.series, colours, strict=True)
             ]
         )
-        plot = Plot(left=58, top=58, right=WIDTH - 30, bottom=HEIGHT - 30)
-        xs = [as_x(x) for x in self._xs()]
-        xs += [as_x(m.at) for m in self.markers]
-        xs += [as_x(v) for s in self.spans for v in (s.start, s.end)]
+        plot = Plot(left=58, top=58, right=figure.WIDTH - 30, bottom=figure.HEIGHT - 30)
+        xs = [figure.as_x(x) for x in self._xs()]
+        xs += [figure.as_x(m.at) for m in self.markers]
+        xs += [figure.as_x(v) for s in self.spans for v in (s.start, s.end)]
         low, high = (min(xs), max(xs)) if xs else (0.0, 1.0)
         highest = max((y for s in self.series for _, y in s.points if y is not None), default=0.0)
-        top = self.y_max if self.y_max is not None else nice_ceiling(highest, self.y_format)
+        top = self.y_max if self.y_max is not None else figure.nice_ceiling(highest, self.y_format)
         for span in self.spans:
-            start = plot.x(as_x(span.start), low, high)
-            end = max(plot.x(as_x(span.end), low, high), start + 4)
+            start = plot.x(figure.as_x(span.start), low, high)
+            end = max(plot.x(figure.as_x(span.end), low, high), start + 4)
             canvas.rect(start, plot.top, end - start, plot.bottom - plot.top, SPAN_FILL)
-            canvas.text(min(start, plot.right - 80) + 3, plot.top + 12, label(span.label, 24))
+            canvas.text(
+                min(start, plot.right - 80) + 3, plot.top + 12, figure.label(span.label, 24)
+            )
         plot.y_axis(canvas, top, self.y_format)
         self._x_axis(canvas, plot, low, high)
         for series, colour in zip(self.series, colours, strict=True):
             self._line(canvas, plot, series, colour, low, high, top)
         for marker in self.markers:
-            x = plot.x(as_x(marker.at), low, high)
+            x = plot.x(figure.as_x(marker.at), low, high)
             canvas.line(x, plot.top - 4, x, plot.bottom, ' stroke="#1f2937" class="d"')
-            canvas.text(x + 4, plot.top + 24, label(marker.label, 24), ' class="v"')
+            canvas.text(x + 4, plot.top + 24, figure.label(marker.label, 24), ' class="v"')
 
     def _x_axis(self, canvas: Canvas, plot: Plot, low: float, high: float) -> None:
         """The distinct x values as ticks when few, else six evenly spaced ones."""
-        distinct = [as_x(x) for x in self._xs()]
+        distinct = [figure.as_x(x) for x in self._xs()]
         marks = distinct if len(distinct) <= 10 else [low + (high - low) * i / 5 for i in range(6)]
         timed = any(isinstance(x, datetime) for s in self.series for x, _ in s.points)
         for value in marks:
             canvas.text(
                 plot.x(value, low, high),
                 plot.bottom + 16,
-                _tick(value, high - low) if timed else number(value),
+                _tick(value, high - low) if timed else figure.number(value),
                 ' text-anchor="middle"',
             )
-        canvas.line(plot.left, plot.bottom, plot.right, plot.bottom, f' stroke="{MUTED}"')
+        canvas.line(plot.left, plot.bottom, plot.right, plot.bottom, f' stroke="{figure.MUTED}"')
 
     def _line(
         self,
@@ -162,8 +154,8 @@ class LineChart(Chart):
             if y_value is None:
                 pen_down = False
                 continue
-            x, y = plot.x(as_x(x_value), low, high), plot.y(min(y_value, top), top)
-            path.append(f"{'L' if pen_down else 'M'}{number(x)} {number(y)}")
+            x, y = plot.x(figure.as_x(x_value), low, high), plot.y(min(y_value, top), top)
+            path.append(f"{'L' if pen_down else 'M'}{figure.number(x)} {figure.number(y)}")
             dots.append((x, y))
             pen_down = True
         if not path:
@@ -172,9 +164,10 @@ class LineChart(Chart):
         canvas.add(f'<path d="{"".join(path)}" stroke="{colour}" class="{kind}"/>')
         if len(series.points) <= 40:
             circles = "".join(
-                f'<circle cx="{number(x)}" cy="{number(y)}" r="2.5"/>' for x, y in dots
+                f'<circle cx="{figure.number(x)}" cy="{figure.number(y)}" r="2.5"/>'
+                for x, y in dots
             )
-            canvas.add(f'<g fill="{xml(colour)}">{circles}</g>')
+            canvas.add(f'<g fill="{figure.xml(colour)}">{circles}</g>')
 
 
 def _tick(timestamp: float, extent: float) -> str:
