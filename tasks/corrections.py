@@ -19,7 +19,8 @@ def tail_corrections_file(
     from_offset: int | None, grace_seconds: float | None, max_bytes: int | None
 ) -> TailReport:
     """Record new rows as ops. Safe to retry: the checkpoint moves only after rows are durable, and
-    rows recorded twice carry the same id, which the intake drops."""
+    rows recorded twice carry the same id, which the intake drops. A long read shows its progress
+    on the run page."""
     return tail_corrections(
         load_settings(),
         from_offset=from_offset,

@@ -183,6 +183,10 @@ def test_a_scheduled_run_with_nothing_new_ends_without_a_process(
         time.sleep(0.5)
     assert settled, "the scheduled tail-corrections run did not complete"
     run = settled[0]
+    deadline = time.monotonic() + 15  # the worker names the run just after it settles it
+    while run["name"] != "tail-corrections (new rows)" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        run = read_run(deployed_api, run["id"])
     message = run["state"]["message"]
     assert message.startswith("nothing new: ") and message.endswith("no process started)")
     assert run["name"] == "tail-corrections (new rows)"  # as the flow names its runs
