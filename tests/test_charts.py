@@ -16,6 +16,7 @@ import sys
 import textwrap
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -36,9 +37,9 @@ from observer.charts import (
 from observer.charts.bars import MAX_BARS, MAX_CATEGORIES, MAX_MEASURES
 from observer.charts.figure import ACCENT, BACKGROUND
 from observer.charts.lines import MAX_POINTS, MAX_SERIES
-from tests.conftest import ROOT
 from tests.rendered import as_html
 
+ROOT = Path(__file__).resolve().parent.parent  # not conftest's: the determinism check imports this
 SVG = "{http://www.w3.org/2000/svg}"
 HOSTILE = "<script>alert(1)</script> ]]> & \" ' \x00\x07\ufffe [x](http://evil) ![](http://e/p.png)"
 DAY0 = datetime(2026, 12, 1, tzinfo=UTC)
