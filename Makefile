@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: up webhook test lint format bench install postgres clean
+.PHONY: up webhook test lint format bench install postgres chromium clean
 
 install: .venv/.installed
 
@@ -44,7 +44,24 @@ ifeq ($(PG_INITDB),)
 	fi
 endif
 
-test: install postgres ## lint, then the whole test suite
+# tests/test_browser.py opens the run pages in headless Chromium, from Debian's package. Where it
+# is missing, as root with apt-get (CI), it is installed; elsewhere that test says why it is skipped.
+CHROMIUM = $(strip $(shell command -v chromium 2>/dev/null))
+
+chromium:
+ifeq ($(CHROMIUM),)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Chromium with apt-get (for tests/test_browser.py)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq >/dev/null && \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	else \
+	  echo "Chromium is not installed and cannot be installed here (needs root and apt-get):" \
+	    "tests/test_browser.py will be skipped"; \
+	fi
+endif
+
+test: install postgres chromium ## lint, then the whole test suite
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) pytest

@@ -16,6 +16,7 @@ BENCHMARKS = (
     "analyze",
     "consolidate",
     "history",
+    "charts",
 )
 
 

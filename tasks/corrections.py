@@ -10,6 +10,7 @@ from observer.catalog import SPOOL_APPENDED_EVENT
 from observer.instance import instance_of
 from observer.pipelines.corrections import TailReport, tail_corrections
 from observer.settings import load_settings
+from tasks.progress import RunProgress
 from tasks.publish import publish
 
 
@@ -18,9 +19,14 @@ def tail_corrections_file(
     from_offset: int | None, grace_seconds: float | None, max_bytes: int | None
 ) -> TailReport:
     """Record new rows as ops. Safe to retry: the checkpoint moves only after rows are durable, and
-    rows recorded twice carry the same id, which the intake drops."""
+    rows recorded twice carry the same id, which the intake drops. A long read shows its progress
+    on the run page."""
     return tail_corrections(
-        load_settings(), from_offset=from_offset, grace_seconds=grace_seconds, max_bytes=max_bytes
+        load_settings(),
+        from_offset=from_offset,
+        grace_seconds=grace_seconds,
+        max_bytes=max_bytes,
+        on_progress=RunProgress(),
     )
 
 

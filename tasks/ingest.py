@@ -7,15 +7,21 @@ from prefect.cache_policies import NO_CACHE
 
 from observer.pipelines.ingest import IngestReport, drain_spool
 from observer.settings import load_settings
+from tasks.progress import RunProgress
 from tasks.publish import publish
 
 
 @task(name="drain-spool", retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
 def drain_spool_into_ops(max_seconds: float, reason: str, linger_seconds: float) -> IngestReport:
-    """Move every complete spooled record into ops.jsonl (safe to retry: checkpointed per batch)."""
+    """Move every complete spooled record into ops.jsonl (safe to retry: checkpointed per batch);
+    a large backlog shows its progress on the run page."""
     settings = load_settings()
     return drain_spool(
-        settings, max_seconds=max_seconds, reason=reason, linger_seconds=linger_seconds
+        settings,
+        max_seconds=max_seconds,
+        reason=reason,
+        linger_seconds=linger_seconds,
+        on_progress=RunProgress(),
     )
 
 

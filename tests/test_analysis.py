@@ -7,23 +7,28 @@ as real HTTP servers on loopback.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.states import State
 
 from flows.analyze_errors import analyze_errors
+from observer.charts import MAX_SVG_BYTES
 from observer.files import load_state, read_tail
 from observer.ops import Op
-from observer.pipelines import analysis
+from observer.pipelines import analysis, analysis_charts
 from observer.pipelines.analysis import (
     DEGRADED_APPROACH,
     LLM_APPROACH,
     MAX_PROMPT_CHARS,
+    AnalysisReport,
     AnalysisState,
     AnalyzeParameters,
 )
@@ -31,6 +36,7 @@ from observer.pipelines.failures import FIRST_RUN_LINES
 from observer.pipelines.grouping import clean_cut, normalise_error
 from observer.settings import Settings
 from tests.fakes import Drop, FakeUpstream, Hang, Reply
+from tests.rendered import shown
 
 DIAGNOSIS = "Retry with a smaller batch; add 'do not call fill without a city' to the playbook."
 
@@ -362,8 +368,8 @@ def test_every_run_leaves_a_report_and_a_groups_table(
     append(settings, [failure("staffer 1 not found")])
     assert run().is_completed()  # LLM down: degraded
     report, table = asyncio.run(_latest_artifacts("analyze-errors-report", "analyze-errors-groups"))
-    assert "Degraded report — not made by the LLM" in report
-    assert "posted to the gateway's /log" in report
+    assert "Degraded report — not made by the LLM" in shown(report)
+    assert "posted to the gateway's /log" in shown(report)
     rows = json.loads(table)
     assert rows[0]["pattern"] == "staffer <num> not found" and rows[0]["count"] == 1
 
@@ -387,3 +393,81 @@ def test_a_known_group_is_analysed_again_after_reanalyse_after_hours(settings: S
     assert analysis.select(settings, query).known == first.fresh
     later = datetime.now(UTC) + timedelta(hours=25)
     assert analysis.select(settings, query, now=later).fresh == first.fresh
+
+
+# ── the pictures ────────────────────────────────────────────────────────────────────────────────
+
+
+def dated(error: str, endpoint: str, moment: datetime) -> Op:
+    stamp = moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return failure(error, endpoint).model_copy(update={"timestamp": stamp})
+
+
+def test_failures_per_day_are_counted_once_across_runs_and_windows(settings: Settings) -> None:
+    now = datetime.now(UTC)
+    today, two_days_ago = now.date().isoformat(), (now - timedelta(days=2)).date().isoformat()
+    append(settings, [dated("a", "ep", now - timedelta(days=2)), dated("b", "ep", now)])
+    nothing = analysis.Diagnosis(kind="nothing", message="")
+    first = analysis.select(settings, AnalyzeParameters())
+    assert first.daily.days == {two_days_ago: {"ep": 1}, today: {"ep": 1}}
+    analysis.commit(settings, first, nothing)
+    append(settings, [dated("c", "ep", now), dated("d", "other", now)])
+    second = analysis.select(settings, AnalyzeParameters())  # the stored days plus the new bytes
+    assert second.daily.days == {two_days_ago: {"ep": 1}, today: {"ep": 2, "other": 1}}
+    analysis.commit(settings, second, nothing)
+    stored = load_state(settings.layout.analysis_state, AnalysisState).daily
+    assert stored.days == second.daily.days
+
+    window = analysis.select(settings, AnalyzeParameters(since_hours=24 * 7))  # rereads all
+    assert window.daily.days == second.daily.days and window.fresh_daily == {}
+    analysis.commit(settings, window, nothing)
+    forced = analysis.select(settings, AnalyzeParameters(force=True))  # the last batch again
+    assert forced.daily.days == second.daily.days and forced.fresh_daily == {}
+    analysis.commit(settings, forced, nothing)
+    assert load_state(settings.layout.analysis_state, AnalysisState).daily == stored
+    only = analysis.select(settings, AnalyzeParameters(since_hours=1, endpoint="other"))
+    assert only.daily.days == {today: {"other": 1}}
+
+
+def test_undated_and_far_future_failures_are_left_out_of_the_picture(settings: Settings) -> None:
+    far = failure("x", n=1)  # 2099
+    undated = failure("y", n=2).model_copy(update={"timestamp": "yesterday"})
+    append(settings, [far, undated])
+    selection = analysis.select(settings, AnalyzeParameters())
+    assert selection.failures == 2 and selection.daily.days == {}
+    report = AnalysisReport(
+        selection=selection,
+        diagnosis=analysis.Diagnosis(kind="nothing", message="m"),
+        delivery="d",
+    )
+    assert [title for title, _ in report.charts()] == ["Groups"]
+
+
+@needs_prefect
+def test_the_report_artifact_holds_the_charts_as_svg_images_with_their_tables(
+    settings: Settings, gateway: FakeUpstream
+) -> None:
+    now = datetime.now(UTC)
+    ops = [
+        dated("staffer 1 not found", "scenario:fill", now - timedelta(days=d)) for d in (0, 0, 3)
+    ]
+    ops.append(dated("timeout after 30s", "hybrid:search", now))
+    append(settings, ops)
+    assert run().is_completed()  # LLM down: degraded, posted
+    (page,) = asyncio.run(_latest_artifacts("analyze-errors-report"))
+    images = re.findall(r"!\[[^\]]*\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", page)
+    assert len(images) == 2
+    trend_svg, groups_svg = (base64.b64decode(image).decode() for image in images)
+    state = load_state(settings.layout.analysis_state, AnalysisState)
+    stamps = sorted(op.timestamp for op in ops)
+    expected = analysis_charts.trend_chart(
+        state.daily, {"scenario:fill", "hybrid:search"}, (stamps[0], stamps[-1]), now.date()
+    )
+    assert trend_svg == expected.svg()
+    assert expected.table().markdown() in page
+    rows = {row[0]: row[1:] for row in expected.table().rows}
+    assert rows[now.date().isoformat()] == ("2", "1")
+    assert rows[(now - timedelta(days=3)).date().isoformat()] == ("1", "0")
+    root = ElementTree.fromstring(groups_svg)
+    assert root.get("viewBox") is not None and len(groups_svg) <= MAX_SVG_BYTES
+    assert "| scenario\\:fill\\: staffer \\<num\\> not found | 3 | yes |" in page

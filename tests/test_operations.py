@@ -212,6 +212,24 @@ def test_observer_run_runs_the_deployment_and_follows_it(
 
 def test_status_of_a_stopped_product_says_what_is_down(observer_env: dict[str, str]) -> None:
     env = {**observer_env, "OBSERVER_PORT": "9", "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    now = datetime.now(UTC)
+    ops = [
+        sample_op(
+            timestamp=(now - timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            endpoint=endpoint,
+            success=success,
+        )
+        for minutes, endpoint, success in [
+            (7 * 60, "fill", False),  # before the last 6 hours: not drawn
+            (350, "fill", True),
+            (20, "fill", False),
+            (5, "fill", True),
+            (5, "search", True),
+        ]
+    ]
+    settings = load_settings(data_dir=Path(observer_env["OBSERVER_DATA_DIR"]))
+    settings.layout.ops_path.parent.mkdir(parents=True)
+    settings.layout.ops_path.write_bytes(b"".join(op.to_line() + b"\n" for op in ops))
     result = observer("status", "--json", env=env)
     assert result.returncode == 1
     status = json.loads(result.stdout)
@@ -222,8 +240,16 @@ def test_status_of_a_stopped_product_says_what_is_down(observer_env: dict[str, s
     )
     assert "connection refused" in status["webhook"]["detail"]
     assert [d["name"] for d in status["deployments"]] == list(FLOWS)
-    human = observer("status", env=env)
+    trends = status["trends"]
+    assert [t["endpoint"] for t in trends["endpoints"]] == ["fill", "search"]
+    fill = trends["endpoints"][0]
+    assert len(fill["ops"]) == 24 and sum(fill["ops"]) == 3 and sum(fill["failures"]) == 1
+    assert fill["ops"][0] == 1 and fill["ops"][-1] == 1 and fill["failures"][-2] == 1
+    human = observer("status", env={**env, "COLUMNS": "160"})
     assert human.returncode == 1 and "DOWN" in human.stdout
+    assert "Last 6 h per endpoint" in human.stdout
+    (line,) = [line for line in human.stdout.splitlines() if line.lstrip().startswith("fill ")]
+    assert "█" + " " * 21 + "██" in line  # one mark 350 min ago, then 20 and 5 min ago
 
 
 def test_status_of_a_running_product(
@@ -294,3 +320,21 @@ def test_a_run_that_ends_badly_is_one_console_line_once(deployed_api: str) -> No
     watcher.check()
     assert lines.count(expected) == 1  # said once
     watcher.close()
+
+
+def test_the_trend_reads_back_to_its_start_or_says_how_far_it_reached() -> None:
+    from observer.cli.status import TREND_MARKS, RecentOp, trends
+
+    now = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    ops = [
+        RecentOp(now - timedelta(hours=3), "a", True),
+        RecentOp(now + timedelta(minutes=2), "a", False),  # another clock, a little ahead
+        RecentOp(now - timedelta(minutes=1), "b", True),
+        RecentOp(now - timedelta(minutes=1), "b", True),
+    ]
+    full = trends(ops, now, reached_back=True)
+    assert [t.endpoint for t in full.endpoints] == ["a", "b"]  # as busy: by name
+    a = next(t for t in full.endpoints if t.endpoint == "a")
+    assert a.ops[TREND_MARKS // 2] == 1 and a.failures[-1] == 1 and full.oldest_read is None
+    cut = trends(ops[2:], now, reached_back=False)
+    assert cut.oldest_read == "2026-12-01 11:59:00Z"

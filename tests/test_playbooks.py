@@ -4,7 +4,9 @@ server and a fake gateway on loopback."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,11 @@ from observer.pipelines.playbooks import (
     ConsolidateParameters,
     PlaybookState,
     build_playbook,
+    window_charts,
 )
 from observer.settings import Settings
 from tests.fakes import FakeUpstream, Hang, Reply
+from tests.rendered import as_html, shown
 
 GOLDEN = Path(__file__).parent / "golden"
 Spec = tuple[str, float, bool]  # endpoint, duration_ms, success
@@ -198,7 +202,8 @@ def test_posts_once_then_only_what_changed(gateway: FakeUpstream, settings: Sett
     assert set(load_state(settings.layout.playbooks_state, PlaybookState).endpoints) == set(names)
     table = json.loads(_artifact("consolidate-playbooks"))
     assert {row["endpoint"]: row["status"] for row in table} == dict.fromkeys(names, "posted")
-    assert r"\_\_proto\_\_" in _artifact("consolidate-playbooks-changes")
+    changes = as_html(_artifact("consolidate-playbooks-changes"))
+    assert "<td>__proto__</td>" in changes and "<strong>" not in changes
 
     gateway.requests.clear()
     consolidate_playbooks()
@@ -211,7 +216,7 @@ def test_posts_once_then_only_what_changed(gateway: FakeUpstream, settings: Sett
         "consolidated: 4 successful constructor calls"
     )
     assert again.status["🚀"] == "unchanged"
-    assert "1 new success(es)" in _artifact("consolidate-playbooks-changes")
+    assert "1 new success(es)" in shown(_artifact("consolidate-playbooks-changes"))
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -253,3 +258,28 @@ def test_gateway_failure_fails_the_run_and_marks_nothing_undelivered(
     retried = consolidate_playbooks()  # the gateway is back: the rest is posted, not the first
     assert list(_posted(gateway)) == ["endpoint=second", "endpoint=third"]
     assert retried.count("posted") == 2
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_changes_artifact_draws_success_rate_and_latency_per_endpoint(
+    gateway: FakeUpstream, settings: Settings
+) -> None:
+    _write(
+        settings, [*_ok("fast", 10, 20, 30, 40), ("fast", 5, False), *_ok("slow", 100, 300, 500)]
+    )
+    _write(settings, [("broken", 7, False)] * 2)
+    consolidate_playbooks()
+    page = _artifact("consolidate-playbooks-changes")
+    images = re.findall(r"!\[[^\]]*\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", page)
+    playbook = build_playbook(settings, ConsolidateParameters())
+    charts = [chart for _, chart in window_charts(playbook.endpoints)]
+    assert [base64.b64decode(image).decode() for image in images] == [c.svg() for c in charts]
+    rates, latency = (chart.table() for chart in charts)
+    assert rates.rows == (
+        ("fast (4/5)", "80.0%"),
+        ("slow (3/3)", "100.0%"),
+        ("broken (0/2)", "0.0%"),
+    )
+    assert latency.rows == (("fast", "25 ms", "38.5 ms"), ("slow", "300 ms", "480 ms"))
+    for chart in charts:
+        assert chart.table().markdown() in page

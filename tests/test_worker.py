@@ -77,6 +77,14 @@ def wait_for_log(api: str, run_id: str, text: str, timeout: float = 15) -> str:
     raise AssertionError(f"no log line of run {run_id} holds {text!r}")
 
 
+def cancel(api: str, run_id: str) -> None:
+    """What the UI's Cancel does."""
+    httpx.post(
+        f"{api}/flow_runs/{run_id}/set_state",
+        json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
+    ).raise_for_status()
+
+
 def ended(run: dict[str, Any]) -> bool:
     return run["state"]["type"] in FINAL
 
@@ -183,6 +191,10 @@ def test_a_scheduled_run_with_nothing_new_ends_without_a_process(
         time.sleep(0.5)
     assert settled, "the scheduled tail-corrections run did not complete"
     run = settled[0]
+    deadline = time.monotonic() + 15  # the worker names the run just after it settles it
+    while run["name"] != "tail-corrections (new rows)" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        run = read_run(deployed_api, run["id"])
     message = run["state"]["message"]
     assert message.startswith("nothing new: ") and message.endswith("no process started)")
     assert run["name"] == "tail-corrections (new rows)"  # as the flow names its runs
@@ -207,10 +219,7 @@ def test_a_run_cancelled_through_the_api_stops_and_ends_cancelled(
     pid = int(read_run(deployed_api, run_id)["infrastructure_pid"])
 
     asked = time.monotonic()
-    httpx.post(  # what the UI's Cancel does
-        f"{deployed_api}/flow_runs/{run_id}/set_state",
-        json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
-    ).raise_for_status()
+    cancel(deployed_api, run_id)
     run = wait_for(deployed_api, run_id, ended, timeout=30)
     assert run["state"]["type"] == "CANCELLED", run["state"]
     assert time.monotonic() - asked < 10

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from observer import markdown
 from observer.catalog import FLOWS, FlowEntry
 from observer.errors import CommandError
 from observer.instance import instance_of
@@ -135,7 +136,7 @@ def _run_deployment(entry: FlowEntry, params: FlowParameters, api: str, deployme
             _say(f"stopped following; the run goes on: {url}")
             return 130
         for artifact in _artifacts(client, run.id):
-            _say(f"  artifact {artifact.key}: {artifact.description}")
+            _say(f"  artifact {artifact.key}: {markdown.plain(artifact.description or '')}")
     return 0 if state.is_completed() else 1
 
 

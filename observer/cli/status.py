@@ -2,7 +2,8 @@
 
 It asks the parts that answer over HTTP (the webhook's `/health`, the Prefect server, its workers,
 each deployment's last and next run) concurrently with short timeouts, and reads the files that say
-the rest (the spool backlog, ops.jsonl, the corrections tailer's checkpoint, the Prefect database).
+the rest (the spool backlog, ops.jsonl, the corrections tailer's checkpoint, the Prefect database),
+and draws a sparkline per endpoint of the last hours of ops.
 It imports neither prefect nor polars, so it answers in well under two seconds. The exit status is
 non-zero when the webhook, the Prefect server or the worker is down.
 """
@@ -12,25 +13,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
+import orjson
 from pydantic import BaseModel, Field
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from observer.catalog import FLOWS
+from observer.charts import sparkline
 from observer.files import count_lines, load_state
+from observer.history.stream import open_stream
 from observer.instance import instance_of
 from observer.intake.checkpoint import load_checkpoint, spool_backlog
+from observer.jsfmt import UNDEFINED, js_string
 from observer.pipelines.corrections import CorrectionsCheckpoint
 from observer.prefect_database import configured_database_url
 from observer.settings import Settings
 from observer.upstream import GatewayOutage
 
 TIMEOUT_SECONDS = 1.5
+#: The trend per endpoint: the last TREND_HOURS in TREND_MARKS marks (15 minutes each), read from
+#: at most TREND_MAX_OPS ops (the tail of ops.jsonl), the TREND_ENDPOINTS busiest endpoints.
+TREND_HOURS = 6
+TREND_MARKS = 24
+TREND_MAX_OPS = 20_000
+TREND_ENDPOINTS = 8
 
 
 class Service(BaseModel):
@@ -79,6 +91,39 @@ class CorrectionsStatus(BaseModel):
     lag_bytes: int
 
 
+class EndpointTrend(BaseModel):
+    """One endpoint's ops and failures per mark of the trend, oldest first."""
+
+    endpoint: str
+    ops: list[int]
+    failures: list[int]
+
+    def volume(self) -> Text:
+        """The sparkline of its ops, each mark coloured by its share of failures."""
+        text = Text()
+        for mark, ops, failed in zip(sparkline(self.ops), self.ops, self.failures, strict=True):
+            share = failed / ops if ops else 0
+            text.append(mark, style="red" if share >= 0.5 else "yellow" if failed else "green")
+        return text
+
+    def failed(self) -> Text:
+        """The sparkline of its failures on the scale of its ops (a mark as high as the busiest
+        mark's ops is all failures; blank: none)."""
+        return Text(sparkline(self.failures, top=max(self.ops)), style="red")
+
+
+class Trends(BaseModel):
+    """The last hours per endpoint (busiest first), and how far back the ops read reached."""
+
+    hours: float
+    mark_minutes: float
+    endpoints: list[EndpointTrend] = Field(default_factory=list)
+    ops_read: int = 0
+    oldest_read: str | None = (
+        None  # the oldest op read, when the tail did not reach back far enough
+    )
+
+
 class DatabaseStatus(BaseModel):
     kind: str
     bytes: int | None = None
@@ -97,6 +142,7 @@ class ProductStatus(BaseModel):
     corrections: CorrectionsStatus
     prefect_db: DatabaseStatus
     gateway_outage: GatewayOutage
+    trends: Trends
 
     @property
     def healthy(self) -> bool:
@@ -152,7 +198,34 @@ class ProductStatus(BaseModel):
             if outage.down
             else "delivered (no outage going on)",
         )
-        return Group(services, "", runs, "", data)
+        return Group(services, "", runs, "", data, "", self._trend_table())
+
+    def _trend_table(self) -> RenderableType:
+        trends = self.trends
+        title = (
+            f"Last {trends.hours:g} h per endpoint (a mark per {trends.mark_minutes:g} min;"
+            " green: no failure, yellow: some, red: half or more)"
+        )
+        if not trends.endpoints:
+            return Text(f"{title}: no ops in that time")
+        table = Table(title=title, title_justify="left", show_edge=False)
+        table.add_column("endpoint", overflow="ellipsis", no_wrap=True, max_width=40)
+        table.add_column("ops", no_wrap=True)
+        table.add_column("failures", no_wrap=True)
+        table.add_column("ops", justify="right")
+        table.add_column("failed", justify="right")
+        for trend in trends.endpoints:
+            failed = sum(trend.failures)
+            table.add_row(
+                Text(trend.endpoint),
+                trend.volume(),
+                trend.failed(),
+                str(sum(trend.ops)),
+                Text(str(failed), style="red" if failed else ""),
+            )
+        if trends.oldest_read is not None:
+            table.caption = f"from the last {trends.ops_read} ops only (since {trends.oldest_read})"
+        return table
 
 
 def _state_markup(state: str) -> str:
@@ -177,6 +250,7 @@ def gather(settings: Settings) -> ProductStatus:
         corrections=_corrections(settings),
         prefect_db=_database(settings),
         gateway_outage=GatewayOutage.read(settings),
+        trends=_trends(settings),
     )
 
 
@@ -323,6 +397,75 @@ def _corrections(settings: Settings) -> CorrectionsStatus:
         size=size,
         lag_bytes=max(0, size - checkpoint.offset),
     )
+
+
+class RecentOp(NamedTuple):
+    timestamp: datetime
+    endpoint: str
+    success: bool
+
+
+def recent_ops(settings: Settings, since: datetime) -> list[RecentOp]:
+    """The ops since `since`, oldest first: the newest ops on disk (ops.jsonl, then the sealed
+    segments kept beside it; at most TREND_MAX_OPS lines, newest first, stopping at the first op
+    older than `since`), read without polars or the history table so the status stays quick.
+    Lines that are not ops, or carry no readable timestamp, are skipped."""
+    found = []
+    with open_stream(settings) as files:
+        newest = files.tail(TREND_MAX_OPS).lines
+    for line in reversed(newest):
+        try:
+            op = orjson.loads(line)
+            moment = datetime.fromisoformat(op["timestamp"])
+        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+            continue
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        if moment < since:
+            break
+        endpoint = op.get("endpoint", UNDEFINED)
+        found.append(
+            RecentOp(
+                moment,
+                endpoint if isinstance(endpoint, str) else js_string(endpoint),
+                op.get("success") is True,
+            )
+        )
+    found.reverse()
+    return found
+
+
+def trends(ops: list[RecentOp], now: datetime, *, reached_back: bool) -> Trends:
+    """Ops and failures per endpoint per mark over the last TREND_HOURS; ops dated after `now`
+    (another clock) count in the last mark. `reached_back`: the read went back to the start."""
+    width = timedelta(hours=TREND_HOURS) / TREND_MARKS
+    start = now - timedelta(hours=TREND_HOURS)
+    per_endpoint: dict[str, EndpointTrend] = {}
+    for op in ops:
+        if op.timestamp < start:
+            continue
+        mark = min(TREND_MARKS - 1, int((op.timestamp - start) / width))
+        trend = per_endpoint.get(op.endpoint)
+        if trend is None:
+            trend = per_endpoint[op.endpoint] = EndpointTrend(
+                endpoint=op.endpoint, ops=[0] * TREND_MARKS, failures=[0] * TREND_MARKS
+            )
+        trend.ops[mark] += 1
+        trend.failures[mark] += not op.success
+    busiest = sorted(per_endpoint.values(), key=lambda t: (-sum(t.ops), t.endpoint))
+    return Trends(
+        hours=TREND_HOURS,
+        mark_minutes=width.total_seconds() / 60,
+        endpoints=busiest[:TREND_ENDPOINTS],
+        ops_read=len(ops),
+        oldest_read=None if reached_back or not ops else _short_time(ops[0].timestamp.isoformat()),
+    )
+
+
+def _trends(settings: Settings) -> Trends:
+    now = datetime.now(UTC)
+    since = now - timedelta(hours=TREND_HOURS)
+    ops = recent_ops(settings, since)
+    return trends(ops, now, reached_back=len(ops) < TREND_MAX_OPS)
 
 
 def _database(settings: Settings) -> DatabaseStatus:

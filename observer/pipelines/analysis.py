@@ -20,13 +20,24 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
+from observer import markdown as md
+from observer.charts import Chart
 from observer.errors import UpstreamError
 from observer.files import file_lock, load_state, save_state
 from observer.history.reader import OpsReader
 from observer.history.stream import StreamMark, stream_end
 from observer.ops import now_timestamp
+from observer.pipelines.analysis_charts import (
+    Daily,
+    DailyFailures,
+    count_by_day,
+    drawn_daily,
+    groups_chart,
+    trend_chart,
+)
 from observer.pipelines.failures import (
     filter_failures,
     read_since,
@@ -129,6 +140,7 @@ class AnalysisState(BaseModel):
     watermark: StreamMark | None = None
     last_batch_start: int | None = None
     groups: dict[str, GroupRecord] = Field(default_factory=dict)
+    daily: DailyFailures = Field(default_factory=DailyFailures)
 
 
 class CacheEntry(BaseModel):
@@ -155,6 +167,9 @@ class Selection(BaseModel):
     fresh_failures: int = 0
     known_failures: int = 0
     watermark: StreamMark | None = None
+    daily: DailyFailures = Field(default_factory=DailyFailures)  # drawn: the days up to this run
+    fresh_daily: Daily = Field(default_factory=dict)  # this run's, added to the state at commit
+    window: tuple[str, str] | None = None  # first and last failure this run read
 
     @property
     def unlisted_fresh(self) -> tuple[int, int]:
@@ -237,62 +252,66 @@ class AnalysisReport(BaseModel):
         return rows
 
     def markdown(self) -> str:
-        """The run's report: what was read, what the LLM said (or why not), and what was posted."""
+        """The run's report: what was read, its pictures, what the LLM said (or why not), and
+        what was posted. Every text that came from outside is escaped (`observer.markdown`)."""
         selection, diagnosis = self.selection, self.diagnosis
+        read = f"{selection.note}; positions {selection.start}–{selection.end}"
+        if selection.lines >= 0:
+            read += f", {selection.lines} line(s)"
+        failures = (
+            f"{selection.failures}: {selection.fresh_failures} in {selection.fresh_groups}"
+            f" new group(s), {selection.known_failures} in groups analysed before"
+            if selection.failures
+            else "none"
+        )
         lines = [
             "# Error analysis",
             "",
-            f"- **Outcome:** {diagnosis.message}",
-            f"- **Delivery:** {self.delivery}",
-            f"- **Read:** {selection.note}; positions {selection.start}–{selection.end}"
-            + (f", {selection.lines} line(s)" if selection.lines >= 0 else ""),
-            "- **Failures:** "
-            + (
-                f"{selection.failures}: {selection.fresh_failures} in {selection.fresh_groups}"
-                f" new group(s), {selection.known_failures} in groups analysed before"
-                if selection.failures
-                else "none"
-            ),
+            f"- **Outcome:** {md.text(diagnosis.message)}",
+            f"- **Delivery:** {md.text(self.delivery)}",
+            f"- **Read:** {md.text(read)}",
+            f"- **Failures:** {md.text(failures)}",
         ]
         if selection.unreadable:
             lines.append(f"- **Unreadable lines skipped:** {selection.unreadable}")
+        for title, chart in self.charts():
+            lines += ["", f"## {title}", "", chart.markdown()]
         if diagnosis.kind == "degraded":
             lines += [
                 "",
-                f"> **Degraded report — not made by the LLM** (`{DEGRADED_APPROACH}`).",
-                f"> LLM error: {diagnosis.llm_error}",
+                f"> **Degraded report — not made by the LLM** ({md.code(DEGRADED_APPROACH)}).",
+                f"> LLM error: {md.text(diagnosis.llm_error or '')}",
             ]
         if diagnosis.text:
             title = "Diagnosis" if diagnosis.kind != "degraded" else "Degraded report (counts only)"
-            lines += ["", f"## {title}", "", diagnosis.text]
+            lines += ["", f"## {title}", "", md.paragraphs(diagnosis.text)]
         if diagnosis.entry is not None:
             lines += [
                 "",
                 "## `/log` entry",
                 "",
-                "```json",
-                diagnosis.entry.model_dump_json(indent=2),
-                "```",
+                md.block(diagnosis.entry.model_dump_json(indent=2), "json"),
             ]
-        groups = selection.fresh + selection.known
-        if groups:
-            lines += [
-                "",
-                "## Groups",
-                "",
-                "| endpoint | pattern | count | last seen |",
-                "|---|---|---|---|",
-            ]
-            lines += [_table_line(group) for group in groups[:50]]
-            if len(groups) > 50:
-                lines.append(f"| … | {len(groups) - 50} more in the table artifact | | |")
         return "\n".join(lines) + "\n"
 
-
-def _table_line(group: Group) -> str:
-    pattern = clean_cut(group.pattern, 120).replace("|", "\\|")
-    endpoint = group.endpoint.replace("|", "\\|")
-    return f"| {endpoint} | `{pattern}` | {group.count} | {group.last_seen} |"
+    def charts(self) -> list[tuple[str, Chart]]:
+        """The report's pictures with their headings: failures per endpoint per day (when any
+        failure is dated), the run's groups by size (when it has groups)."""
+        selection = self.selection
+        charts: list[tuple[str, Chart]] = []
+        trend = trend_chart(
+            selection.daily,
+            {g.endpoint for g in selection.fresh},
+            selection.window,
+            datetime.now(UTC).date(),
+        )
+        if trend.series:
+            charts.append(("Failures per day", trend))
+        groups = selection.fresh + selection.known
+        if groups:
+            fresh = {g.signature for g in selection.fresh}
+            charts.append(("Groups", groups_chart(groups, fresh)))
+        return charts
 
 
 # ── state files ──────────────────────────────────────────────────────────────────────────────────
@@ -350,6 +369,9 @@ def select(settings: Settings, query: AnalyzeParameters, now: datetime | None = 
     known = [g for g in groups if is_known(g)]
     fresh = [g for g in groups if not is_known(g)]
     cap = MAX_SELECTED_GROUPS
+    read_daily = count_by_day(frame)
+    analysed_up_to = state.watermark.on(settings) if state.watermark is not None else None
+    counted_before = analysed_up_to is not None and read.start < analysed_up_to
     return Selection(
         note=read.note,
         start=read.start,
@@ -363,7 +385,18 @@ def select(settings: Settings, query: AnalyzeParameters, now: datetime | None = 
         fresh_failures=sum(g.count for g in fresh),
         known_failures=sum(g.count for g in known),
         watermark=StreamMark(stream=stream, position=read.end) if query.moves_watermark else None,
+        daily=drawn_daily(
+            state.daily, read_daily, counted_before, endpoint=query.endpoint, today=now.date()
+        ),
+        fresh_daily=read_daily if query.moves_watermark and not counted_before else {},
+        window=_time_span(frame),
     )
+
+
+def _time_span(frame: pl.DataFrame) -> tuple[str, str] | None:
+    """The first and last timestamp among the failures read (ISO strings sort as times)."""
+    stamps = frame["timestamp"].drop_nulls()
+    return (stamps.min(), stamps.max()) if stamps.len() else None  # type: ignore[return-value]
 
 
 # ── prompt and entries ───────────────────────────────────────────────────────────────────────────
@@ -555,6 +588,7 @@ def commit(settings: Settings, selection: Selection, report: Diagnosis) -> None:
             if selection.end > selection.start:
                 state.last_batch_start = selection.start
             state.watermark = selection.watermark
+            state.daily = state.daily.added(selection.fresh_daily, datetime.now(UTC).date())
         save_state(settings.layout.analysis_state, state)
 
 

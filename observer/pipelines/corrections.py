@@ -32,11 +32,14 @@ from observer.lines import CHUNK_BYTES, Line, read_lines
 from observer.ops import cut, now_timestamp, op_line
 from observer.pipelines.parameters import FlowParameters
 from observer.pipelines.report import Artifact, CountingReport
+from observer.progress import Progress, ProgressReport
 from observer.settings import Settings
 from observer.values import json_type_name, number_from_text
 
 BATCH_ROWS = 5000
 BATCH_BYTES = 8 * 1024 * 1024
+#: A read of more than this (about a second of tailing) shows its progress.
+PROGRESS_ABOVE_BYTES = 16 * 1024 * 1024
 DEFAULT_MODEL = "gpt-oss:120b"
 
 
@@ -230,6 +233,8 @@ class _Run:
     path: Path
     batch: _Batch = field(default_factory=_Batch)
     reading: Path | None = None  # the file being drained: `path`, or a rotated-away one
+    progress: Progress | None = None  # of the current file's read, from `progress_base` bytes
+    progress_base: int = 0
 
     def take(self, line: Line) -> None:
         batch = self.batch
@@ -301,6 +306,10 @@ class _Run:
         report.bytes_read += batch.size
         report.batches += 1
         self.batch = _Batch()
+        if self.progress is not None:
+            self.progress.update(
+                report.bytes_read - self.progress_base, note=f"{report.rows_read} row(s)"
+            )
 
     def wait_for(self, line: Line, now: float) -> None:
         """Remember an unterminated last line, restarting its grace period if it grew."""
@@ -409,11 +418,15 @@ def tail_corrections(
     grace_seconds: float | None = None,
     max_bytes: int | None = None,
     now: float | None = None,
+    on_progress: ProgressReport | None = None,
+    progress_above: int = PROGRESS_ABOVE_BYTES,
 ) -> TailReport:
     """Record the corrections file's new rows as ops; one run, resumable at any point.
 
     `from_offset` re-reads the current file from that byte (moved to the next line start); rows
     already recorded are dropped by the intake's idempotency. `now` is for tests of the grace period.
+    A read of more than `progress_above` bytes (a re-read from byte 0, a large backlog) reports
+    its progress to `on_progress` after each batch (bytes, rows, rate, time left).
     """
     started = time.monotonic()
     path = settings.corrections_path
@@ -438,7 +451,14 @@ def tail_corrections(
                 if from_offset is not None:
                     _rewind(run, handle, from_offset)
                 report.start_offset = run.checkpoint.offset
+                size = os.fstat(handle.fileno()).st_size
+                to_read = min(max(0, size - run.checkpoint.offset), budget)
+                run.progress = Progress.maybe(
+                    "corrections read", to_read, on_progress, above=progress_above
+                )
+                run.progress_base = report.bytes_read
                 run.drain(handle, path, final=False, grace_seconds=grace, budget=budget, now=wall)
+                run.progress.finish()
             report.size = os.fstat(handle.fileno()).st_size
             report.offset = run.checkpoint.offset
     report.seconds = round(time.monotonic() - started, 4)

@@ -37,10 +37,13 @@ from observer.intake.spool import SpoolPosition, delete_segments_before, read_sp
 from observer.pipelines.frames import frame_lines, spool_frame
 from observer.pipelines.parameters import FlowParameters
 from observer.pipelines.report import Artifact, CountingReport
+from observer.progress import Progress, ProgressReport
 from observer.settings import Settings
 
 DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
 LINGER_POLL = 0.2
+#: A drain of more than this (two batches, a few seconds) shows its progress.
+PROGRESS_ABOVE_BYTES = 2 * DEFAULT_BATCH_BYTES
 
 
 class IngestParameters(FlowParameters):
@@ -117,13 +120,16 @@ def drain_spool(
     max_seconds: float | None = None,
     reason: str = "manual",
     linger_seconds: float = 0.0,
+    on_progress: ProgressReport | None = None,
+    progress_above: int = PROGRESS_ABOVE_BYTES,
 ) -> IngestReport:
     """Move every complete spooled record into ops.jsonl; batch by batch, each one checkpointed.
 
     Only one ingester runs at a time (a file lock); a second caller waits for the first. With
     `linger_seconds`, an empty spool is watched that long for more records (every LINGER_POLL
     seconds) before the run ends. `max_seconds` bounds a run under a constant stream of events:
-    what is left waits for the next.
+    what is left waits for the next. A spool of more than `progress_above` bytes (a backlog after
+    an outage) reports its progress to `on_progress` after each batch (bytes, ops, rate, time left).
     """
     started = time.monotonic()
     report = IngestReport(reason=reason)
@@ -134,6 +140,8 @@ def drain_spool(
             layout.ingested_ids, checkpoint.ids_bytes
         )
         seen = load_recent_ids(settings)
+        waiting = spool_bytes_waiting(settings, checkpoint)
+        progress = Progress.maybe("spool drain", waiting, on_progress, above=progress_above)
         idle_since = time.monotonic()
         while max_seconds is None or time.monotonic() - started < max_seconds:
             chunk = read_spool(layout.spool_dir, checkpoint.position, max_bytes=batch_bytes)
@@ -147,6 +155,13 @@ def drain_spool(
             checkpoint = _ingest_batch(settings, checkpoint, chunk.data, chunk.end, seen, report)
             report.torn_bytes += chunk.torn_bytes
             delete_segments_before(layout.spool_dir, checkpoint.segment)
+            if progress.reporting:  # the spool may grow while it drains: the total follows it
+                progress.update(
+                    report.bytes_read,
+                    total=report.bytes_read + spool_bytes_waiting(settings, checkpoint),
+                    note=f"{report.ingested} op(s) ingested",
+                )
+        progress.finish()
         checkpoint = _seal_if_due(settings, checkpoint, report)
         report.ingested_total = checkpoint.ingested_total
         report.ops_bytes = checkpoint.ops_bytes

@@ -21,6 +21,8 @@ import orjson
 import polars as pl
 from pydantic import BaseModel, Field
 
+from observer import markdown as md
+from observer.charts import MAX_BARS, Bar, Chart, RankedBars
 from observer.errors import NotDelivered, UpstreamError
 from observer.files import Tail, file_lock, load_state, save_state
 from observer.history.reader import OpsReader
@@ -86,6 +88,20 @@ class EndpointEvidence(BaseModel):
         return self.successes / self.total if self.total else 0.0
 
 
+class EndpointWindow(BaseModel):
+    """Every endpoint of the window, with or without successes: what the run page draws."""
+
+    endpoint: str
+    ops: int
+    successes: int
+    p50_ms: float | None
+    p95_ms: float | None
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.ops if self.ops else 0.0
+
+
 class PlannedEntry(BaseModel):
     """One endpoint's entry and what this run does with it, and why."""
 
@@ -101,6 +117,7 @@ class Playbook(BaseModel):
 
     ops: StreamMark = Field(default_factory=StreamMark)  # the stream and the window's end
     entries: list[PlannedEntry] = Field(default_factory=list)
+    endpoints: list[EndpointWindow] = Field(default_factory=list)  # busiest first
     ops_in_window: int = 0
     successes_in_window: int = 0
     malformed_lines: int = 0
@@ -251,6 +268,23 @@ def endpoint_evidence(frame: pl.DataFrame) -> list[EndpointEvidence]:
     return [EndpointEvidence.model_validate(row) for row in evidence.iter_rows(named=True)]
 
 
+def window_endpoints(frame: pl.DataFrame) -> list[EndpointWindow]:
+    """Per endpoint of the window, busiest first: ops, successes, and the p50/p95 of the successes'
+    durations (the figures of the playbook entries)."""
+    succeeded = pl.when(pl.col("success")).then(pl.col("duration_ms"))
+    summary = (
+        frame.group_by("endpoint")
+        .agg(
+            pl.len().alias("ops"),
+            pl.col("success").sum().alias("successes"),
+            succeeded.quantile(0.5, "linear").alias("p50_ms"),
+            succeeded.quantile(0.95, "linear").alias("p95_ms"),
+        )
+        .sort(["ops", "endpoint"], descending=[True, False])
+    )
+    return [EndpointWindow.model_validate(row) for row in summary.iter_rows(named=True)]
+
+
 # ── the entry ───────────────────────────────────────────────────────────────────────────────────
 
 
@@ -304,6 +338,7 @@ def build_playbook(settings: Settings, params: ConsolidateParameters) -> Playboo
         successes_in_window=successes,
         malformed_lines=malformed,
         bytes_read=tail.end - tail.start,
+        endpoints=window_endpoints(frame),
     )
     overall_ok = successes >= params.min_successes_overall
     if not overall_ok:
@@ -505,37 +540,70 @@ class ConsolidationReport(BaseModel):
         ]
 
     def markdown(self) -> str:
-        """A short account of the run: counts, then each endpoint whose entry was (to be) posted."""
+        """A short account of the run: counts, each endpoint whose entry was (to be) posted, then
+        the window's endpoints drawn. Endpoints, reasons and results are escaped (outside text)."""
         verb = "would post" if self.dry_run else "posted"
+        playbook = self.playbook
         lines = [
             "# Playbook changes" + (" (dry run)" if self.dry_run else ""),
             "",
-            f"- window: {self.playbook.ops_in_window} op(s), {self.playbook.successes_in_window} success(es)",
+            f"- window: {playbook.ops_in_window} op(s), {playbook.successes_in_window} success(es)",
             f"- {verb}: {self.count('posted') + self.count('would post')},"
             f" failed: {self.count('failed')}, not attempted: {self.count('not attempted')},"
             f" unchanged: {self.count('unchanged')}, below threshold: {self.count('below')}",
         ]
-        if self.playbook.note:
-            lines.append(f"- {self.playbook.note}")
-        if self.playbook.malformed_lines:
+        if playbook.note:
+            lines.append(f"- {md.text(playbook.note)}")
+        if playbook.malformed_lines:
             lines.append(
-                f"- {self.playbook.malformed_lines} malformed line(s) in the window were skipped"
+                f"- {playbook.malformed_lines} malformed line(s) in the window were skipped"
             )
-        changed = self.playbook.to_post
-        lines += (
-            ["", "| endpoint | outcome | why | result |", "|---|---|---|---|"] if changed else []
-        )
-        for planned in changed:
-            cells = (
-                planned.evidence.endpoint,
-                self.status.get(planned.evidence.endpoint, ""),
-                planned.reason,
-                planned.entry.result,
-            )
-            lines.append("| " + " | ".join(_cell(text) for text in cells) + " |")
-        if not changed:
+        if changed := playbook.to_post:
+            rows = [
+                (
+                    planned.evidence.endpoint,
+                    self.status.get(planned.evidence.endpoint, ""),
+                    planned.reason,
+                    planned.entry.result,
+                )
+                for planned in changed
+            ]
+            lines += ["", md.table(("endpoint", "outcome", "why", "result"), rows)]
+        else:
             lines += ["", "Nothing changed since the last entries: nothing was posted."]
+        for title, chart in window_charts(playbook.endpoints):
+            lines += ["", f"## {title}", "", chart.markdown()]
         return "\n".join(lines) + "\n"
+
+
+def window_charts(endpoints: list[EndpointWindow]) -> list[tuple[str, Chart]]:
+    """The window's busiest endpoints: their success rate, and the p50/p95 of their successes."""
+    if not endpoints:
+        return []
+    shown, rest = endpoints[:MAX_BARS], endpoints[MAX_BARS:]
+    note = f"{len(rest)} quieter endpoint(s) are not drawn." if rest else ""
+    rates = RankedBars(
+        title="Success rate per endpoint in the window",
+        bars=[Bar(f"{e.endpoint} ({e.successes}/{e.ops})", e.success_rate) for e in shown],
+        label_name="endpoint (successes/ops)",
+        value_name="success rate",
+        format="percent",
+        top_value=1.0,
+        note=note,
+    )
+    timed = [e for e in shown if e.p50_ms is not None and e.p95_ms is not None]
+    charts: list[tuple[str, Chart]] = [("Success rate", rates)]
+    if timed:
+        latency = RankedBars(
+            title="Latency of the successes per endpoint: p50, and p95 behind it",
+            bars=[Bar(e.endpoint, e.p50_ms or 0.0, behind=e.p95_ms) for e in timed],
+            label_name="endpoint",
+            value_name="p50",
+            behind_name="p95",
+            format="ms",
+        )
+        charts.append(("Latency", latency))
+    return charts
 
 
 def post_changed(
@@ -556,12 +624,3 @@ def post_changed(
             if gateway_is_down(error) or not isinstance(error, UpstreamError):
                 gateway_down = "the gateway failed on an earlier entry"
                 report.gateway_down = report.gateway_down or gateway_is_down(error)
-
-
-_MARKDOWN_SPECIAL = frozenset("\\`*_[]<>|#~")
-
-
-def _cell(text: str) -> str:
-    """Text shown as written inside a markdown table cell (`__proto__` is not bold "proto")."""
-    flat = " ".join(text.splitlines())
-    return "".join("\\" + char if char in _MARKDOWN_SPECIAL else char for char in flat)

@@ -15,7 +15,11 @@ from pydantic import BaseModel
 
 @dataclass(frozen=True)
 class Artifact:
-    """One keyed artifact: a table (rows) or a markdown text, with its one-line description."""
+    """One keyed artifact: a table (rows) or a markdown text, with its one-line description.
+
+    The description is plain text (it may hold outside text: a run's reason, an error); the UIs
+    render it as markdown, so it is published escaped. The markdown is the report's own, built
+    with `observer.markdown` around every outside text."""
 
     key: str
     description: str
