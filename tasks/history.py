@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from observer.pipelines import history
 from observer.pipelines.history import CompactParameters, CompactReport
 from observer.settings import load_settings
+from tasks.progress import RunProgress
 from tasks.publish import publish
 
 
@@ -28,11 +29,7 @@ def seal_ops() -> str | None:
 def commit_to_table(params: CompactParameters, report: CompactReport) -> CompactReport:
     """Commit every sealed segment to the table exactly once, then delete the committed ones."""
     logger = get_run_logger()
-
-    def progress(done: int, total: int) -> None:
-        logger.info("committed %d of %d byte(s) waiting", done, total)
-
-    history.commit_segments(load_settings(), params, report, progress)
+    history.commit_segments(load_settings(), params, report, on_progress=RunProgress())
     logger.info(
         "%d op(s), %d byte(s) in %d commit(s); %d segment(s) deleted, %d waiting",
         report.rows,

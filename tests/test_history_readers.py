@@ -4,7 +4,9 @@ a real Prefect server, with what its run page shows."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.compact_history import compact_history
+from observer import markdown
 from observer.history.stream import sealed_segments
 from observer.pipelines import analysis
 from observer.pipelines.analysis import AnalyzeParameters, Diagnosis
@@ -118,9 +121,9 @@ def test_the_compact_history_flow_shows_what_it_did_on_its_run_page(
     async def artifacts() -> dict[str, object]:
         async with get_client() as client:
             latest = await client.read_latest_artifacts()
-        wanted = {"compact-history", "compact-history-days"}
+        wanted = {"compact-history", "compact-history-days", "compact-history-report"}
         return {
-            a.key: json.loads(a.data) if isinstance(a.data, str) else a.data
+            a.key: json.loads(a.data) if a.type == "table" else a.data
             for a in latest
             if a.key in wanted
         }
@@ -128,10 +131,41 @@ def test_the_compact_history_flow_shows_what_it_did_on_its_run_page(
     import asyncio
 
     shown = asyncio.run(artifacts())
-    facts = {row["measure"]: row["value"] for row in shown["compact-history"]}  # type: ignore[union-attr]
+    facts = {row["measure"]: row["value"] for row in shown["compact-history"]}
     assert facts["rows"] == 600 and facts["segments_waiting"] == 0
     days = shown["compact-history-days"]
-    assert [(row["day"], row["rows"]) for row in days] == [(d, 200) for d in DAYS]  # type: ignore[union-attr]
+    assert [(row["day"], row["rows"]) for row in days] == [(d, 200) for d in DAYS]
+    # The report's chart is an SVG inside the markdown, drawn from the same numbers.
+    page = shown["compact-history-report"]
+    encoded = re.search(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", page)
+    assert encoded is not None, page
+    svg = base64.b64decode(encoded[1]).decode()
+    assert "<title>History table: ops and bytes per day</title>" in svg
+    assert all(f"| {markdown.cell(day)} | 200 |" in page for day in DAYS), page
     again = compact_history(return_state=True)
     assert again.is_completed()
     assert again.message == "nothing new: ops.jsonl is empty and every segment is in the table"
+
+
+def test_a_backfill_reports_its_progress_and_marks_the_days_it_dropped(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    from observer.pipelines import history
+
+    monkeypatch.setattr(history, "PROGRESS_ABOVE", 0)  # this small stream counts as a backfill
+    monkeypatch.setenv("OBSERVER_HOT_MAX_BYTES", "5000")
+    monkeypatch.setenv("OBSERVER_HISTORY_DAYS", "2")
+    settings = load_settings()
+    ingest(settings, ops_over_days(DAYS, 200, seed=35))
+    reports: list[object] = []
+    report = history.CompactReport(sealed=history.seal_hot_file(settings))
+    params = CompactParameters(max_commit_bytes=20_000, upkeep=True)
+    history.commit_segments(settings, params, report, on_progress=reports.append)
+    history.keep_table(settings, params, report, today=date(2026, 12, 3))
+    percents = [update.percent for update in reports]  # type: ignore[attr-defined]
+    assert percents[0] == 0 and percents[-1] == 100 and percents == sorted(percents)
+    assert "history commit:" in reports[-1].line()  # type: ignore[attr-defined]
+    assert report.upkeep.days_dropped == ["2026-12-01"]
+    chart = report.chart()
+    assert chart is not None and chart.marked == {"2026-12-01"}
+    assert chart.categories == DAYS and chart.measures[0].values == [200, 200, 200]

@@ -13,12 +13,13 @@ deleted only once the table holds all of it (and the newer files hold the webhoo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from observer import markdown as md
+from observer.charts import BarChart, Bars
 from observer.files import file_lock, load_state, read_tail, save_state, truncate_to
 from observer.history.schema import Lines, history_frame
 from observer.history.stream import (
@@ -33,6 +34,7 @@ from observer.history.table import DaySummary, HistoryTable
 from observer.intake.checkpoint import IngestCheckpoint
 from observer.pipelines.parameters import FlowParameters
 from observer.pipelines.report import Artifact, measures
+from observer.progress import Progress, ProgressReport
 from observer.settings import Settings
 
 #: The table's upkeep runs at most this often (each run still seals and commits).
@@ -41,8 +43,10 @@ UPKEEP_EVERY = timedelta(hours=1)
 #: 6-10 MB per MB of lines), not the segment's size nor the history's.
 DEFAULT_COMMIT_BYTES = 8 * 1024 * 1024
 
-#: `progress(done, total)`: bytes committed so far of the bytes this run found waiting.
-Progress = Callable[[int, int], None]
+#: A commit run reports its progress on the run page beyond this many bytes waiting (a backfill).
+PROGRESS_ABOVE = 64 * 1024 * 1024
+#: The chart of the table per day shows at most this many days (the newest).
+CHART_DAYS = 62
 
 
 class CompactParameters(FlowParameters):
@@ -85,21 +89,22 @@ class HistoryState(BaseModel):
     committed: int = 0  # the stream position the table held this stream's ops up to, last run
 
 
-class UpkeepReport(BaseModel):
-    ran: bool = False
-    note: str = ""
-    days_dropped: list[str] = Field(default_factory=list)
-    days_compacted: list[str] = Field(default_factory=list)
-    files_removed: int = 0
-    files_added: int = 0
-    files_vacuumed: int = 0
-
-
 class DayRow(BaseModel):
     day: str
     files: int
     rows: int
     bytes: int
+
+
+class UpkeepReport(BaseModel):
+    ran: bool = False
+    note: str = ""
+    days_dropped: list[str] = Field(default_factory=list)
+    dropped: list[DayRow] = Field(default_factory=list)  # the dropped days as they were
+    days_compacted: list[str] = Field(default_factory=list)
+    files_removed: int = 0
+    files_added: int = 0
+    files_vacuumed: int = 0
 
 
 class CompactReport(BaseModel):
@@ -150,12 +155,63 @@ class CompactReport(BaseModel):
                 "compact-history", f"History compaction: {self.summary}", table=measures(facts)
             ),
             Artifact(
+                "compact-history-report",
+                f"History compaction: {self.summary}",
+                markdown=self.markdown(),
+            ),
+            Artifact(
                 "compact-history-days",
                 f"The history table per day ({len(self.days)} day(s))",
                 table=[row.model_dump() for row in self.days]
                 or [{"day": "(empty)", "files": 0, "rows": 0, "bytes": 0}],
             ),
         ]
+
+    def chart(self) -> BarChart | None:
+        """Ops and bytes per day of the table (the newest CHART_DAYS), the days dropped by this
+        run's retention hatched, as they were before the drop."""
+        days = sorted(self.days + self.upkeep.dropped, key=lambda row: row.day)[-CHART_DAYS:]
+        if not days:
+            return None
+        return BarChart(
+            title="History table: ops and bytes per day",
+            categories=[row.day for row in days],
+            measures=[
+                Bars("ops", [row.rows for row in days]),
+                Bars("bytes", [row.bytes for row in days], "bytes"),
+            ],
+            category_name="day",
+            marked=set(self.upkeep.days_dropped),
+            mark_label="dropped by retention",
+        )
+
+    def markdown(self) -> str:
+        """What the run did, then the table per day as a chart and its numbers."""
+        upkeep = self.upkeep
+        lines = [
+            "# History compaction",
+            "",
+            f"- **Sealed:** {md.text(self.sealed or 'nothing (ops.jsonl was empty)')}",
+            f"- **Committed:** {self.rows} op(s), {self.bytes_in:,} byte(s) of lines from"
+            f" {self.segments_committed} segment(s) in {self.commits} commit(s); this host's"
+            f" stream is in the table up to position {self.committed_end:,}",
+            f"- **Table:** version {self.table_version}, {self.table_bytes_before:,} →"
+            f" {self.table_bytes_after:,} byte(s)",
+            f"- **Segments:** {self.segments_deleted} deleted, {self.segments_waiting} waiting"
+            f" ({self.bytes_waiting:,} byte(s))",
+            "- **Upkeep:** "
+            + (
+                f"{len(upkeep.days_dropped)} day(s) dropped, {len(upkeep.days_compacted)} day(s)"
+                f" compacted ({upkeep.files_removed} file(s) into {upkeep.files_added}),"
+                f" {upkeep.files_vacuumed} file(s) vacuumed"
+                if upkeep.ran
+                else md.text(upkeep.note or "not run")
+            ),
+        ]
+        chart = self.chart()
+        if chart is not None:
+            lines += ["", "## Per day", "", chart.markdown()]
+        return "\n".join(lines) + "\n"
 
 
 def nothing_new(settings: Settings, params: CompactParameters) -> str | None:
@@ -210,10 +266,11 @@ def commit_segments(
     settings: Settings,
     params: CompactParameters,
     report: CompactReport,
-    progress: Progress | None = None,
+    on_progress: ProgressReport | None = None,
 ) -> None:
     """Commit every sealed segment to the table exactly once, oldest first, then delete the
-    committed ones the webhook's window does not need."""
+    committed ones the webhook's window does not need. A backfill (more than PROGRESS_ABOVE
+    bytes waiting) reports how far it got to `on_progress`."""
     started = time.monotonic()
     history = HistoryTable(settings)
     layout = settings.layout
@@ -224,6 +281,7 @@ def commit_segments(
         committed = history.committed_end(table, stream)
         segments = sealed_segments(layout)
         total = sum(max(0, s.end - max(s.base, committed)) for s in segments)
+        progress = Progress.maybe("history commit", total, on_progress, above=PROGRESS_ABOVE)
         done = 0
         for segment in segments:
             if params.max_seconds is not None and time.monotonic() - started > params.max_seconds:
@@ -247,14 +305,14 @@ def commit_segments(
                 report.bytes_in += len(data)
                 done += len(data)
                 touched = True
-                if progress is not None:
-                    progress(done, total)
+                progress.update(done, note=f"{report.rows} op(s) in {report.commits} commit(s)")
                 if (
                     params.max_seconds is not None
                     and time.monotonic() - started > params.max_seconds
                 ):
                     break
             report.segments_committed += touched
+        progress.finish()
         report.committed_end = committed
         state = load_state(layout.history_state, HistoryState)
         save_state(
@@ -332,7 +390,10 @@ def keep_table(
             upkeep.note = "no table yet"
             return
         first_kept = today - timedelta(days=settings.history_days - 1)
-        upkeep.days_dropped = [d.isoformat() for d in history.drop_days_before(table, first_kept)]
+        before = {d.day: d for d in history.days(table)}
+        dropped = history.drop_days_before(table, first_kept)
+        upkeep.days_dropped = [d.isoformat() for d in dropped]
+        upkeep.dropped = [_day_row(before[d]) for d in dropped]
         table = history.open() or table
         closed = [d.day for d in history.days(table) if d.files > 1 and d.day < today]
         upkeep.files_removed, upkeep.files_added = history.compact(table, closed)
