@@ -13,6 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 
 from observer.files import load_state
+from observer.history.state import HistoryState
 from observer.history.stream import open_stream, sealed_segments
 from observer.settings import Settings
 
@@ -79,7 +80,6 @@ class HistorySummary(BaseModel):
 
 def summarise(settings: Settings) -> HistorySummary:
     from observer.history.table import HistoryTable
-    from observer.pipelines.history import HistoryState
 
     history = HistoryTable(settings)
     with open_stream(settings) as files:

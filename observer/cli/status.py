@@ -27,7 +27,8 @@ from rich.text import Text
 from observer.catalog import FLOWS
 from observer.charts import sparkline
 from observer.files import count_lines, load_state
-from observer.history.stream import open_stream
+from observer.history.state import HistoryState
+from observer.history.stream import open_stream, sealed_segments
 from observer.instance import instance_of
 from observer.intake.checkpoint import load_checkpoint, spool_backlog
 from observer.jsfmt import UNDEFINED, js_string
@@ -81,6 +82,17 @@ class FileStatus(BaseModel):
     bytes: int = 0
     lines: int | None = None
     last_write: str | None = None
+
+
+class HistoryStatus(BaseModel):
+    """The sealed segments waiting for the history table (from the files and compact-history's
+    state: the table itself is `observer history`'s to open)."""
+
+    history: str
+    location: str
+    segments_waiting: int = 0
+    bytes_waiting: int = 0
+    last_upkeep_at: str | None = None
 
 
 class CorrectionsStatus(BaseModel):
@@ -139,6 +151,7 @@ class ProductStatus(BaseModel):
     deployments: list[DeploymentStatus] = Field(default_factory=list)
     spool: Backlog
     ops: FileStatus
+    history: HistoryStatus
     corrections: CorrectionsStatus
     prefect_db: DatabaseStatus
     gateway_outage: GatewayOutage
@@ -180,6 +193,15 @@ class ProductStatus(BaseModel):
             f"{ops.lines} line(s), {ops.bytes} byte(s), last write {ops.last_write or '-'}"
             if ops.exists
             else "not written yet",
+        )
+        history = self.history
+        data.add_row(
+            "history",
+            f"{history.segments_waiting} sealed segment(s) waiting for the table"
+            f" ({history.bytes_waiting} byte(s)); table {history.location}; last upkeep"
+            f" {_short_time(history.last_upkeep_at) or 'never'}"
+            if history.history == "on"
+            else "off (OBSERVER_HISTORY): ops.jsonl is kept whole",
         )
         corrections = self.corrections
         data.add_row(
@@ -247,6 +269,7 @@ def gather(settings: Settings) -> ProductStatus:
         deployments=deployments,
         spool=_spool(settings),
         ops=_ops_file(settings.layout.ops_path),
+        history=_history(settings),
         corrections=_corrections(settings),
         prefect_db=_database(settings),
         gateway_outage=GatewayOutage.read(settings),
@@ -380,6 +403,19 @@ def _ops_file(path: Path) -> FileStatus:
         bytes=stat.st_size,
         lines=count_lines(path),
         last_write=_short_time(datetime.fromtimestamp(stat.st_mtime, UTC).isoformat()),
+    )
+
+
+def _history(settings: Settings) -> HistoryStatus:
+    state = load_state(settings.layout.history_state, HistoryState)
+    committed = state.committed_of(load_checkpoint(settings).stream)
+    waiting = [s for s in sealed_segments(settings.layout) if s.end > committed]
+    return HistoryStatus(
+        history=settings.history,
+        location=settings.history_location,
+        segments_waiting=len(waiting),
+        bytes_waiting=sum(s.end - max(s.base, committed) for s in waiting),
+        last_upkeep_at=state.last_upkeep_at,
     )
 
 

@@ -22,6 +22,7 @@ from observer import markdown as md
 from observer.charts import BarChart, Bars
 from observer.files import file_lock, load_state, read_tail, save_state, truncate_to
 from observer.history.schema import Lines, history_frame
+from observer.history.state import HistoryState
 from observer.history.stream import (
     TAIL_LINES_KEPT,
     Segment,
@@ -78,15 +79,6 @@ class CompactParameters(FlowParameters):
         if self.max_seconds is not None:
             parts.append(f"≤ {self.max_seconds:g}s")
         return ", ".join(parts)
-
-
-class HistoryState(BaseModel):
-    """What this host's compaction last did to the table (`state/compact-history.json`)."""
-
-    last_upkeep_at: str | None = None
-    vacuumed: list[str] = Field(default_factory=list)  # files the log still names, all deleted
-    stream: str = ""
-    committed: int = 0  # the stream position the table held this stream's ops up to, last run
 
 
 class DayRow(BaseModel):
@@ -223,8 +215,7 @@ def nothing_new(settings: Settings, params: CompactParameters) -> str | None:
     checkpoint = load_state(layout.ingest_checkpoint, IngestCheckpoint)
     if params.seal and checkpoint.ops_bytes:
         return None
-    state = load_state(layout.history_state, HistoryState)
-    committed = state.committed if state.stream == checkpoint.stream else 0
+    committed = load_state(layout.history_state, HistoryState).committed_of(checkpoint.stream)
     if any(segment.end > committed for segment in sealed_segments(layout)):
         return None
     if _upkeep_due(settings, params):
