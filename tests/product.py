@@ -92,11 +92,18 @@ class ObserverUp:
         answer = httpx.post(f"{self.url}/event", json=body, timeout=10)
         assert answer.status_code == 200, answer.text
 
+    def ops_on_disk(self) -> bytes:
+        """The op lines on disk: the sealed segments the history keeps, then ops.jsonl (a
+        compact-history run may have sealed ops.jsonl meanwhile)."""
+        segments = sorted((self.data_dir / "_observer" / "segments").glob("*.jsonl"))
+        files = [*segments, self.ops_path]
+        return b"".join(path.read_bytes() for path in files if path.exists())
+
     def wait_for_op(self, text: str, timeout: float = 240) -> None:
-        """Until a line of ops.jsonl contains `text`."""
+        """Until an op line on disk contains `text`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.ops_path.exists() and text.encode() in self.ops_path.read_bytes():
+            if text.encode() in self.ops_on_disk():
                 return
             time.sleep(0.5)
         raise AssertionError(f"{text!r} did not reach {self.ops_path} in {timeout:.0f} s")

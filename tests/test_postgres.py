@@ -91,6 +91,7 @@ def site(
             "GATEWAY_URL": gateway.url,
             "LAKEHOUSE_URL": llm.url,
             "OBSERVER_CYCLE": A_YEAR,
+            "OBSERVER_HISTORY_COMPACT_SECONDS": A_YEAR,
             "OBSERVER_HTTP_TIMEOUT": "5",
             "OBSERVER_HTTP_BACKOFF": "0.01",
         },
@@ -165,6 +166,7 @@ def test_a_second_host_joins_with_its_own_pool_deployments_and_data(
             "PREFECT_API_URL": site.api_url,
             "OBSERVER_INSTANCE": "b",
             "OBSERVER_CYCLE": A_YEAR,
+            "OBSERVER_HISTORY_COMPACT_SECONDS": A_YEAR,
             "GATEWAY_URL": "http://127.0.0.1:9",
             "LAKEHOUSE_URL": "http://127.0.0.1:9",
         },
@@ -185,7 +187,7 @@ def test_a_second_host_joins_with_its_own_pool_deployments_and_data(
     assert run.returncode == 0, run.stderr
     assert "consolidate-playbooks: Completed" in run.stderr
     assert f"joining the Prefect server at {site.api_url}" in log
-    assert b"pg-host-b" not in site.up.ops_path.read_bytes()
+    assert b"pg-host-b" not in site.up.ops_on_disk()
     # Its schedules made future runs (not due for a year); what ran is its ingestion and the
     # run asked for above.
     rows = site.database.query(

@@ -20,6 +20,8 @@ from tests.fakes import FakeUpstream, Hang
 from tests.product import ObserverUp, command_line, free_port, run_deployment, sample_op
 
 A_YEAR = str(365 * 24 * 3600)
+#: Schedules that never come due during a test: only the runs a test makes run.
+QUIET = {"OBSERVER_CYCLE": A_YEAR, "OBSERVER_HISTORY_COMPACT_SECONDS": A_YEAR}
 #: Each test starts the whole product, whose start alone `ObserverUp.wait_up` allows 300 s (on a
 #: loaded 2-core machine it took over the suite's default 120 s for the whole test).
 pytestmark = pytest.mark.timeout(480)
@@ -34,7 +36,7 @@ def _rss_mb(pid: int) -> float:
 
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[ObserverUp]:
-    product = ObserverUp(tmp_path, {"OBSERVER_CYCLE": A_YEAR}, "--prefect-port", str(free_port()))
+    product = ObserverUp(tmp_path, QUIET, "--prefect-port", str(free_port()))
     yield product
     product.stop()
 
@@ -68,7 +70,7 @@ def test_stopping_waits_for_a_flow_run_the_worker_leaves_and_leaves_no_process(
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    up = ObserverUp(tmp_path, {"OBSERVER_CYCLE": A_YEAR}, "--prefect-port", str(port))
+    up = ObserverUp(tmp_path, QUIET, "--prefect-port", str(port))
     try:
         up.wait_up()
         # Records in the spool (through the library door, which wakes no run), then an ingestion
@@ -116,6 +118,7 @@ def test_ctrl_c_during_a_run_retrying_a_hanging_gateway_ends_it_within_the_stop(
     port = free_port()
     env = {
         "OBSERVER_CYCLE": A_YEAR,
+        "OBSERVER_HISTORY_COMPACT_SECONDS": A_YEAR,
         "GATEWAY_URL": gateway.url,
         "LAKEHOUSE_URL": "http://127.0.0.1:9",
     }
