@@ -13,6 +13,7 @@ message is for the console), or `ObserverError` for all of them.
     │   └── WriteFailed        the write or the fsync failed
     ├── UpstreamError          a gateway/LLM call that failed after its attempts
     ├── NotDelivered           entries the gateway did not take; they are posted again next run
+    ├── OutcomeInputError      ops or a state the outcomes engine cannot read (names the column)
     └── CommandError           the `observer` command cannot go on
         ├── PortInUse
         ├── StartupFailed
@@ -94,6 +95,10 @@ class UpstreamError(ObserverError):
 
 class NotDelivered(ObserverError):
     """Some entries did not reach the gateway; they are not remembered and will be posted again."""
+
+
+class OutcomeInputError(ObserverError, ValueError):
+    """Ops frames or an outcomes state the engine cannot read; nothing was judged."""
 
 
 class CommandError(ObserverError):

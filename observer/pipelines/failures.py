@@ -22,7 +22,7 @@ import polars as pl
 from observer.files import read_from, read_tail
 from observer.identity import FileMark
 from observer.pipelines.frames import lines_frame, scan_lines
-from observer.pipelines.grouping import clean_cut
+from observer.pipelines.grouping import clean_cut, failure_text
 
 #: With no watermark yet, start this many lines before the end (the original's ring held 2000 ops).
 FIRST_RUN_LINES = 2000
@@ -128,7 +128,7 @@ def extract_failures(lines: pl.LazyFrame) -> tuple[pl.DataFrame, int]:
         pl.col("endpoint").fill_null("?"),
         pl.col("input_summary"),
         pl.col("source"),
-        pl.coalesce("error", "output_summary", pl.lit("failed")).alias("error_text"),
+        failure_text().alias("error_text"),
     )
     return failures, len(rescued) - len(rows)
 
