@@ -277,7 +277,7 @@ class Episode(BaseModel):
         self, rule: OutcomeRule, at: datetime, *, alpha: float, closing: bool = False
     ) -> bool:
         counts = self.counts
-        null = self.opening.null_ratio(self.after.exposure, rule, closing=closing)
+        null = self.opening.null_ratio(at - self.post_start, rule, closing=closing)
         look = Look(
             number=len(self.looks) + 1,
             closing=closing,

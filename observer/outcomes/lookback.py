@@ -59,8 +59,10 @@ class Window(BaseModel):
 
 class Reference(BaseModel):
     """Spikes of other signatures of the endpoint that nobody corrected, and how they fared after,
-    per planned look: in the first E attempts after each spike (E the look's exposure), their
-    failures against what their own empirical-Bayes forecast said.
+    per horizon (`OutcomeRule.horizons`): in the hours after each spike, their failures against
+    what their own empirical-Bayes forecast said for their attempts. Spikes end in time, not in
+    attempts, so a look taken T hours after the intervention is held to the decay of the first
+    horizon of at least T hours (a longer one has fallen further: the stricter of the two).
 
     Spikes do not all fall alike (some end at once, some run on), and the intervened key's spike
     may be any of them: the decay it must beat is the REFERENCE_QUANTILE of a gamma distribution
@@ -68,18 +70,18 @@ class Reference(BaseModel):
     not the average."""
 
     spikes: int = 0
-    covered: list[int] = Field(default_factory=list)  # per look: spikes followed by E attempts
-    observed: list[int] = Field(default_factory=list)  # per look: their failures
-    expected: list[float] = Field(default_factory=list)  # per look: their forecast failures
-    spread: list[float] = Field(default_factory=list)  # per look: variance between spikes
-    decay: list[float | None] = Field(default_factory=list)  # per look: the decay to beat
+    covered: list[int] = Field(default_factory=list)  # per horizon: spikes it could follow
+    observed: list[int] = Field(default_factory=list)  # per horizon: their failures
+    expected: list[float] = Field(default_factory=list)  # per horizon: their forecast failures
+    spread: list[float] = Field(default_factory=list)  # per horizon: variance between spikes
+    decay: list[float | None] = Field(default_factory=list)  # per horizon: the decay to beat
     applies: bool = True  # False for playbooks: they are not triggered by failures
 
     @classmethod
     def of(
         cls, rule: OutcomeRule, spikes: int, outcomes: list[list[tuple[int, float]]]
     ) -> Reference:
-        """From each look's (observed, forecast) failures of every spike that reached it."""
+        """From each horizon's (observed, forecast) failures of every spike it could follow."""
         reference = cls(spikes=spikes)
         for pairs in outcomes:
             observed = sum(o for o, _ in pairs)
@@ -108,15 +110,16 @@ class Opening(BaseModel):
     prior_estimated: bool
     counterfactual_rate: float
     reference: Reference
-    null_ratios: list[float]  # per planned look
+    null_ratios: list[float]  # per horizon
     baseline_ratio: float | None  # the baseline rate over the raw rate before
 
-    def null_ratio(self, exposure: float, rule: OutcomeRule, *, closing: bool = False) -> float:
-        """The ratio the rate after must beat at this exposure (the last look's beyond it). At
-        the window's close, at most the baseline's: over a whole window, a spike left alone is
-        back at the key's baseline, which no planned look's reference can measure that far."""
-        reached = sum(1 for e in rule.look_exposures if e <= exposure)
-        ratio = self.null_ratios[max(0, reached - 1)]
+    def null_ratio(self, elapsed: timedelta, rule: OutcomeRule, *, closing: bool = False) -> float:
+        """The ratio the rate after must beat, `elapsed` into the post window: that of the first
+        horizon at least as long. At the window's close, at most the baseline's: left alone long
+        enough, a spike is back at the key's baseline."""
+        hours = elapsed / timedelta(hours=1)
+        index = next((i for i, h in enumerate(rule.horizons) if h >= hours), -1)
+        ratio = self.null_ratios[index]
         if closing and self.baseline_ratio is not None:
             return min(ratio, self.baseline_ratio)
         return ratio
@@ -206,9 +209,9 @@ def opening_of(
     raw = before.rate
     shrinkage = min(1.0, counterfactual / raw) if raw else 1.0
     ratios, decay = [], 1.0
-    for look in range(rule.looks):
-        measured = reference.decay[look] if look < len(reference.decay) else None
-        decay = min(1.0, measured) if measured is not None else decay  # else the look before's
+    for index in range(len(rule.horizons)):
+        measured = reference.decay[index] if index < len(reference.decay) else None
+        decay = min(1.0, measured) if measured is not None else decay  # else the shorter one's
         ratios.append(min(1.0, shrinkage * decay))
     return Opening(
         unit=unit,
@@ -286,8 +289,8 @@ def _reference(
     for value, b, ops, failed in cells.iter_rows():
         by_signature.setdefault(value, {})[b] = (ops, failed)
     own_value = key.pattern if key.field == "group" else key.value
-    looks = rule.look_exposures
-    outcomes: list[list[tuple[int, float]]] = [[] for _ in looks]  # per look: (observed, forecast)
+    horizons = [round(h * 3600e6) for h in rule.horizons]  # µs
+    outcomes: list[list[tuple[int, float]]] = [[] for _ in horizons]  # (observed, forecast)
     spikes_found = 0
     ordered = scope.sort("ts", maintain_order=True)
     endpoint_times: list[int] | None = None
@@ -320,13 +323,14 @@ def _reference(
         )
         for b, rate in spikes:
             spikes_found += 1
-            first = bisect.bisect_left(times, moment - b * width)
-            for j, exposure in enumerate(looks):
-                last = first + int(exposure)
-                if last > len(times):
-                    break
+            since = moment - b * width
+            first = bisect.bisect_left(times, since)
+            for j, span in enumerate(horizons):
+                if since + span > moment:
+                    break  # it would run past the intervention: unknown
+                last = bisect.bisect_left(times, since + span)
                 seen = bisect.bisect_left(failures, last) - bisect.bisect_left(failures, first)
-                outcomes[j].append((seen, rate * exposure))
+                outcomes[j].append((seen, rate * (last - first)))
     return Reference.of(rule, spikes_found, outcomes)
 
 

@@ -95,6 +95,12 @@ class OutcomeRule(BaseModel):
         fall."""
         return self.alpha / (self.looks + 1)
 
+    @property
+    def horizons(self) -> list[float]:
+        """Hours after a spike at which the reference decay is measured: the window halved eight
+        times, then doubling back up to the whole window (72 h: 0.28, 0.56 … 36, 72)."""
+        return [self.window_hours / 2**k for k in range(8, -1, -1)]
+
     # ── windows ──
 
     @property

@@ -169,7 +169,9 @@ def wilson(failures: int, trials: float, level: float) -> tuple[float, float]:
     denominator = 1.0 + z * z / trials
     centre = (share + z * z / (2.0 * trials)) / denominator
     half = z * math.sqrt(share * (1.0 - share) / trials + z * z / (4.0 * trials * trials))
-    return max(0.0, centre - half / denominator), min(1.0, centre + half / denominator)
+    low = 0.0 if failures <= 0 else max(0.0, centre - half / denominator)
+    high = 1.0 if share >= 1.0 else min(1.0, centre + half / denominator)
+    return low, high
 
 
 # ── regression to the mean ──────────────────────────────────────────────────────────────────────
