@@ -15,6 +15,7 @@ BENCHMARKS = (
     "tail",
     "analyze",
     "consolidate",
+    "outcomes",
 )
 
 

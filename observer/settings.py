@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     # assess-outcomes: the thresholds of the rule that judges corrections, diagnoses and playbook
     # entries (observer/outcomes/rule.py). Changing one changes the rule's version in every record.
     outcomes_alpha: float = Field(0.05, validation_alias="OBSERVER_OUTCOMES_ALPHA", gt=0, lt=0.5)
-    outcomes_first_look: float = Field(10, validation_alias="OBSERVER_OUTCOMES_FIRST_LOOK", gt=0)
+    outcomes_first_look: int = Field(10, validation_alias="OBSERVER_OUTCOMES_FIRST_LOOK", ge=1)
     outcomes_looks: int = Field(5, validation_alias="OBSERVER_OUTCOMES_LOOKS", ge=1, le=20)
     outcomes_min_effect: float = Field(
         0.5, validation_alias="OBSERVER_OUTCOMES_MIN_EFFECT", gt=0, lt=1

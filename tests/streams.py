@@ -200,13 +200,17 @@ class Spiky:
     effect: float | None  # the failure rate's factor from the correction on; None: no effect
 
 
-def spiky_stream(seed: int, effect: float | None = None, *, others: int = 5) -> Spiky:
+def spiky_stream(
+    seed: int, effect: float | None = None, *, others: int = 5, lasting: bool = False
+) -> Spiky:
     """Seven days of an endpoint whose signatures spike now and then and fall back by themselves;
     the key's spike prompts a correction some hours in, while the spike runs its own course.
+    Spikes last 2–8 hours (the key's 2–12), or with `lasting` 12–36 hours (the key's too).
 
     With `effect` None the correction does nothing (a placebo: any fall is regression to the mean);
     else from the correction on the key fails at `effect` × its baseline rate.
     """
+    others_hours, key_hours = ((12, 36), (12, 36)) if lasting else ((2, 8), (2, 12))
     stream = Stream(seed)
     rng = stream.random
     pace = rng.uniform(60, 240)
@@ -220,11 +224,11 @@ def spiky_stream(seed: int, effect: float | None = None, *, others: int = 5) -> 
             continue
         at = start + rng.uniform(0, 24) * HOUR
         while at < T0 + 72 * HOUR:
-            length = rng.uniform(2, 8) * HOUR
+            length = rng.uniform(*others_hours) * HOUR
             spikes.append((name, at, at + length, min(0.5, rate * rng.uniform(5, 15))))
             at += length + rng.uniform(12, 48) * HOUR
     key_start = T0 - rng.uniform(1, 8) * HOUR
-    key_end = key_start + rng.uniform(2, 12) * HOUR
+    key_end = key_start + rng.uniform(*key_hours) * HOUR
     key_rate = min(0.5, base["K"] * rng.uniform(5, 15))
     boundaries = sorted({start, T0, T0 + 72 * HOUR, key_start, key_end} | _edges(spikes))
     for low, high in itertools.pairwise(boundaries):

@@ -17,6 +17,7 @@ the changes not yet acknowledged (`pending`): the poster sends each, then calls 
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Literal
@@ -29,9 +30,11 @@ from observer.outcomes.advice import AdviceCluster, Alert, check_cluster, cluste
 from observer.outcomes.episodes import Episode, spec_id
 from observer.outcomes.frames import (
     CORRECTION_SOURCE,
+    START_SCHEMA,
     Contribution,
     Spec,
     attempts,
+    compress,
     conform,
     contributions,
     with_patterns,
@@ -144,18 +147,22 @@ def assess(
     rule: OutcomeRule,
     now: datetime,
 ) -> Assessment:
-    """Fold the new ops and interventions into (a copy of) the state; see the module docstring.
+    """Fold the new ops and interventions into the state; see the module docstring.
+
+    The state given is updated and returned in the assessment (a state of a thousand episodes is
+    too big to copy every five minutes). Every input is checked before anything in it changes;
+    if the call raises all the same, drop the state and load the saved one again.
 
     `interventions`: the non-op ones (diagnoses, playbook entries) posted since the last call; one
     given again is recognised by its id. `now` closes windows and ends watches.
     """
-    run = _Run(state.model_copy(deep=True), rule, now)
+    run = _Run(state, rule, now)
     run.fold(conform(ops, "new ops"), read_window, list(interventions))
     return Assessment(state=run.state, changes=run.changes, counts=run.counts)
 
 
 class _Run:
-    """One call's work on its own copy of the state."""
+    """One call's work on the state."""
 
     def __init__(self, state: OutcomeState, rule: OutcomeRule, now: datetime) -> None:
         state.rules.setdefault(rule.version, rule)
@@ -187,26 +194,29 @@ class _Run:
         openings: dict[str, Opening] = {}
         catch_up = fresh_attempts.clear()
         if new:
-            openings, catch_up = self._look_back(new, fresh, read_window, group_endpoints)
+            openings, catch_up = self._look_back(
+                new, fresh, fresh_attempts, read_window, group_endpoints
+            )
 
         specs = {e.spec: _spec(e.key, e.opening, e.last_at) for e in state.open.values()}
-        new_specs = {}
+        new_specs: dict[str, Spec] = {}
         for intervention in new:
             spec = _spec(intervention.key, openings[intervention.id], intervention.at)
-            new_specs[spec.id] = spec
+            earlier = specs.get(spec.id) or new_specs.get(spec.id)
+            new_specs[spec.id] = (
+                spec._replace(since=min(spec.since, earlier.since)) if earlier else spec
+            )
             current = state.open.get(intervention.key.id)
             if current is not None:
-                new_specs[current.spec] = specs[current.spec]
-        for (
-            spec_key,
-            spec,
-        ) in new_specs.items():  # the earliest time any of its episodes counts from
-            if spec_key in specs:
-                new_specs[spec_key] = spec._replace(since=min(spec.since, specs[spec_key].since))
+                new_specs.setdefault(current.spec, specs[current.spec])
         specs |= new_specs
-        rows = contributions(fresh_attempts, specs.values())
-        catch_rows = contributions(catch_up, new_specs.values())
-        self._replay(new, openings, rows, catch_rows)
+        rows = pl.concat(
+            [
+                contributions(fresh_attempts, specs.values(), late=False),
+                contributions(catch_up, new_specs.values(), late=True),
+            ]
+        )
+        self._replay(new, openings, compress(rows, self._starts(new, openings)))
         self._settle()
         self._prune()
         if fresh.height:
@@ -235,6 +245,7 @@ class _Run:
         self,
         new: list[Intervention],
         fresh: pl.DataFrame,
+        fresh_attempts: pl.DataFrame,
         read_window: ReadWindow,
         group_endpoints: set[str],
     ) -> tuple[dict[str, Opening], pl.DataFrame]:
@@ -246,20 +257,18 @@ class _Run:
             first - self.rule.baseline,
             max(t for t in times if t is not None) + _MICROSECOND,
         )
-        read = conform(read_window(start, end), "look-back window")
+        read = conform(read_window(start, end), "look-back window", ordered=False)
         read = read.filter((pl.col("ts") >= start) & (pl.col("ts") < end))
         self.counts.windows.append(WindowRead(start=start, end=end, rows=read.height))
-        earlier = read.filter(
-            ~pl.col("pos").is_in(fresh["pos"].implode())
-            & (pl.col("pos") <= self._history_end(read))
-        )
-        known = pl.concat([earlier, fresh])
-        touched = touched_keys(known.filter(pl.col("source") == CORRECTION_SOURCE))
+        # What was folded in before this call (the new ops all come after it, by `pos`).
+        earlier = read.filter(pl.col("pos") <= self._history_end(read))
+        corrections = pl.concat([earlier, fresh]).filter(pl.col("source") == CORRECTION_SOURCE)
+        touched = touched_keys(corrections)
         touched |= {e.key.id for e in self.state.episodes()} | {i.key.id for i in new}
-        before = with_patterns(attempts(known), group_endpoints)
+        earlier = with_patterns(attempts(earlier), group_endpoints)
+        before = pl.concat([earlier, fresh_attempts])
         openings = {i.id: open_episode(self.rule, i, before, touched) for i in new}
-        catch_up = with_patterns(attempts(earlier), group_endpoints).filter(pl.col("ts") >= first)
-        return openings, catch_up
+        return openings, earlier.filter(pl.col("ts") >= first)
 
     def _history_end(self, read: pl.DataFrame) -> int:
         """The last `pos` folded in before this call. On the first call, the ops before the first
@@ -304,25 +313,50 @@ class _Run:
 
     # ── ops ──
 
+    def _starts(self, new: list[Intervention], openings: dict[str, Opening]) -> pl.DataFrame:
+        """Where each episode stands before this call's attempts, for those whose course no new
+        intervention changes in this call (see `frames.compress`)."""
+        arriving = collections.Counter(i.key.id for i in new)
+        episodes = [e for e in self.state.open.values() if not arriving[e.key.id]]
+        episodes += [
+            Episode.start(self.rule, i, openings[i.id])
+            for i in new
+            if arriving[i.key.id] == 1 and i.key.id not in self.state.open
+        ]
+        rows = []
+        for episode in episodes:
+            if episode.opening.unit == "hours":
+                continue
+            rule, recovery = self.state.rules[episode.rule_version], episode.recovery
+            undecided = episode.decision is None
+            rows.append(
+                {
+                    "spec": episode.spec,
+                    "x0": episode.after.exposure,
+                    "s0": episode.since_failure,
+                    "needed": recovery.needed if recovery.at is None else None,
+                    "post_start": episode.post_start,
+                    "window_end": episode.window_end,
+                    "until": episode.watch.until if episode.watch is not None else None,
+                    "thresholds": rule.look_exposures[len(episode.looks) :] if undecided else [],
+                }
+            )
+        return pl.DataFrame(rows, schema=START_SCHEMA)
+
     def _replay(
-        self,
-        new: list[Intervention],
-        openings: dict[str, Opening],
-        rows: list[Contribution],
-        catch_rows: list[Contribution],
+        self, new: list[Intervention], openings: dict[str, Opening], rows: list[Contribution]
     ) -> None:
         """Interventions and attempts in time order (an intervention before ops of its instant)."""
-        # (time, 0 for an intervention / 1 for an op, pos, 1 if a catch-up op, index)
-        events = [(i.at, 0, n, 0, n) for n, i in enumerate(new)]
-        events += [(row[0], 1, row[1], 0, n) for n, row in enumerate(rows)]
-        events += [(row[0], 1, row[1], 1, n) for n, row in enumerate(catch_rows)]
+        # (time, 0 for an intervention / 1 for an op, pos, index)
+        events = [(i.at, 0, n, n) for n, i in enumerate(new)]
+        events += [(row[0], 1, row[1], n) for n, row in enumerate(rows)]
         events.sort()
-        for _, kind, _, late, index in events:
+        for _, kind, _, index in events:
             if kind == 0:
                 intervention = new[index]
                 self._intervene(intervention, openings[intervention.id])
                 continue
-            ts, _, key_id, spec, exposure, failed = (catch_rows if late else rows)[index]
+            ts, _, key_id, spec, exposure, failed, late = rows[index]
             episode = self.state.open.get(key_id)
             if episode is None or episode.spec != spec or (late and episode.id not in self.rebuilt):
                 continue

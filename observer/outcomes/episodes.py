@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -125,9 +126,9 @@ class Episode(BaseModel):
 
     # ── what it is ──
 
-    @property
+    @cached_property
     def spec(self) -> str:
-        """What the episode counts: its key, exposure unit and endpoint."""
+        """What the episode counts: its key, exposure unit and endpoint (fixed once opened)."""
         return spec_id(self.key, self.opening.unit, self.opening.endpoint)
 
     @property

@@ -37,8 +37,9 @@ def empty_ops() -> pl.DataFrame:
     return pl.DataFrame(schema=OPS_SCHEMA)
 
 
-def conform(frame: pl.DataFrame, what: str) -> pl.DataFrame:
-    """The frame's OPS_SCHEMA columns, cast to their types, in arrival order (`pos`)."""
+def conform(frame: pl.DataFrame, what: str, *, ordered: bool = True) -> pl.DataFrame:
+    """The frame's OPS_SCHEMA columns, cast to their types, in arrival order (`pos`) when
+    `ordered` (a look-back window is only filtered and grouped: its order does not matter)."""
     missing = [name for name in OPS_SCHEMA if name not in frame.columns]
     if missing:
         raise OutcomeInputError(f"{what}: missing column(s) {', '.join(missing)}")
@@ -50,7 +51,7 @@ def conform(frame: pl.DataFrame, what: str) -> pl.DataFrame:
         raise OutcomeInputError(f"{what}: a column has the wrong type: {exc}") from None
     if conformed["pos"].null_count():
         raise OutcomeInputError(f"{what}: every op needs its `pos`")
-    return conformed.sort("pos")
+    return conformed.sort("pos") if ordered and not conformed["pos"].is_sorted() else conformed
 
 
 def attempts(frame: pl.DataFrame) -> pl.DataFrame:
@@ -86,12 +87,21 @@ class Spec(NamedTuple):
     since: datetime  # the (last) intervention's time: nothing earlier counts
 
 
-#: (ts, pos, key id, spec id, exposure, failed) of one attempt that counts for one spec.
-Contribution = tuple[datetime, int, str, str, float, bool]
+#: (ts, pos, key id, spec id, exposure, failed, late) of attempts that count for one spec.
+Contribution = tuple[datetime, int, str, str, float, bool, bool]
+CONTRIBUTION_SCHEMA = {
+    "ts": pl.Datetime("us", "UTC"),
+    "pos": pl.Int64,
+    "key_id": pl.String,
+    "spec": pl.String,
+    "exposure": pl.Float64,
+    "failed": pl.Boolean,
+    "late": pl.Boolean,
+}
 
 
-def contributions(frame: pl.DataFrame, specs: Iterable[Spec]) -> list[Contribution]:
-    """Every attempt of `frame` (with `pattern`) that counts for a spec, in (ts, pos) order.
+def contributions(frame: pl.DataFrame, specs: Iterable[Spec], *, late: bool) -> pl.DataFrame:
+    """Every attempt of `frame` (with `pattern`) that counts for a spec (CONTRIBUTION_SCHEMA).
 
     An attempt is exposure for a spec when it is the key's own (exposure `attempts`) or its
     endpoint's (`endpoint-attempts`); it is a failure of the key when it failed and matches the key.
@@ -115,7 +125,7 @@ def contributions(frame: pl.DataFrame, specs: Iterable[Spec]) -> list[Contributi
         schema=_SPEC_SCHEMA,
     )
     if table.height == 0 or frame.height == 0:
-        return []
+        return pl.DataFrame(schema=CONTRIBUTION_SCHEMA)
     own = (
         pl.when(pl.col("field") == "sig_hash")
         .then(pl.col("sig_hash") == pl.col("value"))
@@ -140,10 +150,83 @@ def contributions(frame: pl.DataFrame, specs: Iterable[Spec]) -> list[Contributi
             .filter(
                 (pl.col("ts") >= pl.col("since")) & ((pl.col("unit") != "hours") | pl.col("failed"))
             )
-            .select("ts", "pos", "key_id", "spec", "exposure", "failed")
+            .select("ts", "pos", "key_id", "spec", "exposure", "failed", pl.lit(late).alias("late"))
         )
-    rows = pl.concat(parts).sort("ts", "pos", "spec")
-    return list(rows.iter_rows())
+    return pl.concat(parts) if parts else pl.DataFrame(schema=CONTRIBUTION_SCHEMA)
+
+
+#: Where an episode stands before a call's attempts, for `compress` (one row per spec).
+START_SCHEMA = {
+    "spec": pl.String,
+    "x0": pl.Float64,  # exposure after so far
+    "s0": pl.Float64,  # exposure since its last failure
+    "needed": pl.Float64,  # the recovery run still to reach (null: reached or none)
+    "post_start": pl.Datetime("us", "UTC"),
+    "window_end": pl.Datetime("us", "UTC"),
+    "until": pl.Datetime("us", "UTC"),  # the watch's end (null: no watch)
+    "thresholds": pl.List(pl.Float64),  # looks still to take
+}
+
+
+def compress(rows: pl.DataFrame, starts: pl.DataFrame) -> list[Contribution]:
+    """The attempts in (ts, pos) order, with every run of them that cannot change an episode's
+    course folded into one row (its exposure summed, its last attempt's time and place kept).
+
+    Only specs in `starts` are folded, and a row is kept as it is when it failed, reaches a look
+    or the recovery run, or lies outside the post window or past the watch: so the engine sees
+    the same looks, recoveries and alarms, at the same attempts, as without folding, at a cost
+    that follows failures and looks instead of attempts."""
+    if rows.height == 0 or starts.height == 0:
+        return list(rows.sort("ts", "pos", "spec").iter_rows())
+    inside = (pl.col("ts") >= pl.col("post_start")) & (pl.col("ts") < pl.col("window_end"))
+    counted = pl.when(inside).then(pl.col("exposure")).otherwise(0.0)
+    marked = (
+        rows.join(starts, on="spec", how="left")
+        .sort("spec", "ts", "pos")
+        .with_columns(counted.alias("counted"))
+        .with_columns(
+            (pl.col("counted").cum_sum().over("spec") + pl.col("x0")).alias("cum"),
+            (pl.col("failed").cum_sum().over("spec") - pl.col("failed")).alias("segment"),
+        )
+        .with_columns(
+            (
+                pl.when(pl.col("segment") == 0).then(pl.col("s0")).otherwise(0.0)
+                + pl.col("counted").cum_sum().over("spec", "segment")
+            ).alias("since")
+        )
+    )
+    reaches_look = pl.col("thresholds").list.contains(pl.col("cum")).fill_null(False)
+    reaches_recovery = (
+        (pl.col("since") >= pl.col("needed"))
+        & (pl.col("since") - pl.col("counted") < pl.col("needed"))
+    ).fill_null(False)
+    keep = (
+        pl.col("x0").is_null()
+        | pl.col("failed")
+        | ~inside.fill_null(False)
+        | (pl.col("ts") >= pl.col("until")).fill_null(False)
+        | reaches_look
+        | reaches_recovery
+    )
+    marked = marked.with_columns(keep.alias("keep")).with_columns(
+        pl.col("keep").cum_sum().over("spec").alias("run")
+    )
+    columns = list(CONTRIBUTION_SCHEMA)
+    kept = marked.filter(pl.col("keep")).select(columns)
+    folded = (
+        marked.filter(~pl.col("keep"))
+        .group_by("spec", "run")
+        .agg(
+            pl.col("ts").last(),
+            pl.col("pos").last(),
+            pl.col("key_id").first(),
+            pl.col("exposure").sum(),
+            pl.lit(False).alias("failed"),
+            pl.col("late").all(),
+        )
+        .select(columns)
+    )
+    return list(pl.concat([kept, folded]).sort("ts", "pos", "spec").iter_rows())
 
 
 def _join_column(spec: Spec) -> str:

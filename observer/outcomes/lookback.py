@@ -44,6 +44,8 @@ from observer.outcomes.stats import (
 from observer.pipelines.grouping import signature
 
 Unit = Literal["attempts", "endpoint-attempts", "hours"]
+_MICROSECOND = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Window(BaseModel):
@@ -164,15 +166,17 @@ def open_episode(
     """
     key, t0 = intervention.key, intervention.at
     bins = math.ceil(rule.baseline / rule.pre)
-    window = before.filter((pl.col("ts") >= t0 - rule.baseline) & (pl.col("ts") < t0))
-    bin_us = rule.pre // timedelta(microseconds=1)
-    window = window.with_columns(
-        ((pl.lit(t0) - pl.col("ts")).dt.total_microseconds() // bin_us).cast(pl.Int64).alias("bin")
-    )
-    own = window.filter(key_matches(key))
+    bin_us = rule.pre // _MICROSECOND
+    in_window = (pl.col("ts") >= t0 - rule.baseline) & (pl.col("ts") < t0)
+    binned = ((pl.lit(t0) - pl.col("ts")).dt.total_microseconds() // bin_us).cast(pl.Int64)
+    own = before.filter(in_window & key_matches(key)).with_columns(binned.alias("bin"))
     endpoint = key.endpoint or _most_common_endpoint(own)
     scope = (
-        window.filter(pl.col("endpoint") == endpoint) if endpoint is not None else window.clear()
+        before.filter(in_window & (pl.col("endpoint") == endpoint)).with_columns(
+            binned.alias("bin")
+        )
+        if endpoint is not None
+        else own.clear()
     )
     unit = _unit(key, own, endpoint)
 
@@ -332,10 +336,6 @@ def _reference(
                 seen = bisect.bisect_left(failures, last) - bisect.bisect_left(failures, first)
                 outcomes[j].append((seen, rate * (last - first)))
     return Reference.of(rule, spikes_found, outcomes)
-
-
-_MICROSECOND = timedelta(microseconds=1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _micros(frame: pl.DataFrame) -> list[int]:

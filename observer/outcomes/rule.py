@@ -26,7 +26,7 @@ class OutcomeRule(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     alpha: float = 0.05
-    first_look: float = 10
+    first_look: int = 10
     looks: int = 5
     min_effect: float = 0.5
     lag_seconds: float = 60
@@ -86,7 +86,7 @@ class OutcomeRule(BaseModel):
     @property
     def look_exposures(self) -> list[float]:
         """Where the planned looks fall: the first look's exposure, doubled each time."""
-        return [self.first_look * 2**i for i in range(self.looks)]
+        return [float(self.first_look * 2**i) for i in range(self.looks)]
 
     @property
     def look_alpha(self) -> float:
