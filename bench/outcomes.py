@@ -94,7 +94,8 @@ def naive_worked(frame: pl.DataFrame) -> bool:
     failures = 0
     for n, bad in enumerate(after.select(failed).to_series().to_list(), start=1):
         failures += bool(bad)
-        if binomial_cdf(failures, n, rate) < 0.05:
+        # At or above the expected count the p-value is at least about 1/2: no need to compute it.
+        if failures < n * rate and binomial_cdf(failures, n, rate) < 0.05:
             return True
     return False
 

@@ -168,13 +168,22 @@ def test_two_overlapping_corrections_get_one_joint_verdict() -> None:
     assert "jointly, 2 interventions" in change.summary
 
 
+def useless_advice(*texts: str) -> pl.DataFrame:
+    """sigA at 30% from eight hours before T0 to the end, corrected once a day with `texts`."""
+    corrections = tuple(("sigA", T0 + n * 24 * HOUR, text) for n, text in enumerate(texts))
+    return stream(7, [BASE, (T0 - 8 * HOUR, END, 0.3)], corrections=corrections)
+
+
+SAME_ADVICE = (
+    "Retry the fill 3 times before escalating",
+    "retry the fill 5 times before escalating",
+    "Retry the fill 2 times before escalating!",
+)
+
+
 def test_the_same_advice_three_times_without_effect_alerts_once() -> None:
-    corrections = (
-        ("sigA", T0, "Retry the fill 3 times before escalating"),
-        ("sigA", T0 + 24 * HOUR, "retry the fill 5 times before escalating"),
-        ("sigA", T0 + 48 * HOUR, "Retry the fill 2 times before escalating!"),
-    )
-    outcome = judged(stream(7, [BASE, (T0 - 8 * HOUR, END, 0.3)], corrections=corrections))
+    frame = useless_advice(*SAME_ADVICE)
+    outcome = judged(frame)
 
     assert [r.verdict for r in outcome.state.records()] == ["did-not-work"] * 3
     alerts = [c for c in outcome.changes if c.kind == "alert"]
@@ -192,19 +201,12 @@ def test_the_same_advice_three_times_without_effect_alerts_once() -> None:
     assert ALERT_HINT in entry.result
 
     # Told again (a rerun over the same ops), it does not alert a second time.
-    again = judged(
-        stream(7, [BASE, (T0 - 8 * HOUR, END, 0.3)], corrections=corrections), state=outcome.state
-    )
-    assert again.changes == []
+    assert judged(frame, state=outcome.state).changes == []
 
 
 def test_different_advice_does_not_cluster() -> None:
-    corrections = (
-        ("sigA", T0, "Retry the fill 3 times before escalating"),
-        ("sigA", T0 + 24 * HOUR, "ask the staffing desk for the shard map"),
-        ("sigA", T0 + 48 * HOUR, "use the backup roster when the primary one is empty"),
-    )
-    outcome = judged(stream(7, [BASE, (T0 - 8 * HOUR, END, 0.3)], corrections=corrections))
+    texts = "ask the staffing desk for the shard map", "use the backup roster if it is empty"
+    outcome = judged(useless_advice(SAME_ADVICE[0], *texts))
 
     assert [r.verdict for r in outcome.state.records()] == ["did-not-work"] * 3
     assert [c for c in outcome.changes if c.kind == "alert"] == []
@@ -304,6 +306,20 @@ def test_a_playbook_entry_is_judged_on_its_endpoint() -> None:
     assert record.verdict == "worked"
 
 
+def test_a_playbook_entry_posted_again_refreshes_its_open_episode() -> None:
+    built = Stream(14)
+    piecewise(built, WEEK, END, 60, {"x": [(WEEK, END, 0.3)]}, endpoint="scenario:rescue")
+    entries = [
+        Intervention.playbook(T0 + n * 3 * 60 * SECOND, "scenario:rescue", f"pattern {n}")
+        for n in range(5)
+    ]
+    outcome = judged(built.frame(), interventions=entries, until=T0 + 2 * HOUR)
+
+    (record,) = outcome.state.records()
+    assert record.id == entries[0].id and record.verdict != "confounded"
+    assert sum(a.counts.refreshed for a in outcome.assessments) == 4
+
+
 # ── incremental, exactly once ───────────────────────────────────────────────────────────────────
 
 
@@ -316,11 +332,11 @@ def test_a_rerun_posts_nothing() -> None:
         return frame.filter((pl.col("ts") >= low) & (pl.col("ts") < high))
 
     diagnosis = Intervention.diagnosis(T0, ENDPOINT, "p", "x")
-    state = first.state
-    rerun = assess(state, frame, read, [], rule=OutcomeRule(), now=END)
+    saved = first.state.model_dump_json()
+    rerun = assess(OutcomeState.from_json(saved), frame, read, [], rule=OutcomeRule(), now=END)
     assert rerun.changes == []
     assert rerun.counts.ops == 0 and rerun.counts.ops_seen_before == frame.height
-    assert rerun.state.model_dump() == state.model_dump()
+    assert rerun.state.model_dump_json() == saved
     # The pending change stays pending until the poster acknowledges it, then is gone for good.
     assert [c.id for c in rerun.state.pending] == [c.id for c in first.changes]
     rerun.state.acknowledge(first.changes[0].id)

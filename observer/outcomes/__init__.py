@@ -18,9 +18,9 @@ kept (hot file and history table).
 interventions, one look-back read: `[t_first − BASELINE_DAYS, t_newest + 1 µs)`, where `t_first`
 is the earliest new intervention's time and `t_newest` the latest of `now`, the newest new op and
 the newest op folded in before. With the defaults that is the 7 days before the intervention (its
-6-hour pre-window, the baseline and the spikes of other signatures) plus the minutes since it: at
-most 8 day partitions for an intervention found within a day of its time. Nothing is ever read
-twice for the same intervention, and nothing older than `t_first − BASELINE_DAYS`.
+6-hour pre-window, the baseline and the spikes of other signatures) plus the minutes since it: 8
+day partitions for an intervention found on the day it happened (one more per day it is late).
+Nothing is read twice for the same intervention, and nothing older than `t_first − BASELINE_DAYS`.
 
 Time windows around an intervention at `t0` (all settings, `OBSERVER_OUTCOMES_*`):
 

@@ -120,6 +120,7 @@ class RunCounts(BaseModel):
     interventions_too_old: int = 0  # older than RETENTION_DAYS: not judged
     opened: int = 0
     joined: int = 0  # confounded: joined an episode before its first look
+    refreshed: int = 0  # playbook entries re-posted while their endpoint's episode is open
     decided: int = 0
     regressed: int = 0
     alerts: int = 0
@@ -180,7 +181,7 @@ class _Run:
         fresh = ops if state.last_pos is None else ops.filter(pl.col("pos") > state.last_pos)
         counts.ops_seen_before = ops.height - fresh.height
         counts.ops, counts.ops_untimed = fresh.height, fresh["ts"].null_count()
-        self.fresh_first = fresh["pos"].min() if fresh.height else None  # type: ignore[assignment]
+        self.fresh_first = int(fresh["pos"].min()) if fresh.height else None
         corrections, counts.corrections_unkeyed = corrections_in(fresh)
         new = self._new_interventions([*corrections, *given])
         counts.corrections = sum(1 for i in new if i.kind == "correction")
@@ -220,10 +221,10 @@ class _Run:
         self._settle()
         self._prune()
         if fresh.height:
-            last: int = fresh["pos"].max()  # type: ignore[assignment]
+            last = int(fresh["pos"].max())
             state.last_pos = max(state.last_pos, last) if state.last_pos is not None else last
-            newest: datetime | None = fresh["ts"].max()  # type: ignore[assignment]
-            if newest is not None:
+            newest = fresh["ts"].max()
+            if isinstance(newest, datetime):
                 state.clock = max(state.clock, newest) if state.clock is not None else newest
 
     # ── interventions ──
@@ -252,11 +253,9 @@ class _Run:
         """One read of `[first new intervention − BASELINE_DAYS, newest time + 1 µs)`: the openings
         of the new interventions, and the ops of it folded in before (their post windows' start)."""
         first = new[0].at
-        times: list[datetime | None] = [self.now, fresh["ts"].max(), self.state.clock]  # type: ignore[list-item]
-        start, end = (
-            first - self.rule.baseline,
-            max(t for t in times if t is not None) + _MICROSECOND,
-        )
+        times = [self.now, fresh["ts"].max(), self.state.clock]
+        start = first - self.rule.baseline
+        end = max(t for t in times if isinstance(t, datetime)) + _MICROSECOND
         read = conform(read_window(start, end), "look-back window", ordered=False)
         read = read.filter((pl.col("ts") >= start) & (pl.col("ts") < end))
         self.counts.windows.append(WindowRead(start=start, end=end, rows=read.height))
@@ -278,15 +277,19 @@ class _Run:
             return state.last_pos
         if self.fresh_first is not None:
             return self.fresh_first - 1
-        newest = read["pos"].max()
-        state.last_pos = int(newest) if newest is not None else None  # type: ignore[arg-type]
+        state.last_pos = int(read["pos"].max()) if read.height else None
         return state.last_pos if state.last_pos is not None else -1
 
     def _intervene(self, intervention: Intervention, opening: Opening) -> None:
         state = self.state
         state.seen[intervention.id] = intervention.at
-        cluster_for(state.clusters, intervention, self.rule.advice_similarity)
         current = state.open.get(intervention.key.id)
+        if current is not None and intervention.kind == current.members[0].kind == "playbook":
+            # consolidate-playbooks re-posts an endpoint's entry with each new success: while
+            # the endpoint's playbook episode is open, a new entry refreshes it, nothing more.
+            self.counts.refreshed += 1
+            return
+        cluster_for(state.clusters, intervention, self.rule.advice_similarity)
         if current is not None:
             rule = state.rules[current.rule_version]
             if (

@@ -94,10 +94,10 @@ class Reference(BaseModel):
             reference.observed.append(observed)
             reference.expected.append(expected)
             reference.spread.append(spread)
-            enough = len(pairs) >= rule.reference_min_spikes and mean is not None
-            reference.decay.append(
-                gamma_quantile(rule.reference_quantile, mean, spread) if enough else None  # type: ignore[arg-type]
-            )
+            decay = None
+            if mean is not None and len(pairs) >= rule.reference_min_spikes:
+                decay = gamma_quantile(rule.reference_quantile, mean, spread)
+            reference.decay.append(decay)
         return reference
 
 

@@ -9,10 +9,10 @@ alert, with a stable id: the poster sends each id once.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from observer.outcomes.advice import Alert
 from observer.outcomes.episodes import HOUR, Episode, Verdict
@@ -78,6 +78,7 @@ class InterventionRecord(BaseModel):
     ended: str | None
     recovery: RecoveryRecord
     regressed_at: datetime | None
+    watched: Amount | None  # after `worked`: what the watch saw (attempts, failures)
     rule_version: str
 
     def cells(self) -> dict[str, Any]:
@@ -130,6 +131,11 @@ def records_of(episode: Episode, rule: OutcomeRule) -> list[InterventionRecord]:
         "window_end": episode.window_end,
         "ended": episode.ended,
         "regressed_at": episode.regressed_at,
+        "watched": (
+            Amount(attempts=episode.watch.cusum.attempts, failures=episode.watch.cusum.failures)
+            if episode.watch is not None
+            else None
+        ),
         "rule_version": episode.rule_version,
     }
     key = episode.key.describe()
@@ -165,7 +171,7 @@ class Change(BaseModel):
     at: datetime
     rule_version: str
     summary: str
-    interventions: list[InterventionRecord] = []
+    interventions: list[InterventionRecord] = Field(default_factory=list)
     alert: Alert | None = None
 
     def log_entry(self) -> LogEntry:
@@ -230,6 +236,14 @@ def describe(record: InterventionRecord) -> str:
         if record.recovery.hours is not None
         else ""
     )
+    if verdict == "regressed" and record.watched is not None and record.regressed_at is not None:
+        since = (record.regressed_at - record.at) / timedelta(hours=1)
+        return (
+            f"regressed{joint}: {since:.1f} h after it, failures are back:"
+            f" {_fraction(record.watched)} since it was judged worked on"
+            f" {_fraction(record.after)} after ({record.exposure}), against"
+            f" {_fraction(record.before)} before"
+        )
     return (
         f"{verdict}{joint}: failures {_fraction(record.before)} before,"
         f" {_fraction(record.after)} after ({record.exposure}); rate ratio {ratio}"
