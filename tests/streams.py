@@ -56,8 +56,9 @@ class Stream:
         signature_on_success: str | None = None,
         errors: Mapping[str, str] | None = None,
     ) -> Stream:
-        """Attempts every 3600/per_hour s in [start, end); each fails with signature s at rate
-        failing[s] (exclusive), else succeeds (carrying `signature_on_success` if given)."""
+        """Attempts every 3600/per_hour s in [start, end), each passing the signatures' checks in
+        turn: it fails with signature s at rate failing[s] among the attempts that reach s (those
+        not failed by an earlier one), else succeeds (carrying `signature_on_success` if given)."""
         step = 3600e6 / per_hour
         at, stop = _micros(start) + step * self.random.random(), _micros(end)
         draw = self.random.random
@@ -65,12 +66,11 @@ class Stream:
         table = list(failing.items())
         first = len(self.ts)
         while at < stop:
-            pick, failed_with = draw(), None
+            failed_with = None
             for signature, rate in table:
-                if pick < rate:
+                if draw() < rate:
                     failed_with = signature
                     break
-                pick -= rate
             self.ts.append(int(at))
             self.sig_hash.append(failed_with or signature_on_success)
             self.success.append(failed_with is None)

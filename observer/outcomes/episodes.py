@@ -2,9 +2,9 @@
 
 Its post window starts `LAG_SECONDS` after the (last) intervention, so ops already in flight are
 not counted, and ends at the next intervention on the key or after `WINDOW_HOURS`. Attempts are
-fed in arrival order; a look is taken the moment the exposure after reaches a planned look
-(10, 20, 40 … attempts), so the looks do not depend on how often the engine runs, and each look is
-evaluated once and recorded. At a look, with its share α_j of the error rate:
+fed in time order (within a call; calls follow arrival); a look is taken the moment the exposure
+after reaches a planned look (10, 20, 40 … attempts), so the looks do not depend on how often the
+engine runs, and each look is evaluated once and recorded. At a look, with its share α_j of the error rate:
 
 - `worked`: the rate fell below the null ratio (regression to the mean, both guards) × before;
 - `worse`: the rate rose above before;

@@ -104,8 +104,10 @@ def contributions(frame: pl.DataFrame, specs: Iterable[Spec], *, late: bool) -> 
     """Every attempt of `frame` (with `pattern`) that counts for a spec (CONTRIBUTION_SCHEMA).
 
     An attempt is exposure for a spec when it is the key's own (exposure `attempts`) or its
-    endpoint's (`endpoint-attempts`); it is a failure of the key when it failed and matches the key.
-    With hours as exposure only the key's failures count (exposure 0).
+    endpoint's and at risk for the key (`endpoint-attempts`: a success, or a failure of the key; an
+    attempt that failed with something else never reached what the key fails on); it is a
+    failure of the key when it failed and matches the key. With hours as exposure only the key's
+    failures count (exposure 0).
     """
     table = pl.DataFrame(
         [
@@ -148,7 +150,10 @@ def contributions(frame: pl.DataFrame, specs: Iterable[Spec], *, late: bool) -> 
                 pl.when(pl.col("unit") == "hours").then(0.0).otherwise(1.0).alias("exposure"),
             )
             .filter(
-                (pl.col("ts") >= pl.col("since")) & ((pl.col("unit") != "hours") | pl.col("failed"))
+                (pl.col("ts") >= pl.col("since"))
+                & ((pl.col("unit") != "hours") | pl.col("failed"))
+                # an attempt of the endpoint that failed otherwise was never at risk for the key
+                & ((pl.col("unit") != "endpoint-attempts") | pl.col("success") | own)
             )
             .select("ts", "pos", "key_id", "spec", "exposure", "failed", pl.lit(late).alias("late"))
         )

@@ -13,11 +13,15 @@ that prompted the intervention), the older bins are the baseline.
   (`observer.outcomes.stats.prior_weight`).
 - **Reference decay.** Other signatures of the same endpoint (other `sig_hash`es, task classes or
   failure groups) that spiked in the look-back (a bin with at least `SPIKE_MIN_FAILURES` failures
-  and `SPIKE_FACTOR` × their own rate) and that no intervention touched: their failures in the bin
-  after the spike, against what their own empirical-Bayes forecast said. Fewer than
-  `REFERENCE_MIN_SPIKES` spikes: no reference (recorded as such).
-- **The null ratio** a correction must beat: `min(1, shrinkage × min(1, decay))`, where shrinkage is
-  the counterfactual rate over the raw pre-window rate. It only ever makes "worked" harder.
+  and `SPIKE_FACTOR` × their own rate) and that no intervention touched: their failures in the
+  hours after the spike, against what their own empirical-Bayes forecast said, at each horizon of
+  `OutcomeRule.horizons` (spikes end in time, not in attempts). Spikes differ, so the decay to
+  beat at a horizon is the `REFERENCE_QUANTILE` of a gamma spread of decays with their pooled mean
+  and their variance beyond Poisson noise. Fewer than `REFERENCE_MIN_SPIKES` spikes at a horizon:
+  the shorter horizon's decay (none at all: no reference, recorded as such).
+- **The null ratio** a correction must beat at a horizon: `min(1, shrinkage × min(1, decay))`,
+  where shrinkage is the counterfactual rate over the raw pre-window rate; at the window's close,
+  at most the baseline rate over the pre-window rate. It only ever makes "worked" harder.
 """
 
 from __future__ import annotations
@@ -180,20 +184,19 @@ def open_episode(
     )
     unit = _unit(key, own, endpoint)
 
-    endpoint_exposure = _per_bin(scope)
-    exposure = (
-        _per_bin(own)
-        if unit == "attempts"
-        else endpoint_exposure
-        if unit == "endpoint-attempts"
-        else _hours_per_bin(rule, bins)
-    )
+    successes = _per_bin(scope.filter(pl.col("success")))
     failures = _per_bin(own.filter(~pl.col("success")))
+    if unit == "attempts":
+        exposure = _per_bin(own)
+    elif unit == "endpoint-attempts":  # the endpoint's attempts at risk: not failed otherwise
+        exposure = {b: successes.get(b, 0) + failures.get(b, 0) for b in range(bins)}
+    else:
+        exposure = _hours_per_bin(rule, bins)
     series = [Bin(exposure.get(b, 0.0), int(failures.get(b, 0))) for b in range(bins)]
     reference = Reference(applies=intervention.kind != "playbook")
     column = signature_column(key)
     if reference.applies and column is not None and endpoint is not None:
-        reference = _reference(rule, key, t0, scope, column, endpoint_exposure, touched)
+        reference = _reference(rule, key, t0, scope, column, successes, touched)
     return opening_of(rule, unit, endpoint, series, reference)
 
 
@@ -274,14 +277,14 @@ def _reference(
     t0: datetime,
     scope: pl.DataFrame,
     column: str,
-    endpoint_exposure: dict[int, float],
+    successes: dict[int, float],
     touched: Collection[str],
 ) -> Reference:
     """Spikes of the endpoint's other signatures that no intervention touched, and their decay.
 
     A spike ends a baseline bin; what follows it is counted in the ops after that moment (its own
-    attempts, or the endpoint's when it is seen only on failures), up to each look's exposure, as
-    long as they came before the intervention."""
+    attempts, or the endpoint's attempts at risk for it when it is seen only on failures), over
+    each horizon that ends before the intervention."""
     endpoint = scope["endpoint"][0]
     bins = math.ceil(rule.baseline / rule.pre)
     cells = (
@@ -297,7 +300,6 @@ def _reference(
     outcomes: list[list[tuple[int, float]]] = [[] for _ in horizons]  # (observed, forecast)
     spikes_found = 0
     ordered = scope.sort("ts", maintain_order=True)
-    endpoint_times: list[int] | None = None
     moment, width = (t0 - _EPOCH) // _MICROSECOND, rule.pre // _MICROSECOND  # bins end t0 − b·pre
     for value, cells_of in sorted(by_signature.items()):
         if value == own_value or reference_key(key, endpoint, value) in touched:
@@ -305,7 +307,9 @@ def _reference(
         has_successes = any(ops > failed for ops, failed in cells_of.values())
         series = [
             Bin(
-                float(cells_of.get(b, (0, 0))[0]) if has_successes else endpoint_exposure.get(b, 0),
+                float(cells_of.get(b, (0, 0))[0])
+                if has_successes
+                else successes.get(b, 0) + cells_of.get(b, (0, 0))[1],
                 cells_of.get(b, (0, 0))[1],
             )
             for b in range(bins)
@@ -313,13 +317,10 @@ def _reference(
         spikes = _spikes(rule, series)
         if not spikes:
             continue
-        if has_successes:
-            mine = ordered.filter(pl.col(column) == value)
-            times = _micros(mine)
-        else:
-            mine = ordered
-            endpoint_times = endpoint_times if endpoint_times is not None else _micros(ordered)
-            times = endpoint_times
+        # Its exposure: its own attempts, or the endpoint's attempts at risk for it.
+        own_ops = pl.col(column) == value
+        mine = ordered.filter(own_ops if has_successes else pl.col("success") | own_ops)
+        times = _micros(mine)
         failures = (
             mine.with_row_index("at")
             .filter((pl.col(column) == value) & ~pl.col("success"))["at"]
