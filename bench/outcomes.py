@@ -15,13 +15,16 @@ days at 100k ops a day) or `--quick` (50 streams, 200 interventions at 20k ops a
    from its time on: the share found `worked` within 40 and within 160 attempts after it (the
    deciding look's exposure), and by the window's end.
 3. **A run's cost.** Ops at 100k a day over 20 endpoints (2,000 failure signatures, 10% failures),
-   day-partitioned Parquet files read back by a reader of `[start, end)` (as the history table's
-   reader serves them), and 1,000 corrections over the last 72 hours on random signatures: the
-   state is built by running the engine hour by hour, then each measured run (a fresh process
-   per history size, `--runs` runs each) loads the state from JSON, folds in the next 5 minutes
-   (about 350 ops, with one new correction every other run), and saves it. Time is the median per
-   run; memory is the process's peak RSS during the runs (VmHWM, reset before them) and its RSS
-   before them. The same with 14 days of history: the target is ≤ 1.5× the 7-day time.
+   day-partitioned Parquet files read back by a reader of `[start, end)` that returns only
+   `LOOKBACK_COLUMNS` (as the history table's reader can), and 1,300 corrections over the last 72
+   hours on random signatures (about 1,000 of them still open at the end): the state is built by
+   running the engine hour by hour (a catch-up, timed for information), then each measured run
+   loads the state from JSON, folds in the next 5 minutes (about 350 ops, with one new correction
+   every other run), marks its changes posted and saves the state. Runs happen in fresh processes,
+   two at a time, alternating between the two history sizes. Time is the median per run, also
+   apart for runs with and without a new correction; memory is each process's peak RSS during its
+   runs (VmHWM, reset before them) beside its RSS before them. The same with 14 days of history:
+   the target is ≤ 1.5× the 7-day time.
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from bench.common import Figure, ratio_line
 from observer.outcomes import OutcomeRule, OutcomeState, assess
-from observer.outcomes.frames import CORRECTION_SOURCE, OPS_SCHEMA
+from observer.outcomes.frames import CORRECTION_SOURCE, LOOKBACK_COLUMNS, OPS_SCHEMA
 from observer.outcomes.stats import binomial_cdf
 from tests.streams import T0, run, spiky_stream
 
@@ -210,10 +214,12 @@ class DayFiles:
         day = start.date()
         while day <= end.date():
             path = self.directory / f"{day}.parquet"
-            if path.exists():
-                days.append(pl.read_parquet(path))
+            if path.exists():  # only what the engine reads of a look-back, as a reader would
+                days.append(pl.read_parquet(path, columns=list(LOOKBACK_COLUMNS)))
             day += timedelta(days=1)
-        frames = pl.concat(days) if days else pl.DataFrame(schema=OPS_SCHEMA)
+        frames = (
+            pl.concat(days) if days else pl.DataFrame(schema=OPS_SCHEMA).select(LOOKBACK_COLUMNS)
+        )
         return frames.filter((pl.col("ts") >= start) & (pl.col("ts") < end))
 
 
@@ -241,7 +247,7 @@ def prepare(workdir: Path, days: int, per_day: int, interventions: int) -> dict[
             7,
         )
         files.write(batch)
-        now: datetime = batch["ts"].max() + timedelta(seconds=1)  # type: ignore[operator]
+        now = batch["ts"].max() + timedelta(seconds=1)
         state = posted(assess(state, batch, files.read, rule=RULE, now=now).state)
         position += batch.height
     (workdir / "state.json").write_text(state.model_dump_json())
@@ -282,29 +288,33 @@ def status(name):
         if line.startswith(name):
             return int(line.split()[1]) / 1024
 
-workdir, runs = Path(sys.argv[1]), int(sys.argv[2])
+workdir, first, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 files = DayFiles(workdir / "days")
-batches = [pl.read_parquet(p) for p in sorted((workdir / "runs").glob("*.parquet"))][:runs]
+paths = sorted((workdir / "runs").glob("*.parquet"))[first : first + count]
+batches = [pl.read_parquet(p) for p in paths]
 rss_before = status("VmRSS:")
 with open("/proc/self/clear_refs", "w") as clear:
     clear.write("5")  # resets VmHWM to the current RSS
-seconds, read_rows = [], 0
+runs = []
 for batch in batches:
     started = time.perf_counter()
     state = OutcomeState.from_json((workdir / "state.json").read_bytes())
     now = batch["ts"].max() + timedelta(seconds=1)
     result = assess(state, batch, files.read, rule=RULE, now=now)
     (workdir / "state.json").write_text(posted(result.state).model_dump_json())
-    seconds.append(time.perf_counter() - started)
-    read_rows += sum(w.rows for w in result.counts.windows)
-print(json.dumps({"seconds": seconds, "peak_mb": status("VmHWM:"), "rss_before_mb": rss_before,
-                  "open": len(result.state.open), "read_rows": read_rows}))
+    runs.append({"seconds": time.perf_counter() - started, "new": result.counts.interventions,
+                 "read_rows": sum(w.rows for w in result.counts.windows)})
+print(json.dumps({"runs": runs, "peak_mb": status("VmHWM:"), "rss_before_mb": rss_before,
+                  "open": len(result.state.open)}))
 """
+#: Runs per child process; children of the two history sizes alternate.
+RUNS_PER_CHILD = 2
 
 
-def cost(workdir: Path, runs: int) -> dict[str, object]:
+def cost(workdir: Path, first: int, count: int) -> dict[str, Any]:
+    """`count` runs from the `first` measured batch on, in a fresh process."""
     child = subprocess.run(
-        [sys.executable, "-c", CHILD, str(workdir), str(runs)],
+        [sys.executable, "-c", CHILD, str(workdir), str(first), str(count)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -314,31 +324,37 @@ def cost(workdir: Path, runs: int) -> dict[str, object]:
 
 
 def run_cost(per_day: int, interventions: int, runs: int) -> bool:
-    results: dict[int, dict[str, object]] = {}
     scratch = Path(tempfile.mkdtemp(prefix="observer-bench-outcomes-"))
+    children: dict[int, list[dict[str, Any]]] = {7: [], 14: []}
     try:
-        for days in (7, 14):
-            workdir = scratch / f"{days}d"
+        for days in children:
             started = time.perf_counter()
-            built = prepare(workdir, days, per_day, interventions)
+            built = prepare(scratch / f"{days}d", days, per_day, interventions)
             print(
                 f"{days} days, {built['history_ops']:,} ops: state built in"
                 f" {time.perf_counter() - started:.0f} s ({built['open']} open, {built['done']}"
                 f" finished, {built['state_bytes'] / 1e6:.1f} MB of JSON)",
                 flush=True,
             )
-            results[days] = cost(workdir, runs) | built
+        for first in range(0, runs, RUNS_PER_CHILD):  # alternated: drift hits both sizes
+            for days, results in children.items():
+                results.append(cost(scratch / f"{days}d", first, RUNS_PER_CHILD))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     figures = {}
-    for days, result in results.items():
-        figure = Figure(f"run, {days} days of history", result["seconds"], "s")  # type: ignore[arg-type]
-        figures[days] = figure
-        print(figure.line())
+    for days, results in children.items():
+        every = [r for child in results for r in child["runs"]]
+        figures[days] = Figure(f"run, {days} days of history", [r["seconds"] for r in every], "s")
+        print(figures[days].line())
+        for label, new in (("with a new correction", True), ("without", False)):
+            chosen = [r["seconds"] for r in every if bool(r["new"]) == new]
+            if chosen:
+                print(Figure(f"  {label}", chosen, "s").line())
         print(
-            f"  {result['open']} open interventions; peak RSS {result['peak_mb']:.0f} MB"
-            f" (RSS before the runs {result['rss_before_mb']:.0f} MB); look-back rows read"
-            f" {result['read_rows']:,} over {runs} runs"
+            f"  {results[-1]['open']} open interventions; peak RSS"
+            f" {max(c['peak_mb'] for c in results):.0f} MB (RSS before the runs"
+            f" {max(c['rss_before_mb'] for c in results):.0f} MB); look-back rows read"
+            f" {sum(r['read_rows'] for r in every):,} over {len(every)} runs"
         )
     print(ratio_line("14 days / 7 days, a run", figures[14], figures[7]))
     growth = figures[14].median / figures[7].median

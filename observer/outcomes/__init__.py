@@ -12,7 +12,8 @@ Inputs: `new_ops`, the ops that arrived since the last call (columns of `frames.
 history table's names and types; `pos` orders them); `interventions`, the diagnoses and playbook
 entries posted since (`Intervention.diagnosis`, `Intervention.playbook`; corrections are found
 among the ops); `read_window(start, end)`, the ops with `start <= ts < end` from wherever they are
-kept (hot file and history table).
+kept (hot file and history table), of which only `LOOKBACK_COLUMNS` are used (a reader may return
+just those: a week of ops is big).
 
 **What it reads, when.** Steady state, nothing but the new ops. When a call finds new
 interventions, one look-back read: `[t_first − BASELINE_DAYS, t_newest + 1 µs)`, where `t_first`
@@ -34,13 +35,14 @@ Time windows around an intervention at `t0` (all settings, `OBSERVER_OUTCOMES_*`
 from observer.outcomes.advice import ALERT_HINT, Alert
 from observer.outcomes.engine import Assessment, OutcomeState, ReadWindow, RunCounts, assess
 from observer.outcomes.episodes import Verdict
-from observer.outcomes.frames import OPS_SCHEMA
+from observer.outcomes.frames import LOOKBACK_COLUMNS, OPS_SCHEMA
 from observer.outcomes.interventions import Intervention, Key
 from observer.outcomes.records import Change, InterventionRecord
 from observer.outcomes.rule import OutcomeRule
 
 __all__ = [
     "ALERT_HINT",
+    "LOOKBACK_COLUMNS",
     "OPS_SCHEMA",
     "Alert",
     "Assessment",

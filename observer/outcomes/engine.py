@@ -30,6 +30,7 @@ from observer.outcomes.advice import AdviceCluster, Alert, check_cluster, cluste
 from observer.outcomes.episodes import Episode, spec_id
 from observer.outcomes.frames import (
     CORRECTION_SOURCE,
+    LOOKBACK_COLUMNS,
     START_SCHEMA,
     Contribution,
     Spec,
@@ -256,16 +257,21 @@ class _Run:
         times = [self.now, fresh["ts"].max(), self.state.clock]
         start = first - self.rule.baseline
         end = max(t for t in times if isinstance(t, datetime)) + _MICROSECOND
-        read = conform(read_window(start, end), "look-back window", ordered=False)
+        window = read_window(start, end)
+        read = conform(window, "look-back window", columns=LOOKBACK_COLUMNS, ordered=False)
+        del window  # only the columns kept: a week of ops is big
         read = read.filter((pl.col("ts") >= start) & (pl.col("ts") < end))
         self.counts.windows.append(WindowRead(start=start, end=end, rows=read.height))
         # What was folded in before this call (the new ops all come after it, by `pos`).
         earlier = read.filter(pl.col("pos") <= self._history_end(read))
-        corrections = pl.concat([earlier, fresh]).filter(pl.col("source") == CORRECTION_SOURCE)
+        lean = list(LOOKBACK_COLUMNS)
+        corrections = pl.concat([earlier, fresh.select(lean)]).filter(
+            pl.col("source") == CORRECTION_SOURCE
+        )
         touched = touched_keys(corrections)
         touched |= {e.key.id for e in self.state.episodes()} | {i.key.id for i in new}
         earlier = with_patterns(attempts(earlier), group_endpoints)
-        before = pl.concat([earlier, fresh_attempts])
+        before = pl.concat([earlier, fresh_attempts.select(earlier.columns)])
         openings = {i.id: open_episode(self.rule, i, before, touched) for i in new}
         return openings, earlier.filter(pl.col("ts") >= first)
 

@@ -189,7 +189,8 @@ class Episode(BaseModel):
     def observe(
         self, rule: OutcomeRule, ts: datetime, exposure: float, failed: bool
     ) -> Literal["decided", "regressed"] | None:
-        """An attempt of the key (exposure 1; 0 for a failure per hour), in arrival order.
+        """`exposure` attempts of the key at `ts`, of which only the last may have failed (a run
+        folded by `frames.compress`; 0 for a failure when the exposure is hours), in order.
 
         Returns what changed: a decision, or a regression after `worked`."""
         if ts < self.last_at or self.finished_at is not None:

@@ -33,19 +33,36 @@ OPS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+#: What a look-back window needs (a reader may return only these: a week of ops is big).
+LOOKBACK_COLUMNS: tuple[str, ...] = (
+    "pos",
+    "ts",
+    "endpoint",
+    "source",
+    "success",
+    "sig_hash",
+    "task_class",
+    "error",
+    "output_summary",
+)
+
+
 def empty_ops() -> pl.DataFrame:
     return pl.DataFrame(schema=OPS_SCHEMA)
 
 
-def conform(frame: pl.DataFrame, what: str, *, ordered: bool = True) -> pl.DataFrame:
-    """The frame's OPS_SCHEMA columns, cast to their types, in arrival order (`pos`) when
+def conform(
+    frame: pl.DataFrame, what: str, *, columns: Iterable[str] = OPS_SCHEMA, ordered: bool = True
+) -> pl.DataFrame:
+    """The frame's `columns` (of OPS_SCHEMA), cast to their types, in arrival order (`pos`) when
     `ordered` (a look-back window is only filtered and grouped: its order does not matter)."""
-    missing = [name for name in OPS_SCHEMA if name not in frame.columns]
+    wanted = list(columns)
+    missing = [name for name in wanted if name not in frame.columns]
     if missing:
         raise OutcomeInputError(f"{what}: missing column(s) {', '.join(missing)}")
     try:
         conformed = frame.select(
-            pl.col(name).cast(dtype, strict=True) for name, dtype in OPS_SCHEMA.items()
+            pl.col(name).cast(OPS_SCHEMA[name], strict=True) for name in wanted
         )
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
         raise OutcomeInputError(f"{what}: a column has the wrong type: {exc}") from None

@@ -277,7 +277,7 @@ def _reference(
     t0: datetime,
     scope: pl.DataFrame,
     column: str,
-    successes: dict[int, float],
+    successes_per_bin: dict[int, float],
     touched: Collection[str],
 ) -> Reference:
     """Spikes of the endpoint's other signatures that no intervention touched, and their decay.
@@ -299,8 +299,18 @@ def _reference(
     horizons = [round(h * 3600e6) for h in rule.horizons]  # µs
     outcomes: list[list[tuple[int, float]]] = [[] for _ in horizons]  # (observed, forecast)
     spikes_found = 0
-    ordered = scope.sort("ts", maintain_order=True)
     moment, width = (t0 - _EPOCH) // _MICROSECOND, rule.pre // _MICROSECOND  # bins end t0 − b·pre
+    successes = _micros(scope.filter(pl.col("success")).sort("ts"))
+    times_of = {
+        value: (sorted(every), sorted(failed))
+        for value, every, failed in scope.filter(pl.col(column).is_not_null())
+        .group_by(column)
+        .agg(
+            pl.col("ts").dt.epoch("us").alias("every"),
+            pl.col("ts").filter(~pl.col("success")).dt.epoch("us").alias("failed"),
+        )
+        .iter_rows()
+    }
     for value, cells_of in sorted(by_signature.items()):
         if value == own_value or reference_key(key, endpoint, value) in touched:
             continue
@@ -309,7 +319,7 @@ def _reference(
             Bin(
                 float(cells_of.get(b, (0, 0))[0])
                 if has_successes
-                else successes.get(b, 0) + cells_of.get(b, (0, 0))[1],
+                else successes_per_bin.get(b, 0) + cells_of.get(b, (0, 0))[1],
                 cells_of.get(b, (0, 0))[1],
             )
             for b in range(bins)
@@ -317,30 +327,28 @@ def _reference(
         spikes = _spikes(rule, series)
         if not spikes:
             continue
-        # Its exposure: its own attempts, or the endpoint's attempts at risk for it.
-        own_ops = pl.col(column) == value
-        mine = ordered.filter(own_ops if has_successes else pl.col("success") | own_ops)
-        times = _micros(mine)
-        failures = (
-            mine.with_row_index("at")
-            .filter((pl.col(column) == value) & ~pl.col("success"))["at"]
-            .to_list()
-        )
+        every, failures = times_of[value]
+        # Its exposure: its own attempts, or the endpoint's attempts at risk for it (the
+        # endpoint's successes and its own failures).
+        exposed = [every] if has_successes else [successes, failures]
         for b, rate in spikes:
             spikes_found += 1
             since = moment - b * width
-            first = bisect.bisect_left(times, since)
             for j, span in enumerate(horizons):
                 if since + span > moment:
                     break  # it would run past the intervention: unknown
-                last = bisect.bisect_left(times, since + span)
-                seen = bisect.bisect_left(failures, last) - bisect.bisect_left(failures, first)
-                outcomes[j].append((seen, rate * (last - first)))
+                exposure = sum(_count(times, since, since + span) for times in exposed)
+                outcomes[j].append((_count(failures, since, since + span), rate * exposure))
     return Reference.of(rule, spikes_found, outcomes)
 
 
 def _micros(frame: pl.DataFrame) -> list[int]:
     return frame["ts"].dt.epoch("us").to_list()
+
+
+def _count(times: list[int], low: int, high: int) -> int:
+    """How many of the sorted times fall in [low, high)."""
+    return bisect.bisect_left(times, high) - bisect.bisect_left(times, low)
 
 
 def _spikes(rule: OutcomeRule, series: list[Bin]) -> list[tuple[int, float]]:
