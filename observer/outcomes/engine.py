@@ -38,6 +38,7 @@ from observer.outcomes.frames import (
     compress,
     conform,
     contributions,
+    is_attempt,
     with_patterns,
 )
 from observer.outcomes.interventions import Intervention, Key, corrections_in
@@ -259,18 +260,21 @@ class _Run:
         end = max(t for t in times if isinstance(t, datetime)) + _MICROSECOND
         window = read_window(start, end)
         read = conform(window, "look-back window", columns=LOOKBACK_COLUMNS, ordered=False)
-        del window  # only the columns kept: a week of ops is big
-        read = read.filter((pl.col("ts") >= start) & (pl.col("ts") < end))
-        self.counts.windows.append(WindowRead(start=start, end=end, rows=read.height))
+        del window  # a week of ops is big: keep one copy of what is used, at most two at once
+        in_range = (pl.col("ts") >= start) & (pl.col("ts") < end)
+        rows = read.select(in_range.sum()).item()
+        self.counts.windows.append(WindowRead(start=start, end=end, rows=rows))
         # What was folded in before this call (the new ops all come after it, by `pos`).
-        earlier = read.filter(pl.col("pos") <= self._history_end(read))
-        lean = list(LOOKBACK_COLUMNS)
-        corrections = pl.concat([earlier, fresh.select(lean)]).filter(
-            pl.col("source") == CORRECTION_SOURCE
+        folded = in_range & (pl.col("pos") <= self._history_end(read))
+        correction = pl.col("source") == CORRECTION_SOURCE
+        corrections = pl.concat(
+            [read.filter(folded & correction), fresh.filter(correction).select(LOOKBACK_COLUMNS)]
         )
+        earlier = read.filter(folded & is_attempt())
+        del read
         touched = touched_keys(corrections)
         touched |= {e.key.id for e in self.state.episodes()} | {i.key.id for i in new}
-        earlier = with_patterns(attempts(earlier), group_endpoints)
+        earlier = with_patterns(earlier, group_endpoints)
         before = pl.concat([earlier, fresh_attempts.select(earlier.columns)])
         openings = {i.id: open_episode(self.rule, i, before, touched) for i in new}
         return openings, earlier.filter(pl.col("ts") >= first)

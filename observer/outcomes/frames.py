@@ -71,13 +71,18 @@ def conform(
     return conformed.sort("pos") if ordered and not conformed["pos"].is_sorted() else conformed
 
 
-def attempts(frame: pl.DataFrame) -> pl.DataFrame:
-    """The ops that are attempts: timed, with a known outcome, and not corrections."""
-    return frame.filter(
+def is_attempt() -> pl.Expr:
+    """Whether an op is an attempt: timed, with a known outcome, and not a correction."""
+    return (
         pl.col("ts").is_not_null()
         & pl.col("success").is_not_null()
         & (pl.col("source").fill_null("") != CORRECTION_SOURCE)
     )
+
+
+def attempts(frame: pl.DataFrame) -> pl.DataFrame:
+    """The ops that are attempts."""
+    return frame.filter(is_attempt())
 
 
 def with_patterns(frame: pl.DataFrame, endpoints: Collection[str]) -> pl.DataFrame:
