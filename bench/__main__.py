@@ -17,6 +17,7 @@ BENCHMARKS = (
     "consolidate",
     "history",
     "charts",
+    "outcomes",
 )
 
 

@@ -17,6 +17,7 @@ message is for the console), or `ObserverError` for all of them.
     ├── NotDelivered           entries the gateway did not take; they are posted again next run
     ├── WarmRunUnsupported     a deployment the warm worker cannot fork (the message says why)
     ├── TemplateUnavailable    (internal) the warm template could not fork or check this run
+    ├── OutcomeInputError      ops or a state the outcomes engine cannot read (names the column)
     └── CommandError           the `observer` command cannot go on
         ├── PortInUse
         ├── StartupFailed
@@ -116,6 +117,10 @@ class WarmRunUnsupported(ObserverError, ValueError):
 class TemplateUnavailable(ObserverError, RuntimeError):
     """The warm template could not fork or check this run (it refused, died or is not running):
     the worker starts or settles the run another way (internal)."""
+
+
+class OutcomeInputError(ObserverError, ValueError):
+    """Ops frames or an outcomes state the engine cannot read; nothing was judged."""
 
 
 class CommandError(ObserverError):

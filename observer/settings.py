@@ -82,6 +82,58 @@ class Settings(BaseSettings):
     history_upkeep: Literal["auto", "on", "off"] = Field(
         "auto", validation_alias="OBSERVER_HISTORY_UPKEEP"
     )
+    # assess-outcomes: the thresholds of the rule that judges corrections, diagnoses and playbook
+    # entries (observer/outcomes/rule.py). Changing one changes the rule's version in every record.
+    outcomes_alpha: float = Field(0.05, validation_alias="OBSERVER_OUTCOMES_ALPHA", gt=0, lt=0.5)
+    outcomes_first_look: int = Field(10, validation_alias="OBSERVER_OUTCOMES_FIRST_LOOK", ge=1)
+    outcomes_looks: int = Field(5, validation_alias="OBSERVER_OUTCOMES_LOOKS", ge=1, le=20)
+    outcomes_min_effect: float = Field(
+        0.5, validation_alias="OBSERVER_OUTCOMES_MIN_EFFECT", gt=0, lt=1
+    )
+    outcomes_lag_seconds: float = Field(60, validation_alias="OBSERVER_OUTCOMES_LAG_SECONDS", ge=0)
+    outcomes_window_hours: float = Field(
+        72, validation_alias="OBSERVER_OUTCOMES_WINDOW_HOURS", gt=0
+    )
+    outcomes_pre_hours: float = Field(6, validation_alias="OBSERVER_OUTCOMES_PRE_HOURS", gt=0)
+    outcomes_baseline_days: float = Field(
+        7, validation_alias="OBSERVER_OUTCOMES_BASELINE_DAYS", gt=0
+    )
+    outcomes_shrink_weight: float = Field(
+        0.5, validation_alias="OBSERVER_OUTCOMES_SHRINK_WEIGHT", ge=0, le=1
+    )
+    outcomes_shrink_weight_min: float = Field(
+        0.2, validation_alias="OBSERVER_OUTCOMES_SHRINK_WEIGHT_MIN", ge=0, le=1
+    )
+    outcomes_shrink_weight_max: float = Field(
+        0.8, validation_alias="OBSERVER_OUTCOMES_SHRINK_WEIGHT_MAX", ge=0, le=1
+    )
+    outcomes_spike_min_failures: int = Field(
+        3, validation_alias="OBSERVER_OUTCOMES_SPIKE_MIN_FAILURES", ge=1
+    )
+    outcomes_spike_factor: float = Field(
+        2.0, validation_alias="OBSERVER_OUTCOMES_SPIKE_FACTOR", ge=1
+    )
+    outcomes_reference_min_spikes: int = Field(
+        3, validation_alias="OBSERVER_OUTCOMES_REFERENCE_MIN_SPIKES", ge=1
+    )
+    outcomes_reference_quantile: float = Field(
+        0.25, validation_alias="OBSERVER_OUTCOMES_REFERENCE_QUANTILE", gt=0, le=0.5
+    )
+    outcomes_cusum_threshold: float = Field(
+        4.0, validation_alias="OBSERVER_OUTCOMES_CUSUM_THRESHOLD", gt=0
+    )
+    outcomes_watch_days: float = Field(7, validation_alias="OBSERVER_OUTCOMES_WATCH_DAYS", ge=0)
+    outcomes_recovery_level: float = Field(
+        0.05, validation_alias="OBSERVER_OUTCOMES_RECOVERY_LEVEL", gt=0, lt=1
+    )
+    outcomes_repeat_min: int = Field(3, validation_alias="OBSERVER_OUTCOMES_REPEAT_MIN", ge=2)
+    outcomes_repeat_days: float = Field(7, validation_alias="OBSERVER_OUTCOMES_REPEAT_DAYS", gt=0)
+    outcomes_advice_similarity: float = Field(
+        0.6, validation_alias="OBSERVER_OUTCOMES_ADVICE_SIMILARITY", gt=0, le=1
+    )
+    outcomes_retention_days: float = Field(
+        14, validation_alias="OBSERVER_OUTCOMES_RETENTION_DAYS", gt=0
+    )
     prefect_api_url: str | None = Field(
         None, validation_alias=AliasChoices("PREFECT_API_URL", "OBSERVER_PREFECT_API_URL")
     )

@@ -23,7 +23,7 @@ import polars as pl
 from observer.history.reader import OpsReader
 from observer.history.stream import StreamMark
 from observer.pipelines.frames import lines_frame
-from observer.pipelines.grouping import clean_cut
+from observer.pipelines.grouping import clean_cut, failure_text
 from observer.settings import Settings
 
 #: With no watermark yet, start this many lines before the end (the original's ring held 2000 ops).
@@ -142,7 +142,7 @@ def extract_failures(lines: pl.LazyFrame) -> tuple[pl.DataFrame, int]:
         pl.col("endpoint").fill_null("?"),
         pl.col("input_summary"),
         pl.col("source"),
-        pl.coalesce("error", "output_summary", pl.lit("failed")).alias("error_text"),
+        failure_text().alias("error_text"),
     )
     return failures, len(rescued) - len(rows)
 

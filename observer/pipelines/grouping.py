@@ -62,6 +62,11 @@ class Group(BaseModel):
     sources: list[str]
 
 
+def failure_text() -> pl.Expr:
+    """A failure's text as it is grouped: `error`, else `output_summary`, else "failed"."""
+    return pl.coalesce("error", "output_summary", pl.lit("failed"))
+
+
 def normalise_expr(column: pl.Expr) -> pl.Expr:
     """The normaliser as a polars expression over a string column."""
     expr = column.str.slice(0, NORMALISED_INPUT_CHARS)
