@@ -182,6 +182,9 @@ def worker(deployed_api: str, worker_data: Path) -> Iterator[dict[str, str]]:
     env = prefect_environment(load_settings(data_dir=worker_data), deployed_api)
     env.update(
         {
+            # A scheduled run made due in the past is found at the worker's next poll (30 s in
+            # the product, where timers and events start runs): the tests' worker polls oftener.
+            "PREFECT_WORKER_QUERY_SECONDS": "5",
             "GATEWAY_URL": "http://127.0.0.1:9",
             "LAKEHOUSE_URL": "http://127.0.0.1:9",
             "OBSERVER_HTTP_TIMEOUT": "1",
