@@ -18,9 +18,8 @@ from observer.errors import UpstreamError
 from observer.files import save_state
 from observer.settings import Settings, load_settings
 from observer.upstream import MAX_BACKOFF_SECONDS, GatewayOutage, LogEntry, Upstreams
-from tests.fakes import FakeUpstream, Reply, api_call
+from tests.fakes import FakeUpstream, Reply
 from tests.test_worker import (
-    FINAL,
     create_run,
     ended,
     op_line,
@@ -114,23 +113,7 @@ def test_the_console_says_one_line_when_the_gateway_goes_down_and_one_when_it_is
 def _schedule_one(api: str, deployment_name: str) -> dict[str, Any]:
     """A run of the deployment's own schedule, due now (as the scheduler makes them), once it
     has ended."""
-    deployment = api_call("GET", f"{api}/deployments/name/{deployment_name}")
-    query = {
-        "deployments": {"id": {"any_": [deployment["id"]]}},
-        "flow_runs": {"state": {"type": {"any_": sorted(FINAL)}}},
-        "sort": "EXPECTED_START_TIME_DESC",
-        "limit": 5,
-    }
-    seen = {run["id"] for run in api_call("POST", f"{api}/flow_runs/filter", json=query)}
-    schedule_due_run(api, deployment_name)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        runs = api_call("POST", f"{api}/flow_runs/filter", json=query)
-        done = [r for r in runs if r["auto_scheduled"] and r["id"] not in seen]
-        if done:
-            return done[0]
-        time.sleep(0.5)
-    raise AssertionError(f"no scheduled run of {deployment_name} ended")
+    return wait_for(api, schedule_due_run(api, deployment_name), ended, timeout=120)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -96,19 +96,40 @@ def states(api: str, run_id: str) -> list[str]:
     ]
 
 
-def schedule_due_run(api: str, deployment_name: str) -> dict[str, Any]:
-    """A run of the deployment's own schedule due now, made as the scheduler makes them (the one
-    that fell within the last interval); returns the deployment."""
+def _due_scheduled_ids(api: str, deployment_id: str) -> set[str]:
+    """The deployment's runs made by its schedule that are due by now."""
+    due_by = datetime.now(UTC) + timedelta(seconds=2)
+    query = {
+        "deployments": {"id": {"any_": [deployment_id]}},
+        "flow_runs": {"expected_start_time": {"before_": due_by.isoformat()}},
+        "sort": "EXPECTED_START_TIME_DESC",
+        "limit": 200,
+    }
+    runs = api_call("POST", f"{api}/flow_runs/filter", json=query)
+    return {run["id"] for run in runs if run["auto_scheduled"]}
+
+
+def schedule_due_run(api: str, deployment_name: str) -> str:
+    """A run of the deployment's own schedule due now, made as the scheduler makes them (the slot
+    that fell within the last interval); returns its id. A slot has one run at most, so when the
+    last one already has its run the next slot is waited for (at most an interval)."""
     deployment = api_call("GET", f"{api}/deployments/name/{deployment_name}")
     interval = deployment["schedules"][0]["schedule"]["interval"]
-    now = datetime.now(UTC).timestamp()
-    window = {
-        "start_time": datetime.fromtimestamp(now - interval + 1, UTC).isoformat(),
-        "end_time": datetime.fromtimestamp(now + 1, UTC).isoformat(),
-        "max_runs": 1,
-    }
-    api_call("POST", f"{api}/deployments/{deployment['id']}/schedule", json=window)
-    return deployment
+    before = _due_scheduled_ids(api, deployment["id"])
+    deadline = time.monotonic() + interval + 30
+    while time.monotonic() < deadline:
+        now = datetime.now(UTC).timestamp()
+        window = {
+            "start_time": datetime.fromtimestamp(now - interval + 1, UTC).isoformat(),
+            "end_time": datetime.fromtimestamp(now + 1, UTC).isoformat(),
+            "max_runs": 1,
+        }
+        api_call("POST", f"{api}/deployments/{deployment['id']}/schedule", json=window)
+        made = _due_scheduled_ids(api, deployment["id"]) - before
+        if made:
+            return made.pop()
+        time.sleep(1)
+    raise AssertionError(f"no slot of {deployment_name}'s schedule came due")
 
 
 def run_env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -176,21 +197,9 @@ def test_a_scheduled_run_with_nothing_new_ends_without_a_process(
     """A run of tail-corrections' own schedule (made as the scheduler makes them, due now); the
     worker's data dir has no corrections file, so the worker settles it: Completed with the flow's
     own message, no Pending or Running, no process."""
-    deployment = schedule_due_run(deployed_api, TAIL_CORRECTIONS.deployment)
-    query = {
-        "deployments": {"id": {"any_": [deployment["id"]]}},
-        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
-        "sort": "EXPECTED_START_TIME_DESC",
-        "limit": 5,
-    }
-    deadline = time.monotonic() + 60
-    settled: list[dict[str, Any]] = []
-    while not settled and time.monotonic() < deadline:
-        runs = api_call("POST", f"{deployed_api}/flow_runs/filter", json=query)
-        settled = [run for run in runs if run["auto_scheduled"]]
-        time.sleep(0.5)
-    assert settled, "the scheduled tail-corrections run did not complete"
-    run = settled[0]
+    run_id = schedule_due_run(deployed_api, TAIL_CORRECTIONS.deployment)
+    run = wait_for(deployed_api, run_id, ended, timeout=60)
+    assert run["state"]["type"] == "COMPLETED", run["state"]
     deadline = time.monotonic() + 15  # the worker names the run just after it settles it
     while run["name"] != "tail-corrections (new rows)" and time.monotonic() < deadline:
         time.sleep(0.2)
