@@ -56,7 +56,7 @@ def test_every_body_gets_the_same_answer_and_line_both_ways(body: Body) -> None:
     assert fast(body.raw) == slow(body.raw)
 
 
-@PROPERTY
+@hypothesis_settings(PROPERTY, max_examples=500)  # each example is up to five bodies
 @given(events=st.lists(bodies(), max_size=5))
 def test_a_batch_decoded_at_once_gives_each_event_its_line(events: list[Body]) -> None:
     array = b"[" + b",".join(body.raw for body in events) + b"]"

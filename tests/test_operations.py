@@ -124,30 +124,40 @@ def _quiet_environment(observer_env: dict[str, str], home: Path) -> dict[str, st
     return {**env, **observer_env, "PREFECT_HOME": str(home)}
 
 
-@pytest.mark.parametrize("where", ["checkout", "elsewhere"])
 def test_an_ephemeral_run_is_quiet_and_ends_cleanly(
-    observer_env: dict[str, str], tmp_path: Path, where: str
+    observer_env: dict[str, str], tmp_path: Path
 ) -> None:
     """A healthy run on a temporary server: no ERROR line (the events worker, the log worker and
     the server's telemetry each printed one), its result, exit status 0; from the checkout (whose
-    prefect.toml names the server of `observer up`) and from any other directory."""
+    prefect.toml names the server of `observer up`) and from any other directory, both at once
+    (each waits mostly for its own server)."""
     corrections = Path(observer_env["OVERSEER_CORRECTIONS_PATH"])
     corrections.parent.mkdir(parents=True)
     corrections.write_text('{"correction":"c1"}\n{"correction":"c2"}\n')
-    env = _quiet_environment(observer_env, tmp_path / "home")
-    result = subprocess.run(
-        [sys.executable, "-m", "observer.cli", "run", "--ephemeral", "tail-corrections"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT if where == "checkout" else tmp_path,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert "ERROR" not in output and "Traceback" not in output and "Error" not in output, output
-    assert json.loads(result.stdout)["recorded"] == 2
-    assert "observer: tail-corrections: Completed" in result.stderr
+    runs = {}
+    for where, cwd in (("checkout", ROOT), ("elsewhere", tmp_path)):
+        runs[where] = subprocess.Popen(
+            [sys.executable, "-m", "observer.cli", "run", "--ephemeral", "tail-corrections"],
+            env={
+                **_quiet_environment(observer_env, tmp_path / f"home-{where}"),
+                "OBSERVER_DATA_DIR": str(tmp_path / f"data-{where}"),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
+        )
+    for where, process in runs.items():
+        try:
+            stdout, stderr = process.communicate(timeout=600)
+        finally:
+            process.kill()
+        output = stdout + stderr
+        assert process.returncode == 0, (where, output)
+        assert "ERROR" not in output and "Traceback" not in output, (where, output)
+        assert "Error" not in output, (where, output)
+        assert "observer: tail-corrections: Completed" in stderr, (where, stderr)
+        assert json.loads(stdout)["recorded"] == 2, (where, stdout)
 
 
 def test_the_ephemeral_start_up_allowance_is_in_help_and_checked() -> None:
