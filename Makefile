@@ -61,10 +61,10 @@ ifeq ($(CHROMIUM),)
 	fi
 endif
 
-test: install postgres chromium ## lint, then the whole test suite
+test: install postgres chromium ## lint, then the whole test suite (on two processes)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) pytest
+	$(RUN) pytest -n 2 --dist loadgroup
 
 lint: install
 	$(RUN) ruff check .

@@ -45,6 +45,23 @@ OBSERVER_VARIABLES = (
 )
 
 
+#: `make test` runs the suite on two processes (pytest-xdist, `--dist loadgroup`). The tests of the
+#: session's Prefect server share one process, where it starts once; the tests that start a whole
+#: product of their own share the other; the rest go wherever a process is free.
+SESSION_SERVER_FIXTURES = frozenset({"prefect_server", "deployed_api", "worker"})
+OWN_PRODUCT_MODULES = frozenset({"test_up", "test_postgres", "test_browser"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SESSION_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("session-server"))
+        elif item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in (
+            OWN_PRODUCT_MODULES
+        ):
+            item.add_marker(pytest.mark.xdist_group("own-products"))
+
+
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
     """A real Prefect API server (temporary SQLite) for the whole session; sync flows without the
