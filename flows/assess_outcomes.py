@@ -16,10 +16,9 @@ from prefect import flow
 from prefect.states import Completed, State
 
 from observer.catalog import ASSESS_OUTCOMES
-from observer.errors import NotDelivered
 from observer.pipelines.outcomes import AssessParameters, OutcomesReport, nothing_new
 from observer.settings import load_settings
-from tasks.gateway import gateway_outage
+from tasks.gateway import gateway_outage, settle_delivery
 from tasks.outcomes import judge_outcomes, post_outcomes, publish_outcomes
 
 
@@ -33,10 +32,6 @@ def assess_outcomes(params: AssessParameters = AssessParameters()) -> OutcomesRe
     if report.to_post:
         report.delivery = post_outcomes(report.to_post)
     publish_outcomes(report)
-    try:
-        report.raise_for_delivery()
-    except NotDelivered as failed:
-        if settled := gateway_outage(failed):
-            return settled
-        raise
+    if settled := settle_delivery(report):
+        return settled
     return Completed(message=report.summary, data=report)

@@ -531,18 +531,22 @@ def diagnose(settings: Settings, selection: Selection, query: AnalyzeParameters)
     cache = load_state(settings.layout.analysis_cache, AnalysisCache)
     cached = None if query.force else _cached_text(cache, query.model, shown)
     earlier = earlier_outcomes(selection, shown)
-    if cached is not None:
-        entry = log_entry(selection, LLM_APPROACH, cached, summary, earlier)
-        message = f"posted the cached LLM analysis of {len(shown)} group(s) (the LLM was not asked)"
+
+    def made(kind: Literal["llm", "cached"], message: str, text: str) -> Diagnosis:
+        entry = log_entry(selection, LLM_APPROACH, text, summary, earlier)
         return Diagnosis(
-            kind="cached",
+            kind=kind,
             message=message,
             entry=entry,
             prompt=prompt,
-            text=cached,
+            text=text,
             shown=names,
             earlier=earlier,
         )
+
+    if cached is not None:
+        message = f"posted the cached LLM analysis of {len(shown)} group(s) (the LLM was not asked)"
+        return made("cached", message, cached)
     try:
         text = ask_llm(settings, GenerateRequest(prompt=prompt, model=query.model))
     except UpstreamError as exc:
@@ -563,17 +567,8 @@ def diagnose(settings: Settings, selection: Selection, query: AnalyzeParameters)
             llm_error=str(exc),
         )
     remember_answer(settings, query.model, shown, text)
-    entry = log_entry(selection, LLM_APPROACH, text, summary, earlier)
     message = f"LLM analysis of {len(shown)} group(s), {selection.fresh_failures} failure(s)"
-    return Diagnosis(
-        kind="llm",
-        message=message,
-        entry=entry,
-        prompt=prompt,
-        text=text,
-        shown=names,
-        earlier=earlier,
-    )
+    return made("llm", message, text)
 
 
 def ask_llm(settings: Settings, request: GenerateRequest) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 import polars as pl
@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from observer import markdown as md
 from observer.charts import MAX_BARS, Bar, Chart, RankedBars
-from observer.errors import NotDelivered, UpstreamError
+from observer.errors import UpstreamError
 from observer.files import Tail, file_lock, load_state, save_state
 from observer.history.reader import OpsReader
 from observer.history.stream import StreamMark, stream_end
@@ -34,7 +34,7 @@ from observer.outcomes import journal
 from observer.outcomes.interventions import Intervention
 from observer.outcomes.view import OutcomesView
 from observer.pipelines.parameters import FlowParameters
-from observer.pipelines.report import Artifact
+from observer.pipelines.report import Artifact, Deliveries
 from observer.settings import Settings
 from observer.upstream import LogEntry, Upstreams, gateway_is_down
 
@@ -479,9 +479,12 @@ def _mark_posted(settings: Settings, planned: PlannedEntry) -> None:
 # ── the run's report ────────────────────────────────────────────────────────────────────────────
 
 
-class ConsolidationReport(BaseModel):
+class ConsolidationReport(Deliveries, BaseModel):
     """What one run did, per endpoint: posted, failed, not attempted, unchanged, below threshold.
     Renders its own artifacts: `rows()` (the playbook table) and `markdown()` (the changes)."""
+
+    ITEMS: ClassVar[str] = "entr(y/ies)"
+    THEN: ClassVar[str] = "they stay unposted and the next run tries again"
 
     dry_run: bool = False
     ops_in_window: int = 0
@@ -507,19 +510,6 @@ class ConsolidationReport(BaseModel):
         if dry_run:
             report.status.update({p.evidence.endpoint: "would post" for p in playbook.to_post})
         return report
-
-    def count(self, prefix: str) -> int:
-        return sum(1 for value in self.status.values() if value.startswith(prefix))
-
-    def raise_for_delivery(self) -> None:
-        """Raise `NotDelivered` if an entry did not reach the gateway (after the artifacts)."""
-        failed = self.count("failed")
-        if failed:
-            raise NotDelivered(
-                f"{failed} entr(y/ies) not delivered, {self.count('not attempted')} not attempted;"
-                " they stay unposted and the next run tries again",
-                gateway_down=self.gateway_down,
-            )
 
     def artifacts(self) -> list[Artifact]:
         """The playbook (table) and what this run changed (markdown)."""
