@@ -24,6 +24,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.assess_outcomes import assess_outcomes
+from observer.catalog import ASSESS_OUTCOMES
 from observer.outcomes import ALERT_HINT
 from observer.outcomes.view import OutcomesView
 from observer.pipelines import analysis, outcomes, playbooks
@@ -88,6 +89,7 @@ def test_a_correction_that_works_posts_worked_once_and_a_rerun_nothing(
     gateway: FakeUpstream,
 ) -> None:
     site = Site(load_settings(), stream(1, [BASE, SPIKE, FIXED]))
+    assert site.quiet(T0) == "nothing new: no op and no intervention recorded yet"
 
     early = site.run(T0 + 10 * MINUTE)  # the correction is in, nothing after it yet
     assert early.counts.opened == 1 and early.changes == [] and posts(gateway) == []
@@ -305,6 +307,8 @@ def test_the_flow_posts_the_verdict_and_shows_it_on_its_run_page(gateway: FakeUp
 
     again = assess_outcomes(AssessParameters(), return_state=True)
     assert again.is_completed() and again.message.startswith("nothing new: "), again.message
+    # What the worker asks before it starts a scheduled run: the same answer, without a process.
+    assert ASSESS_OUTCOMES.nothing_new({"params": {}}) == again.message
     assert len(posts(gateway)) == 1
 
 

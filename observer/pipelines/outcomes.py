@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import contextlib
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from pydantic import BaseModel, Field
 
 from observer import markdown as md
-from observer.errors import NotDelivered, OutcomeInputError, UpstreamError
+from observer.errors import OutcomeInputError, UpstreamError
 from observer.files import (
     append_durably,
     file_lock,
@@ -58,7 +58,7 @@ from observer.outcomes.view import InterventionRecord, OutcomesView, key_text
 from observer.pipelines.grouping import clean_cut
 from observer.pipelines.outcomes_charts import BeforeAfter
 from observer.pipelines.parameters import FlowParameters
-from observer.pipelines.report import Artifact
+from observer.pipelines.report import Artifact, Deliveries
 from observer.settings import Settings
 from observer.upstream import Upstreams, gateway_is_down
 
@@ -188,9 +188,11 @@ def nothing_new(
         return None
     layout = settings.layout
     checkpoint = load_state(layout.outcomes_state, OutcomesCheckpoint)
-    if checkpoint.ops is None:
-        return None
     ingest, end = stream_end(settings)
+    if checkpoint.ops is None:
+        if end == 0 and not _journal_grown(settings, None):
+            return "nothing new: no op and no intervention recorded yet"
+        return None
     position = checkpoint.ops.on(settings, ingest)
     if position is None or end > position:
         return None
@@ -306,24 +308,14 @@ def _complete_end(reader: OpsReader) -> int:
 # ── posting ─────────────────────────────────────────────────────────────────────────────────────
 
 
-class Delivery(BaseModel):
+class Delivery(Deliveries, BaseModel):
     """What became of each change to post: `posted`, `failed: …`, `not attempted: …`."""
+
+    ITEMS: ClassVar[str] = "change(s)"
+    THEN: ClassVar[str] = "they stay pending and the next run posts them"
 
     status: dict[str, str] = Field(default_factory=dict)
     gateway_down: bool = False
-
-    def count(self, prefix: str) -> int:
-        return sum(1 for value in self.status.values() if value.startswith(prefix))
-
-    def raise_for_delivery(self) -> None:
-        """Raise `NotDelivered` when a change did not reach the gateway (after the artifacts)."""
-        failed = self.count("failed")
-        if failed:
-            raise NotDelivered(
-                f"{failed} change(s) not delivered, {self.count('not attempted')} not attempted;"
-                " they stay pending and the next run posts them",
-                gateway_down=self.gateway_down,
-            )
 
 
 def post_pending(settings: Settings, changes: list[Change]) -> Delivery:
