@@ -259,6 +259,18 @@ def test_a_diagnosis_delivered_by_analyze_errors_is_judged_and_posted(
     assert analysed["operation"].startswith("error_analysis: ")
     assert judged["operation"] == "outcome: diagnosis worked"
 
+    # A day later the group fails again: its next diagnosis says how the last one fared.
+    again_from, again_to = delivered_at + 25 * HOUR, delivered_at + 26 * HOUR
+    spike = {"sigA": [(again_from, again_to, 0.3)]}
+    later = piecewise(Stream(17), again_from, again_to, 120, spike, errors={"sigA": error})
+    ingest(settings, as_ops(later.frame()), batch=20_000)
+    selection = analysis.select(settings, params, now=again_to)
+    next_one = analysis.diagnose(settings, selection, params)
+    assert next_one.entry is not None
+    text, outcome = next_one.entry.result.rsplit(" | ", 1)
+    assert text == "The shard map is stale: reload it"
+    assert outcome == "outcomes of earlier diagnoses of these groups: 1 worked"
+
 
 @pytest.mark.usefixtures("prefect_server")
 def test_the_flow_posts_the_verdict_and_shows_it_on_its_run_page(gateway: FakeUpstream) -> None:
