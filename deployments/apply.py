@@ -28,6 +28,7 @@ SCHEDULE_VARIABLES = (
     "OBSERVER_CONSOLIDATE_SECONDS",
     "OBSERVER_INGEST_SAFETY_SECONDS",
     "OBSERVER_HISTORY_SECONDS",
+    "OBSERVER_OUTCOMES_RUN_SECONDS",
 )
 #: Retention of the Prefect database (`observer up`): runs, with their logs and artifacts, for
 #: RUN_RETENTION_DAYS after they end; events for EVENT_RETENTION_DAYS, and the most numerous ones
@@ -104,6 +105,7 @@ def prefect_environment(settings: Settings, api_url: str) -> dict[str, str]:
         # covers records spooled while the webhook was down.
         "OBSERVER_INGEST_SAFETY_SECONDS": _seconds(max(300.0, settings.cycle_seconds)),
         "OBSERVER_HISTORY_SECONDS": _seconds(settings.history_compact_seconds),
+        "OBSERVER_OUTCOMES_RUN_SECONDS": _seconds(settings.outcomes_seconds),
     }
 
 

@@ -14,7 +14,6 @@ from prefect import flow
 from prefect.states import Completed, State
 
 from observer.catalog import CONSOLIDATE_PLAYBOOKS
-from observer.errors import NotDelivered
 from observer.pipelines.playbooks import (
     ConsolidateParameters,
     ConsolidationReport,
@@ -22,7 +21,7 @@ from observer.pipelines.playbooks import (
     post_changed,
 )
 from observer.settings import load_settings
-from tasks.gateway import gateway_outage
+from tasks.gateway import gateway_outage, settle_delivery
 from tasks.playbooks import post_entry, read_playbook, remember_window, report_playbook
 
 
@@ -39,11 +38,7 @@ def consolidate_playbooks(
     if not params.dry_run:
         post_changed(playbook, report, post=lambda planned: post_entry(planned, params.force))
     report_playbook(report)
-    try:
-        report.raise_for_delivery()
-    except NotDelivered as failed:
-        if settled := gateway_outage(failed):
-            return settled
-        raise
+    if settled := settle_delivery(report):
+        return settled
     remember_window(playbook, params)
     return report

@@ -110,6 +110,14 @@ COMPACT_HISTORY = FlowEntry(
     "observer.pipelines.history:CompactParameters",
     "observer.pipelines.history:nothing_new",
 )
+ASSESS_OUTCOMES = FlowEntry(
+    "assess-outcomes",
+    "flows.assess_outcomes",
+    "assess_outcomes",
+    "observer.pipelines.outcomes:AssessParameters",
+    "observer.pipelines.outcomes:nothing_new",
+    posts_to_gateway=True,
+)
 
 #: The Prefect event that wakes ingestion (the `ingest-events` deployment's trigger in prefect.yaml):
 #: sent by the webhook after durable batches and by tail-corrections after recording rows.
@@ -124,6 +132,7 @@ FLOWS: dict[str, FlowEntry] = {
         ANALYZE_ERRORS,
         CONSOLIDATE_PLAYBOOKS,
         COMPACT_HISTORY,
+        ASSESS_OUTCOMES,
     )
 }
 

@@ -129,6 +129,42 @@ class DataLayout:
         """Held by the one process of this host that commits to the table."""
         return self.state_dir / "compact-history.lock"
 
+    # ── outcomes ────────────────────────────────────────────────────────────────────────────────
+
+    @cached_property
+    def interventions_journal(self) -> Path:
+        """The diagnoses and playbook entries delivered to the gateway, one JSON line each,
+        appended at delivery (analyze-errors, consolidate-playbooks), read by assess-outcomes."""
+        return self.state_dir / "interventions.jsonl"
+
+    @cached_property
+    def interventions_lock(self) -> Path:
+        return self.state_dir / "interventions.lock"
+
+    @cached_property
+    def outcomes_state(self) -> Path:
+        """assess-outcomes' checkpoint: its watermark, journal mark, changes waiting to be posted,
+        and which engine file holds the judging's state (the commit point of a run)."""
+        return self.state_dir / "assess-outcomes.json"
+
+    def outcomes_engine(self, generation: int) -> Path:
+        """The judging's state as of one run (`generation`), named by the checkpoint."""
+        return self.state_dir / f"assess-outcomes-engine-{generation:08d}.json"
+
+    @cached_property
+    def outcomes_posted(self) -> Path:
+        """The ids of changes posted since the checkpoint, one a line, fsync'd after each post."""
+        return self.state_dir / "assess-outcomes-posted.txt"
+
+    @cached_property
+    def outcomes_lock(self) -> Path:
+        return self.state_dir / "assess-outcomes.lock"
+
+    @cached_property
+    def outcomes_view(self) -> Path:
+        """Every intervention with its verdict, and the alerts: what `observer outcomes` prints."""
+        return self.state_dir / "outcomes.json"
+
     # ── the gateway ─────────────────────────────────────────────────────────────────────────────
 
     @cached_property

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     history_upkeep: Literal["auto", "on", "off"] = Field(
         "auto", validation_alias="OBSERVER_HISTORY_UPKEEP"
     )
+    # assess-outcomes' schedule.
+    outcomes_seconds: float = Field(300.0, validation_alias="OBSERVER_OUTCOMES_SECONDS", gt=0)
     # assess-outcomes: the thresholds of the rule that judges corrections, diagnoses and playbook
     # entries (observer/outcomes/rule.py). Changing one changes the rule's version in every record.
     outcomes_alpha: float = Field(0.05, validation_alias="OBSERVER_OUTCOMES_ALPHA", gt=0, lt=0.5)

@@ -48,8 +48,10 @@ def post_analysis(entry: LogEntry) -> None:
 
 @task(name="commit-analysis", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def commit_analysis(selection: Selection, diagnosis: Diagnosis) -> None:
-    """Only now is the watermark moved and are the groups remembered as delivered."""
-    analysis.commit(load_settings(), selection, diagnosis)
+    """Only now is the watermark moved and are the groups remembered as delivered (and the
+    diagnosis recorded for assess-outcomes to judge)."""
+    if problem := analysis.commit(load_settings(), selection, diagnosis):
+        get_run_logger().warning("the diagnosis was delivered, but %s", problem)
 
 
 @task(name="publish-analysis", cache_policy=NO_CACHE)

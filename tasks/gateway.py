@@ -8,9 +8,12 @@ always try and fail as before, so an operator sees what the gateway says.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from prefect.context import FlowRunContext
 from prefect.states import Completed, State
 
+from observer.errors import NotDelivered
 from observer.settings import load_settings
 from observer.upstream import GatewayOutage, gateway_is_down
 
@@ -35,3 +38,22 @@ def gateway_outage(failed: BaseException | None = None) -> State | None:
         return None
     delivered = "" if failed is None else "; this run delivered nothing, the next one will"
     return Completed(message=f"{reason}{delivered}")
+
+
+class Delivering(Protocol):
+    """A run's report that knows whether its posts reached the gateway."""
+
+    def raise_for_delivery(self) -> None: ...
+
+
+def settle_delivery(report: Delivering) -> State | None:
+    """After the artifacts: None when every post reached the gateway; for a scheduled run whose
+    posts found the gateway down, the `gateway down:` state to end in; else the `NotDelivered`
+    is raised, and the run fails visibly."""
+    try:
+        report.raise_for_delivery()
+    except NotDelivered as failed:
+        if settled := gateway_outage(failed):
+            return settled
+        raise
+    return None

@@ -18,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from observer.ops import Op
 from observer.outcomes import Assessment, Change, Intervention, OutcomeRule, OutcomeState, assess
 from observer.outcomes.frames import CORRECTION_SOURCE, OPS_SCHEMA
 
@@ -131,6 +132,28 @@ class Stream:
             "ts", maintain_order=True
         )
         return frame.with_row_index("pos").with_columns(pl.col("pos").cast(pl.Int64))
+
+
+#: The op keys a stream's frame carries (besides `ts`, written as the op's `timestamp`).
+OP_FIELDS = ("endpoint", "success", "source", "sig_hash", "task_class", "correction", "error")
+
+
+def as_ops(frame: pl.DataFrame) -> list[Op]:
+    """The stream's rows as the ops the webhook and tail-corrections write (for the flow's tests
+    through the real files): null columns left out, as absent keys."""
+    ops = []
+    for row in frame.iter_rows(named=True):
+        fields = {name: row[name] for name in OP_FIELDS if row[name] is not None}
+        ops.append(
+            Op(
+                timestamp=row["ts"].isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                input_summary=row["input_summary"],
+                output_summary=row["output_summary"],
+                duration_ms=5,
+                **fields,
+            )
+        )
+    return ops
 
 
 def _micros(at: datetime) -> float:

@@ -57,6 +57,7 @@ def test_an_instance_renames_pool_deployments_and_trigger() -> None:
         "analyze-errors-eu-2",
         "consolidate-playbooks-eu-2",
         "compact-history-eu-2",
+        "assess-outcomes-eu-2",
     ]
     assert {d["work_pool"]["name"] for d in config["deployments"]} == {"observer-eu-2"}
     (trigger,) = config["deployments"][0]["triggers"]

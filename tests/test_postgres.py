@@ -92,6 +92,7 @@ def site(
             "LAKEHOUSE_URL": llm.url,
             "OBSERVER_CYCLE": A_YEAR,
             "OBSERVER_HISTORY_COMPACT_SECONDS": A_YEAR,
+            "OBSERVER_OUTCOMES_SECONDS": A_YEAR,
             "OBSERVER_HTTP_TIMEOUT": "5",
             "OBSERVER_HTTP_BACKOFF": "0.01",
         },
@@ -128,6 +129,7 @@ def test_the_product_runs_on_postgresql(
         ),
         "analyze-errors": run_deployment(site.api_url, "analyze-errors", "analyze-errors", MANUAL),
         "compact-history": run_deployment(site.api_url, "compact-history", "compact-history"),
+        "assess-outcomes": run_deployment(site.api_url, "assess-outcomes", "assess-outcomes"),
     }
     states = wait_for_runs(site.api_url, list(runs.values()))
     assert set(states.values()) == {"COMPLETED"}, f"{states}\n{site.up.log()[-5000:]}"
@@ -167,6 +169,7 @@ def test_a_second_host_joins_with_its_own_pool_deployments_and_data(
             "OBSERVER_INSTANCE": "b",
             "OBSERVER_CYCLE": A_YEAR,
             "OBSERVER_HISTORY_COMPACT_SECONDS": A_YEAR,
+            "OBSERVER_OUTCOMES_SECONDS": A_YEAR,
             "GATEWAY_URL": "http://127.0.0.1:9",
             "LAKEHOUSE_URL": "http://127.0.0.1:9",
         },

@@ -21,7 +21,11 @@ from tests.product import ObserverUp, command_line, free_port, run_deployment, s
 
 A_YEAR = str(365 * 24 * 3600)
 #: Schedules that never come due during a test: only the runs a test makes run.
-QUIET = {"OBSERVER_CYCLE": A_YEAR, "OBSERVER_HISTORY_COMPACT_SECONDS": A_YEAR}
+QUIET = {
+    "OBSERVER_CYCLE": A_YEAR,
+    "OBSERVER_HISTORY_COMPACT_SECONDS": A_YEAR,
+    "OBSERVER_OUTCOMES_SECONDS": A_YEAR,
+}
 #: Each test starts the whole product, whose start alone `ObserverUp.wait_up` allows 300 s (on a
 #: loaded 2-core machine it took over the suite's default 120 s for the whole test).
 pytestmark = pytest.mark.timeout(480)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,6 +14,8 @@ MAX_SERIES = len(figure.PALETTE)
 #: Points in all series together: what keeps the SVG within its size budget.
 MAX_POINTS = 360
 SPAN_FILL = "#e8eef6"
+#: Distinct x values closer than this (px) are not each a tick: their labels would overlap.
+MIN_TICK_GAP = 36
 
 
 @dataclass(frozen=True)
@@ -124,9 +127,13 @@ class LineChart(Chart):
             canvas.text(x + 4, plot.top + 24, figure.label(marker.label, 24), ' class="v"')
 
     def _x_axis(self, canvas: Canvas, plot: Plot, low: float, high: float) -> None:
-        """The distinct x values as ticks when few, else six evenly spaced ones."""
+        """The distinct x values as ticks when few and far enough apart to be read, else six
+        evenly spaced ones."""
         distinct = [figure.as_x(x) for x in self._xs()]
-        marks = distinct if len(distinct) <= 10 else [low + (high - low) * i / 5 for i in range(6)]
+        places = [plot.x(value, low, high) for value in distinct]
+        apart = all(b - a >= MIN_TICK_GAP for a, b in itertools.pairwise(places))
+        few = len(distinct) <= 10 and apart
+        marks = distinct if few else [low + (high - low) * i / 5 for i in range(6)]
         timed = any(isinstance(x, datetime) for s in self.series for x, _ in s.points)
         for value in marks:
             canvas.text(

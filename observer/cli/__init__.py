@@ -105,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --ephemeral: how long to wait for the temporary server to answer"
         " (default %(default)s s; Prefect's own 20 s are too short on a busy machine)",
     )
+    outcomes = add(
+        "outcomes",
+        _outcomes,
+        "every correction, diagnosis and playbook entry with its verdict, and the alerts",
+        "Show every intervention assess-outcomes keeps (open ones, and those finished in the last"
+        " OBSERVER_OUTCOMES_RETENTION_DAYS) with its verdict, its failures before and after and"
+        " its advice, then the repeated-advice alerts, as the last assess-outcomes run left them.",
+    )
+    outcomes.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object {"interventions": [...], "alerts": [...]}, for scripts',
+    )
     history = add(
         "history",
         _history,
@@ -182,6 +195,12 @@ def _up(args: argparse.Namespace) -> int:
     return run_everything(
         load_settings(), prefect_port=args.prefect_port, server=not args.no_server
     )
+
+
+def _outcomes(args: argparse.Namespace) -> int:
+    from observer.cli.outcomes import show_outcomes
+
+    return show_outcomes(load_settings(), as_json=args.json)
 
 
 def _history(args: argparse.Namespace) -> int:

@@ -32,13 +32,53 @@ Time windows around an intervention at `t0` (all settings, `OBSERVER_OUTCOMES_*`
     watch      after `worked`, WATCH_DAYS             CUSUM for the old rate's return
 """
 
-from observer.outcomes.advice import ALERT_HINT, Alert
-from observer.outcomes.engine import Assessment, OutcomeState, ReadWindow, RunCounts, assess
-from observer.outcomes.episodes import Verdict
-from observer.outcomes.frames import LOOKBACK_COLUMNS, OPS_SCHEMA
-from observer.outcomes.interventions import Intervention, Key
-from observer.outcomes.records import Change, InterventionRecord
-from observer.outcomes.rule import OutcomeRule
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from observer.outcomes.advice import ALERT_HINT, Alert
+    from observer.outcomes.engine import (
+        Assessment,
+        OutcomeState,
+        ReadWindow,
+        RunCounts,
+        assess,
+    )
+    from observer.outcomes.frames import LOOKBACK_COLUMNS, OPS_SCHEMA
+    from observer.outcomes.interventions import Intervention, Key
+    from observer.outcomes.records import Change
+    from observer.outcomes.rule import OutcomeRule
+    from observer.outcomes.view import InterventionRecord, Verdict
+
+#: Where each name of the package lives: imported on first use, so that `observer.outcomes.view`
+#: (what `observer outcomes` reads) loads without the engine and polars.
+_HOMES = {
+    "ALERT_HINT": "advice",
+    "Alert": "advice",
+    "Assessment": "engine",
+    "OutcomeState": "engine",
+    "ReadWindow": "engine",
+    "RunCounts": "engine",
+    "assess": "engine",
+    "LOOKBACK_COLUMNS": "frames",
+    "OPS_SCHEMA": "frames",
+    "Intervention": "interventions",
+    "Key": "interventions",
+    "Change": "records",
+    "OutcomeRule": "rule",
+    "InterventionRecord": "view",
+    "Verdict": "view",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+
 
 __all__ = [
     "ALERT_HINT",

@@ -26,6 +26,7 @@ from observer.outcomes.interventions import Intervention, Key, Kind
 from observer.outcomes.lookback import Window
 from observer.outcomes.rule import OutcomeRule
 from observer.outcomes.stats import mantel_haenszel, pooled_increased_p
+from observer.outcomes.view import AlertRecord, Amount, CoveredIntervention
 from observer.pipelines.grouping import normalise_error
 
 ALERT_HINT = "look for a data gap or a broken dependency, not a drift"
@@ -84,12 +85,6 @@ def cluster_for(
     return cluster
 
 
-class CoveredIntervention(BaseModel):
-    id: str
-    at: datetime
-    verdict: str
-
-
 class PooledEvidence(BaseModel):
     """The cluster's decided episodes in the span, pooled."""
 
@@ -124,6 +119,23 @@ class Alert(BaseModel):
             f" {pooled.after.failures}/{_amount(pooled.after)} after, rate ratio {ratio}"
             f" (p = {pooled.p_not_the_fix:.3g} that it is the fix): the advice is not the fix;"
             f" {ALERT_HINT}"
+        )
+
+    def record(self) -> AlertRecord:
+        """The alert as shown and printed (`observer outcomes`)."""
+        pooled = self.pooled
+        return AlertRecord(
+            id=self.id,
+            at=self.at,
+            advice=self.advice,
+            key=self.key.describe(),
+            interventions=self.interventions,
+            before=Amount(attempts=pooled.before.exposure, failures=pooled.before.failures),
+            after=Amount(attempts=pooled.after.exposure, failures=pooled.after.failures),
+            rate_ratio=pooled.rate_ratio,
+            p_not_the_fix=pooled.p_not_the_fix,
+            message=self.message,
+            rule_version=self.rule_version,
         )
 
 

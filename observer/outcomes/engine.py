@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from observer.errors import OutcomeInputError
 from observer.outcomes.advice import AdviceCluster, Alert, check_cluster, cluster_for
-from observer.outcomes.episodes import Episode, spec_id
+from observer.outcomes.episodes import HOUR, Episode, spec_id
 from observer.outcomes.frames import (
     CORRECTION_SOURCE,
     LOOKBACK_COLUMNS,
@@ -93,6 +93,30 @@ class OutcomeState(BaseModel):
     def episodes(self) -> list[Episode]:
         """Open episodes, then the finished ones still kept, oldest first."""
         return sorted([*self.open.values(), *self.done], key=lambda e: (e.members[0].at, e.id))
+
+    def next_due(self) -> datetime | None:
+        """The first time at which time alone changes the state, with no new op or intervention:
+        a window closing, a look of an episode whose exposure is hours, a watch ending, or what is
+        kept running out of RETENTION_DAYS (see `_Run._settle` and `_Run._prune`). None when
+        nothing waits for time. A caller that runs only when something is new runs from then on."""
+        due: list[datetime] = []
+        for episode in self.open.values():
+            rule = self.rules[episode.rule_version]
+            if episode.decision is None:
+                due.append(episode.window_end + rule.lag)
+                looks = rule.look_exposures
+                if episode.opening.unit == "hours" and len(episode.looks) < len(looks):
+                    due.append(episode.post_start + looks[len(episode.looks)] * HOUR + rule.lag)
+            elif episode.watch is not None:
+                due.append(episode.watch.until)
+        for episode in self.done:
+            rule = self.rules.get(episode.rule_version)
+            if rule is not None:
+                due.append((episode.finished_at or episode.last_at) + rule.retention)
+        retention = [r.retention for r in self.rules.values()]
+        if retention:
+            due += [alert.at + min(retention) for alert in self.alerts]
+        return min(due, default=None)
 
     def records(self) -> list[InterventionRecord]:
         """One record per intervention still kept, oldest first."""

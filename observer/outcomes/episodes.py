@@ -38,18 +38,9 @@ from observer.outcomes.stats import (
     reduced_p,
     wilson,
 )
+from observer.outcomes.view import Verdict
 
 Decision = Literal["worked", "did-not-work", "worse", "inconclusive", "not-attributable"]
-Verdict = Literal[
-    "too-early",
-    "worked",
-    "did-not-work",
-    "worse",
-    "inconclusive",
-    "not-attributable",
-    "confounded",
-    "regressed",
-]
 TERMINAL: frozenset[str] = frozenset(
     {"worked", "did-not-work", "worse", "inconclusive", "not-attributable"}
 )

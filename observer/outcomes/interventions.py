@@ -20,9 +20,9 @@ import polars as pl
 from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
 
 from observer.outcomes.frames import CORRECTION_SOURCE
+from observer.outcomes.view import Kind
 from observer.pipelines.grouping import clean_cut, signature
 
-Kind = Literal["correction", "diagnosis", "playbook"]
 KeyField = Literal["sig_hash", "task_class", "group", "endpoint"]
 
 #: Advice text kept in a record (the whole text is never needed to judge or to show it).

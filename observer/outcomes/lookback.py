@@ -30,7 +30,6 @@ import bisect
 import math
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 import polars as pl
 from pydantic import BaseModel, Field
@@ -45,9 +44,9 @@ from observer.outcomes.stats import (
     reference_decay,
     shrunk_rate,
 )
+from observer.outcomes.view import Unit
 from observer.pipelines.grouping import signature
 
-Unit = Literal["attempts", "endpoint-attempts", "hours"]
 _MICROSECOND = timedelta(microseconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -10,93 +10,34 @@ alert, with a stable id: the poster sends each id once.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from observer.outcomes.advice import Alert
-from observer.outcomes.episodes import HOUR, Episode, Verdict
-from observer.outcomes.interventions import Kind
-from observer.outcomes.lookback import Unit, Window
+from observer.outcomes.episodes import HOUR, Episode
+from observer.outcomes.lookback import Window
 from observer.outcomes.rule import OutcomeRule
+from observer.outcomes.view import (
+    Amount,
+    InterventionRecord,
+    Joint,
+    RecoveryRecord,
+    Unit,
+    Verdict,
+    number_text,
+    ratio_text,
+)
 from observer.upstream import LogEntry
 
 LOG_FIELD_CHARS = 500
 
 
-class Amount(BaseModel):
+def amount_of(window: Window, unit: Unit) -> Amount:
     """A window as shown: attempts, or hours when the exposure is time."""
-
-    attempts: float | None = None
-    hours: float | None = None
-    failures: int
-
-    @classmethod
-    def of(cls, window: Window, unit: Unit) -> Amount:
-        if unit == "hours":
-            return cls(hours=round(window.exposure, 3), failures=window.failures)
-        return cls(attempts=window.exposure, failures=window.failures)
-
-
-class RecoveryRecord(BaseModel):
-    needed: float | None  # attempts (or hours) in a row without a failure
-    attempts: float | None  # exposure after at which it was reached (hours when time)
-    hours: float | None  # hours from the intervention to recovery
-    censored: bool  # not (yet) recovered
-
-
-class Joint(BaseModel):
-    verdict: Verdict
-    members: list[str]
-
-
-class InterventionRecord(BaseModel):
-    """One intervention and what became of it."""
-
-    id: str
-    kind: Kind
-    key: dict[str, str]
-    at: datetime
-    advice: str
-    verdict: Verdict
-    joint: Joint | None
-    exposure: Unit
-    flagged: str | None  # why this verdict deserves caution (hours as exposure, …)
-    before: Amount
-    after: Amount
-    baseline: Amount
-    rate_ratio: float | None
-    interval: tuple[float | None, float | None]
-    null_ratio: float
-    prior_weight: float
-    reference_spikes: int
-    reference_decay: float | None
-    in_flight: float
-    looks: int
-    decided_at: datetime | None
-    window_end: datetime
-    ended: str | None
-    recovery: RecoveryRecord
-    regressed_at: datetime | None
-    watched: Amount | None  # after `worked`: what the watch saw (attempts, failures)
-    rule_version: str
-
-    def cells(self) -> dict[str, Any]:
-        """The record as one flat table row."""
-        return {
-            "kind": self.kind,
-            "key": ", ".join(f"{k}={v}" for k, v in self.key.items()),
-            "at": self.at.isoformat(),
-            "verdict": self.verdict if self.joint is None else f"confounded ({self.joint.verdict})",
-            "before": _fraction(self.before),
-            "after": _fraction(self.after),
-            "rate_ratio": _ratio(self.rate_ratio),
-            "interval": f"{_number(self.interval[0])}–{_number(self.interval[1])}",
-            "null_ratio": _number(self.null_ratio),
-            "recovery_h": "censored" if self.recovery.censored else _number(self.recovery.hours),
-            "exposure": self.exposure,
-            "rule": self.rule_version,
-        }
+    if unit == "hours":
+        return Amount(hours=round(window.exposure, 3), failures=window.failures)
+    return Amount(attempts=window.exposure, failures=window.failures)
 
 
 def records_of(episode: Episode, rule: OutcomeRule) -> list[InterventionRecord]:
@@ -116,9 +57,9 @@ def records_of(episode: Episode, rule: OutcomeRule) -> list[InterventionRecord]:
             if unit == "hours"
             else None
         ),
-        "before": Amount.of(opening.before, unit),
-        "after": Amount.of(episode.judged_after, unit),
-        "baseline": Amount.of(opening.baseline, unit),
+        "before": amount_of(opening.before, unit),
+        "after": amount_of(episode.judged_after, unit),
+        "baseline": amount_of(opening.baseline, unit),
         "rate_ratio": episode.judged_counts.rate_ratio,
         "interval": episode.interval(rule),
         "null_ratio": episode.null_ratio,
@@ -229,7 +170,7 @@ def describe(record: InterventionRecord) -> str:
         if record.joint is not None
         else ""
     )
-    ratio = _ratio(record.rate_ratio)
+    ratio = ratio_text(record.rate_ratio)
     low, high = record.interval
     recovered = (
         f"; recovered after {record.recovery.hours:.1f} h"
@@ -240,34 +181,20 @@ def describe(record: InterventionRecord) -> str:
         since = (record.regressed_at - record.at) / timedelta(hours=1)
         return (
             f"regressed{joint}: {since:.1f} h after it, failures are back:"
-            f" {_fraction(record.watched)} since it was judged worked on"
-            f" {_fraction(record.after)} after ({record.exposure}), against"
-            f" {_fraction(record.before)} before"
+            f" {record.watched.fraction()} since it was judged worked on"
+            f" {record.after.fraction()} after ({record.exposure}), against"
+            f" {record.before.fraction()} before"
         )
     return (
-        f"{verdict}{joint}: failures {_fraction(record.before)} before,"
-        f" {_fraction(record.after)} after ({record.exposure}); rate ratio {ratio}"
-        f" (interval {_number(low)}–{_number(high)}) against a null of"
+        f"{verdict}{joint}: failures {record.before.fraction()} before,"
+        f" {record.after.fraction()} after ({record.exposure}); rate ratio {ratio}"
+        f" (interval {number_text(low)}–{number_text(high)}) against a null of"
         f" {record.null_ratio:.2f}{recovered}"
     )
 
 
-def _fraction(amount: Amount) -> str:
-    if amount.hours is not None:
-        return f"{amount.failures} in {amount.hours:g} h"
-    return f"{amount.failures}/{amount.attempts:g}"
-
-
 def _last_known(values: list[float | None]) -> float | None:
     return next((v for v in reversed(values) if v is not None), None)
-
-
-def _ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
-def _number(value: float | None) -> str:
-    return "∞" if value is None else f"{value:.3g}"
 
 
 def _key(record: InterventionRecord) -> str:

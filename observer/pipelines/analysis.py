@@ -30,6 +30,9 @@ from observer.files import file_lock, load_state, save_state
 from observer.history.reader import OpsReader
 from observer.history.stream import StreamMark, stream_end
 from observer.ops import now_timestamp
+from observer.outcomes import journal
+from observer.outcomes.interventions import Intervention
+from observer.outcomes.view import OutcomesView, Tally
 from observer.pipelines.analysis_charts import (
     Daily,
     DailyFailures,
@@ -70,6 +73,8 @@ GROUP_LINE_CHARS = 400
 INPUT_CHARS = 120
 ERROR_CHARS = 240
 LOG_FIELD_CHARS = 500
+#: Before the outcomes of earlier diagnoses in a posted result.
+EARLIER_OUTCOMES = " | outcomes of earlier diagnoses of these groups: "
 LLM_APPROACH = "LLM-analyzed error patterns"
 DEGRADED_APPROACH = "degraded: LLM unavailable, counts only"
 MAX_REMEMBERED_GROUPS = 5000
@@ -170,6 +175,8 @@ class Selection(BaseModel):
     daily: DailyFailures = Field(default_factory=DailyFailures)  # drawn: the days up to this run
     fresh_daily: Daily = Field(default_factory=dict)  # this run's, added to the state at commit
     window: tuple[str, str] | None = None  # first and last failure this run read
+    #: Per group signature, the verdicts of its earlier diagnoses (assess-outcomes), when known.
+    earlier: dict[str, dict[str, int]] = Field(default_factory=dict)
 
     @property
     def unlisted_fresh(self) -> tuple[int, int]:
@@ -188,6 +195,7 @@ class Diagnosis(BaseModel):
     text: str = ""
     shown: list[str] = Field(default_factory=list)
     llm_error: str | None = None
+    earlier: str = ""  # how the earlier diagnoses of the groups it names fared, when known
 
 
 class AnalysisReport(BaseModel):
@@ -236,6 +244,7 @@ class AnalysisReport(BaseModel):
                         "sources": ", ".join(group.sources),
                         "sample_error": clean_cut(group.sample_error, 200),
                         "handling": handling,
+                        "earlier_outcomes": str(Tally(selection.earlier.get(group.signature, {}))),
                         "signature": group.signature,
                     }
                 )
@@ -274,6 +283,11 @@ class AnalysisReport(BaseModel):
         ]
         if selection.unreadable:
             lines.append(f"- **Unreadable lines skipped:** {selection.unreadable}")
+        if diagnosis.earlier:
+            lines.append(
+                f"- **Earlier diagnoses of these groups:** {md.text(diagnosis.earlier)}"
+                " (assess-outcomes)"
+            )
         for title, chart in self.charts():
             lines += ["", f"## {title}", "", chart.markdown()]
         if diagnosis.kind == "degraded":
@@ -369,6 +383,12 @@ def select(settings: Settings, query: AnalyzeParameters, now: datetime | None = 
     known = [g for g in groups if is_known(g)]
     fresh = [g for g in groups if not is_known(g)]
     cap = MAX_SELECTED_GROUPS
+    outcomes = OutcomesView.load(settings.layout.outcomes_view)
+    earlier = {
+        g.signature: dict(tally)
+        for g in fresh[:cap]
+        if (tally := outcomes.outcomes_of("diagnosis", endpoint=g.endpoint, pattern=g.pattern))
+    }
     read_daily = count_by_day(frame)
     analysed_up_to = state.watermark.on(settings) if state.watermark is not None else None
     counted_before = analysed_up_to is not None and read.start < analysed_up_to
@@ -390,6 +410,7 @@ def select(settings: Settings, query: AnalyzeParameters, now: datetime | None = 
         ),
         fresh_daily=read_daily if query.moves_watermark and not counted_before else {},
         window=_time_span(frame),
+        earlier=earlier,
     )
 
 
@@ -440,14 +461,28 @@ def build_prompt(summary: str) -> str:
     return PROMPT_HEAD + summary + PROMPT_TAIL
 
 
-def log_entry(selection: Selection, approach: str, result: str, summary: str) -> LogEntry:
-    """The `/log` body with the original's four keys and formats (fields cut to 500 characters)."""
+def log_entry(
+    selection: Selection, approach: str, result: str, summary: str, earlier: str = ""
+) -> LogEntry:
+    """The `/log` body with the original's four keys and formats (fields cut to 500 characters);
+    how the earlier diagnoses of the same groups fared, when known, follows the result after
+    ` | ` (`EARLIER_OUTCOMES`), so the original's text is what precedes its last such piece."""
+    outcomes = f"{EARLIER_OUTCOMES}{earlier}" if earlier else ""
     return LogEntry(
         operation=f"error_analysis: {selection.fresh_failures} failures",
         approach=approach,
-        result=clean_cut(result, LOG_FIELD_CHARS),
+        result=clean_cut(result, LOG_FIELD_CHARS) + outcomes,
         context=clean_cut(summary, LOG_FIELD_CHARS),
     )
+
+
+def earlier_outcomes(selection: Selection, shown: list[Group]) -> str:
+    """How the earlier diagnoses of the groups named fared, all together (`2 worked, 1
+    did-not-work`), or "" when none was judged yet."""
+    tally = Tally()
+    for group in shown:
+        tally.update(selection.earlier.get(group.signature, {}))
+    return str(tally)
 
 
 def degraded_text(selection: Selection, reason: str) -> str:
@@ -495,12 +530,23 @@ def diagnose(settings: Settings, selection: Selection, query: AnalyzeParameters)
     names = [g.signature for g in shown]
     cache = load_state(settings.layout.analysis_cache, AnalysisCache)
     cached = None if query.force else _cached_text(cache, query.model, shown)
-    if cached is not None:
-        entry = log_entry(selection, LLM_APPROACH, cached, summary)
-        message = f"posted the cached LLM analysis of {len(shown)} group(s) (the LLM was not asked)"
+    earlier = earlier_outcomes(selection, shown)
+
+    def made(kind: Literal["llm", "cached"], message: str, text: str) -> Diagnosis:
+        entry = log_entry(selection, LLM_APPROACH, text, summary, earlier)
         return Diagnosis(
-            kind="cached", message=message, entry=entry, prompt=prompt, text=cached, shown=names
+            kind=kind,
+            message=message,
+            entry=entry,
+            prompt=prompt,
+            text=text,
+            shown=names,
+            earlier=earlier,
         )
+
+    if cached is not None:
+        message = f"posted the cached LLM analysis of {len(shown)} group(s) (the LLM was not asked)"
+        return made("cached", message, cached)
     try:
         text = ask_llm(settings, GenerateRequest(prompt=prompt, model=query.model))
     except UpstreamError as exc:
@@ -521,11 +567,8 @@ def diagnose(settings: Settings, selection: Selection, query: AnalyzeParameters)
             llm_error=str(exc),
         )
     remember_answer(settings, query.model, shown, text)
-    entry = log_entry(selection, LLM_APPROACH, text, summary)
     message = f"LLM analysis of {len(shown)} group(s), {selection.fresh_failures} failure(s)"
-    return Diagnosis(
-        kind="llm", message=message, entry=entry, prompt=prompt, text=text, shown=names
-    )
+    return made("llm", message, text)
 
 
 def ask_llm(settings: Settings, request: GenerateRequest) -> str:
@@ -563,8 +606,10 @@ def remember_answer(settings: Settings, model: str, groups: list[Group], text: s
 # ── after delivery ───────────────────────────────────────────────────────────────────────────────
 
 
-def commit(settings: Settings, selection: Selection, report: Diagnosis) -> None:
-    """Remember what was delivered, and move the watermark over what was read (post succeeded)."""
+def commit(settings: Settings, selection: Selection, report: Diagnosis) -> str | None:
+    """Remember what was delivered, and move the watermark over what was read (post succeeded);
+    then record each group an LLM diagnosis named as an intervention for assess-outcomes to
+    judge. Returns why that record could not be made, if it could not (the delivery stands)."""
     with file_lock(settings.layout.analysis_lock):
         state = load_state(settings.layout.analysis_state, AnalysisState)
         stamp = now_timestamp()
@@ -590,6 +635,17 @@ def commit(settings: Settings, selection: Selection, report: Diagnosis) -> None:
             state.watermark = selection.watermark
             state.daily = state.daily.added(selection.fresh_daily, datetime.now(UTC).date())
         save_state(settings.layout.analysis_state, state)
+    if report.entry is None or not llm_made:
+        return None
+    at = datetime.now(UTC)
+    return journal.record(
+        settings,
+        (
+            Intervention.diagnosis(at, group.endpoint, group.pattern, report.text)
+            for group in selection.fresh
+            if group.signature in report.shown
+        ),
+    )
 
 
 def _later(current: str, seen: str) -> str:

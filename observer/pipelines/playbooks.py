@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 import polars as pl
@@ -23,15 +23,18 @@ from pydantic import BaseModel, Field
 
 from observer import markdown as md
 from observer.charts import MAX_BARS, Bar, Chart, RankedBars
-from observer.errors import NotDelivered, UpstreamError
+from observer.errors import UpstreamError
 from observer.files import Tail, file_lock, load_state, save_state
 from observer.history.reader import OpsReader
 from observer.history.stream import StreamMark, stream_end
 from observer.intake.checkpoint import IngestCheckpoint
 from observer.jsfmt import UNDEFINED, join_item, js_string, to_fixed_0
 from observer.ops import cut, now_timestamp
+from observer.outcomes import journal
+from observer.outcomes.interventions import Intervention
+from observer.outcomes.view import OutcomesView
 from observer.pipelines.parameters import FlowParameters
-from observer.pipelines.report import Artifact
+from observer.pipelines.report import Artifact, Deliveries
 from observer.settings import Settings
 from observer.upstream import LogEntry, Upstreams, gateway_is_down
 
@@ -288,9 +291,11 @@ def window_endpoints(frame: pl.DataFrame) -> list[EndpointWindow]:
 # ── the entry ───────────────────────────────────────────────────────────────────────────────────
 
 
-def log_entry(evidence: EndpointEvidence) -> LogEntry:
+def log_entry(evidence: EndpointEvidence, earlier: str = "") -> LogEntry:
     """The original's body, byte for byte in its four keys; extra evidence follows `result`'s
-    original text after " | ", so `result.split(" | ")[0]` is what the original wrote."""
+    original text after " | ", so `result.split(" | ")[0]` is what the original wrote: the
+    window's figures, then, when assess-outcomes judged earlier entries for the endpoint, how they
+    fared (`outcomes of earlier entries: 2 worked, 1 did-not-work`)."""
     n, endpoint = evidence.successes, evidence.endpoint
     pattern = "; ".join(evidence.recent_inputs)
     result = f"avg_duration={_ms(evidence.mean_ms)}ms, {n} successes"
@@ -299,6 +304,8 @@ def log_entry(evidence: EndpointEvidence) -> LogEntry:
         f", p50={_ms(evidence.p50_ms)}ms, p95={_ms(evidence.p95_ms)}ms"
         f", first_seen={evidence.first_seen or '?'}, last_seen={evidence.last_seen or '?'}"
     )
+    if earlier:
+        extra += f"{EVIDENCE_SEPARATOR}outcomes of earlier entries: {earlier}"
     return LogEntry(
         operation=f"consolidated: {n} successful {endpoint} calls",
         approach=f"common pattern: {cut(pattern, PATTERN_CHARS)}",
@@ -347,14 +354,16 @@ def build_playbook(settings: Settings, params: ConsolidateParameters) -> Playboo
             " nothing is consolidated"
         )
     new_counts = _new_successes(frame, marks)
+    outcomes = OutcomesView.load(layout.outcomes_view)
     for evidence in endpoint_evidence(frame):
         action, reason = _decide(evidence, marks.get(evidence.endpoint), new_counts, params)
         if not overall_ok and action == "post":
             action, reason = "below-threshold", "too few successes in the window overall"
+        earlier = str(outcomes.outcomes_of("playbook", endpoint=evidence.endpoint))
         playbook.entries.append(
             PlannedEntry(
                 evidence=evidence,
-                entry=log_entry(evidence),
+                entry=log_entry(evidence, earlier),
                 action=action,
                 reason=reason,
                 ops=ops,
@@ -432,7 +441,8 @@ def remember_checked(settings: Settings, playbook: Playbook, params: Consolidate
 
 def deliver(settings: Settings, planned: PlannedEntry, *, force: bool = False) -> str:
     """Post one entry (timeout, retries, status checked by `Upstreams`), then remember it; under
-    the playbook lock, so two runs never post the same evidence. Returns what happened.
+    the playbook lock, so two runs never post the same evidence; then record it as an
+    intervention for assess-outcomes to judge. Returns what happened.
 
     Raises `UpstreamError` when the gateway did not take it; nothing is remembered then, so the
     next run tries again.
@@ -445,7 +455,10 @@ def deliver(settings: Settings, planned: PlannedEntry, *, force: bool = False) -
         with Upstreams(settings) as upstreams:
             upstreams.post_log(planned.entry)
         _mark_posted(settings, planned)
-    return "posted"
+    endpoint = planned.evidence.endpoint
+    entry = Intervention.playbook(datetime.now(UTC), endpoint, planned.entry.approach)
+    problem = journal.record(settings, [entry])
+    return "posted" if problem is None else f"posted, but {problem}"
 
 
 def _mark_posted(settings: Settings, planned: PlannedEntry) -> None:
@@ -466,9 +479,12 @@ def _mark_posted(settings: Settings, planned: PlannedEntry) -> None:
 # ── the run's report ────────────────────────────────────────────────────────────────────────────
 
 
-class ConsolidationReport(BaseModel):
+class ConsolidationReport(Deliveries, BaseModel):
     """What one run did, per endpoint: posted, failed, not attempted, unchanged, below threshold.
     Renders its own artifacts: `rows()` (the playbook table) and `markdown()` (the changes)."""
+
+    ITEMS: ClassVar[str] = "entr(y/ies)"
+    THEN: ClassVar[str] = "they stay unposted and the next run tries again"
 
     dry_run: bool = False
     ops_in_window: int = 0
@@ -494,19 +510,6 @@ class ConsolidationReport(BaseModel):
         if dry_run:
             report.status.update({p.evidence.endpoint: "would post" for p in playbook.to_post})
         return report
-
-    def count(self, prefix: str) -> int:
-        return sum(1 for value in self.status.values() if value.startswith(prefix))
-
-    def raise_for_delivery(self) -> None:
-        """Raise `NotDelivered` if an entry did not reach the gateway (after the artifacts)."""
-        failed = self.count("failed")
-        if failed:
-            raise NotDelivered(
-                f"{failed} entr(y/ies) not delivered, {self.count('not attempted')} not attempted;"
-                " they stay unposted and the next run tries again",
-                gateway_down=self.gateway_down,
-            )
 
     def artifacts(self) -> list[Artifact]:
         """The playbook (table) and what this run changed (markdown)."""

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel
+
+from observer.errors import NotDelivered
 
 
 @dataclass(frozen=True)
@@ -53,3 +55,30 @@ class CountingReport(BaseModel):
         rows = measures(self.model_dump(exclude={by, *(exclude or ())}))
         rows += measures({f"{prefix}:{name}": n for name, n in sorted(breakdown.items())})
         return rows + [{"measure": "event", "value": text} for text in notes]
+
+
+class Deliveries:
+    """What a report whose posts may fail says about them. Its `status` maps each item to what
+    became of it (`posted`, `failed: …`, `not attempted: …`, or a decision), its `gateway_down`
+    whether a post failed as a gateway that is down does; ITEMS names the items (`change(s)`),
+    THEN what becomes of those not delivered."""
+
+    ITEMS: ClassVar[str]
+    THEN: ClassVar[str]
+    if TYPE_CHECKING:  # the model's own fields (declared here, pydantic would add them first)
+        status: dict[str, str]
+        gateway_down: bool
+
+    def count(self, prefix: str) -> int:
+        return sum(1 for value in self.status.values() if value.startswith(prefix))
+
+    def raise_for_delivery(self) -> None:
+        """Raise `NotDelivered` when an item did not reach the gateway. Called after the
+        artifacts, so the run page shows them."""
+        failed = self.count("failed")
+        if failed:
+            raise NotDelivered(
+                f"{failed} {self.ITEMS} not delivered, {self.count('not attempted')} not"
+                f" attempted; {self.THEN}",
+                gateway_down=self.gateway_down,
+            )
