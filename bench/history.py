@@ -220,23 +220,17 @@ def main(options: list[str]) -> int:
             )
             ok &= same
         longest, shortest = pairs[-1], pairs[0]
-        speedup = figures[longest.days, "one file"].median / figures[longest.days, "history"].median
-        print(
-            ratio_line(
-                f"{longest.days} days: one file / history",
-                figures[longest.days, "one file"],
-                figures[longest.days, "history"],
-            )
-            + f"  (target ≥ {TARGET_SPEEDUP:g})"
+        speedup = _ratio(
+            f"{longest.days} days: one file / history",
+            figures[longest.days, "one file"],
+            figures[longest.days, "history"],
+            f"≥ {TARGET_SPEEDUP:g}",
         )
-        flat = figures[longest.days, "history"].median / figures[shortest.days, "history"].median
-        print(
-            ratio_line(
-                f"history: {longest.days} days / {shortest.days} days",
-                figures[longest.days, "history"],
-                figures[shortest.days, "history"],
-            )
-            + f"  (target ≤ {TARGET_FLAT:g})"
+        flat = _ratio(
+            f"history: {longest.days} days / {shortest.days} days",
+            figures[longest.days, "history"],
+            figures[shortest.days, "history"],
+            f"≤ {TARGET_FLAT:g}",
         )
         ok &= speedup >= TARGET_SPEEDUP and flat <= TARGET_FLAT
         print(
@@ -266,6 +260,12 @@ def main(options: list[str]) -> int:
         return 0 if ok else 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _ratio(label: str, over: Figure, under: Figure, target: str) -> float:
+    """Print the ratio of two figures' medians with its target; return it."""
+    print(ratio_line(label, over, under) + f"  (target {target})")
+    return over.median / under.median
 
 
 def build_segment(workdir: Path, size: int) -> tuple[int, float, float]:

@@ -64,30 +64,20 @@ PARTITION_COLUMN = "day"
 _STANDARD_TIMESTAMP = "%Y-%m-%dT%H:%M:%S%.fZ"
 
 
-class _TypedOp(msgspec.Struct, gc=False):
-    """The op keys with their column types: a value of another type fails the decode."""
-
-    timestamp: str | None = None
-    endpoint: str | None = None
-    input_summary: str | None = None
-    success: bool | None = None
-    duration_ms: float | None = None
-    output_summary: str | None = None
-    error: str | None = None
-    source: str | None = None
-    staffer_id: str | None = None
-    sig_hash: str | None = None
-    event_kind: str | None = None
-    role: str | None = None
-    city: str | None = None
-    state: str | None = None
-    count: Annotated[int, INT64] | None = None
-    rescue_attempted: bool | None = None
-    rescue_succeeded: bool | None = None
-    task_class: str | None = None
-    correction: str | None = None
-    applied_at_turn: float | None = None
-
+#: The Python type msgspec checks each column's values against (an integer within Int64).
+_VALUE_TYPES: dict[type[pl.DataType], Any] = {
+    pl.String: str,
+    pl.Boolean: bool,
+    pl.Float64: float,
+    pl.Int64: Annotated[int, INT64],
+}
+#: The op keys with their column types, made from OP_COLUMNS: a value of another type fails the
+#: decode (msgspec takes an integer as a float, as the column does).
+_TypedOp = msgspec.defstruct(
+    "_TypedOp",
+    [(name, _VALUE_TYPES[type(dtype)] | None, None) for name, dtype in OP_COLUMNS.items()],
+    gc=False,
+)
 
 _DECODER = msgspec.json.Decoder(_TypedOp)
 #: Lines are decoded this many bytes at a time.
