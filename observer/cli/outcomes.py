@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 
 from rich.console import Console, Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from observer.outcomes.view import OutcomesView, key_text, ratio_text
@@ -31,7 +30,7 @@ VERDICT_STYLES = {
 
 
 class OutcomesShown:
-    """The view as the terminal shows it: a table of interventions, then the alerts."""
+    """The view as the terminal shows it: every intervention, then the alerts."""
 
     def __init__(self, view: OutcomesView) -> None:
         self.view = view
@@ -44,22 +43,18 @@ class OutcomesShown:
             f"{len(view.interventions)} intervention(s) as of {view.updated_at:%Y-%m-%d %H:%M:%S}"
             f" UTC (rule {view.rule_version})"
         )
-        table = Table(
-            "at (UTC)", "kind", "key", "verdict", "before", "after", "ratio", "advice", title=title
-        )
+        # One entry per intervention: its failures before → after on the first line, its rate
+        # ratio, key and advice indented below: readable at any width (a table's columns fold at 80).
+        lines = Text()
         for record in view.interventions:
             verdict = record.verdict if record.joint is None else f"confounded ({record.outcome})"
-            table.add_row(
-                f"{record.at:%m-%d %H:%M}",
-                record.kind,
-                Text(key_text(record.key)),
-                Text(verdict, style=VERDICT_STYLES.get(record.outcome, "")),
-                record.before.fraction(),
-                record.after.fraction(),
-                ratio_text(record.rate_ratio),
-                Text(_cut(record.advice)),
-            )
-        parts: list[RenderableType] = [table]
+            lines.append(f"{record.at:%m-%d %H:%M}  {record.kind:<10}  ")
+            lines.append(f"{verdict:<12}", style=VERDICT_STYLES.get(record.outcome, ""))
+            lines.append(f"  {record.before.fraction()} → {record.after.fraction()}\n")
+            lines.append(f"    ratio {ratio_text(record.rate_ratio)}  ")
+            lines.append(f"{key_text(record.key)}\n", style="cyan")
+            lines.append(f"    {_cut(record.advice)}\n", style="dim")
+        parts: list[RenderableType] = [Text(title, style="bold"), lines]
         for alert in view.alerts:
             parts.append(Text(f"alert {alert.at:%m-%d %H:%M}: {alert.message}", style="bold red"))
         return Group(*parts)
